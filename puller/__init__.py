@@ -1,0 +1,1 @@
+"""pier's client: pull, push, unpack and run images (see the client issue)."""

@@ -1,0 +1,343 @@
+"""The registry's HTTP surface: route, parse, call the store, turn the result into a reply.
+
+A plain ASGI application built from Starlette's request and response objects. The
+router is a short list of regular expressions because repository names contain
+slashes and the spec's error bodies must answer unknown methods and paths too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlencode
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from storage_backends import StorageDriver
+
+from .config import Settings
+from .errors import RegistryError
+from .http import (
+    API_VERSION_HEADER,
+    content_length,
+    empty_response,
+    error_response,
+    has_body,
+    json_response,
+    parse_byte_range,
+    read_limited,
+)
+from .manifests import MANIFEST_TYPES, OCI_INDEX
+from .references import Digest, is_digest, validate_name
+from .store import RegistryStore
+from .uploads import Uploads, parse_content_range
+
+log = logging.getLogger("pier.registry")
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+class RegistryApp:
+    def __init__(self, settings: Settings, driver: StorageDriver) -> None:
+        self.settings = settings
+        self.store = RegistryStore(driver)
+        self.uploads = Uploads(
+            self.store,
+            max_blob_size=settings.max_blob_size or None,
+            session_timeout=settings.upload_timeout,
+        )
+        self._inflight = 0
+        self._purger: asyncio.Task[None] | None = None
+        n = r"(?P<name>.+)"
+        self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+            (re.compile(r"^/v2/?$"), {"GET": self.base, "HEAD": self.base}),
+            (re.compile(r"^/v2/_catalog$"), {"GET": self.catalog}),
+            (re.compile(rf"^/v2/{n}/tags/list$"), {"GET": self.tags}),
+            (
+                re.compile(rf"^/v2/{n}/manifests/(?P<reference>[^/]+)$"),
+                {"GET": self.get_manifest, "HEAD": self.get_manifest,
+                 "PUT": self.put_manifest, "DELETE": self.delete_manifest},
+            ),
+            (re.compile(rf"^/v2/{n}/blobs/uploads/?$"), {"POST": self.start_upload}),
+            (
+                re.compile(rf"^/v2/{n}/blobs/uploads/(?P<upload_id>[^/]+)$"),
+                {"GET": self.upload_status, "PATCH": self.patch_upload,
+                 "PUT": self.finish_upload, "DELETE": self.cancel_upload},
+            ),
+            (
+                re.compile(rf"^/v2/{n}/blobs/(?P<digest>[^/]+)$"),
+                {"GET": self.get_blob, "HEAD": self.get_blob, "DELETE": self.delete_blob},
+            ),
+            (re.compile(rf"^/v2/{n}/referrers/(?P<digest>[^/]+)$"), {"GET": self.referrers}),
+        ]
+
+    # -- ASGI ----------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        if self._inflight >= self.settings.max_inflight_requests:
+            response = error_response(
+                RegistryError("TOOMANYREQUESTS", "server busy", headers={"Retry-After": "1"})
+            )
+        else:
+            self._inflight += 1
+            try:
+                response = await self._dispatch(request)
+            finally:
+                self._inflight -= 1
+        response.raw_headers.append((API_VERSION_HEADER[0].encode(), API_VERSION_HEADER[1].encode()))
+        await response(scope, receive, send)
+
+    async def _dispatch(self, request: Request) -> Response:
+        path = request.url.path
+        for pattern, methods in self.routes:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            handler = methods.get(request.method)
+            if handler is None:
+                return error_response(
+                    RegistryError("UNSUPPORTED", f"{request.method} is not supported on {path[:200]}",
+                                  headers={"Allow": ", ".join(methods)})
+                )
+            try:
+                params = match.groupdict()
+                if "name" in params:
+                    validate_name(params["name"])
+                return await handler(request, **params)
+            except RegistryError as error:
+                return error_response(error)
+            except ClientDisconnect:
+                return empty_response(400, {})
+        return error_response(
+            RegistryError("UNSUPPORTED", f"no endpoint at {path[:200]}", message="not found", status=404)
+        )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._purger = asyncio.create_task(self._purge_uploads_forever())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._purger is not None:
+                    self._purger.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._purger
+                await self.store.driver.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _purge_uploads_forever(self) -> None:
+        interval = max(1.0, min(self.settings.upload_timeout / 4, 3600.0))
+        while True:
+            try:
+                purged = await self.uploads.purge_expired()
+                if purged:
+                    log.info("purged %d abandoned upload sessions", purged)
+            except Exception:  # noqa: BLE001 - keep purging on the next round
+                log.exception("purging upload sessions failed")
+            await asyncio.sleep(interval)
+
+    # -- base and listings -----------------------------------------------------------
+    async def base(self, request: Request) -> Response:
+        return json_response({})
+
+    def _page_size(self, request: Request, default: int | None) -> int | None:
+        value = request.query_params.get("n")
+        if value is None or value == "":
+            return default
+        if not value.isdigit():
+            raise RegistryError("PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer: {value[:40]!r}")
+        return min(int(value), self.settings.catalog_page_size) if default else int(value)
+
+    @staticmethod
+    def _paginate(items: list[str], request: Request, n: int | None, path: str) -> tuple[list[str], dict[str, str]]:
+        last = request.query_params.get("last")
+        if last:
+            items = [item for item in items if item > last]
+        headers: dict[str, str] = {}
+        if n is not None and len(items) > n:
+            items = items[:n]
+            if items:
+                query = urlencode({"n": n, "last": items[-1]})
+                headers["Link"] = f'<{path}?{query}>; rel="next"'
+        return items, headers
+
+    async def catalog(self, request: Request) -> Response:
+        n = self._page_size(request, self.settings.catalog_page_size)
+        names, headers = self._paginate(await self.store.repositories(), request, n, "/v2/_catalog")
+        return json_response({"repositories": names}, headers=headers)
+
+    async def tags(self, request: Request, name: str) -> Response:
+        if not await self.store.repository_exists(name):
+            raise RegistryError("NAME_UNKNOWN", name)
+        n = self._page_size(request, None)
+        tags, headers = self._paginate(await self.store.tags(name), request, n, f"/v2/{name}/tags/list")
+        return json_response({"name": name, "tags": tags}, headers=headers)
+
+    # -- manifests -------------------------------------------------------------------
+    async def get_manifest(self, request: Request, name: str, reference: str) -> Response:
+        record = await self.store.resolve(name, reference)
+        accepted = _accepted_types(request)
+        if accepted and record.media_type not in accepted:
+            # Clients that list manifest types but not this one cannot use it.
+            raise RegistryError(
+                "MANIFEST_UNKNOWN",
+                f"manifest is {record.media_type}, which the Accept header does not list",
+            )
+        headers = {
+            "content-type": record.media_type,
+            "docker-content-digest": str(record.digest),
+            "etag": f'"{record.digest}"',
+            "content-length": str(record.size),
+        }
+        if request.method == "HEAD":
+            return Response(b"", 200, headers)
+        body = await self.store.manifest_body(record)
+        return Response(body, 200, headers)
+
+    async def put_manifest(self, request: Request, name: str, reference: str) -> Response:
+        body = await read_limited(request, self.settings.max_manifest_size, "manifest")
+        tags = request.query_params.getlist("tag")
+        digest, manifest = await self.store.put_manifest(
+            name, reference, body, request.headers.get("content-type"), tags
+        )
+        response = empty_response(
+            201,
+            {"location": f"/v2/{name}/manifests/{digest}", "docker-content-digest": str(digest)},
+        )
+        if manifest.subject is not None:
+            response.headers["oci-subject"] = str(manifest.subject.digest)
+        for tag in tags if is_digest(reference) else []:
+            response.headers.append("oci-tag", tag)
+        return response
+
+    async def delete_manifest(self, request: Request, name: str, reference: str) -> Response:
+        self._check_delete()
+        await self.store.delete_manifest(name, reference)
+        return empty_response(202, {})
+
+    def _check_delete(self) -> None:
+        if not self.settings.delete_enabled:
+            raise RegistryError("UNSUPPORTED", "deletes are disabled on this registry")
+
+    # -- blobs -----------------------------------------------------------------------
+    async def get_blob(self, request: Request, name: str, digest: str) -> Response:
+        parsed = Digest.parse(digest)
+        size = await self.store.blob_size(name, parsed)
+        headers = {
+            "content-type": "application/octet-stream",
+            "docker-content-digest": str(parsed),
+            "etag": f'"{parsed}"',
+            "accept-ranges": "bytes",
+        }
+        byte_range = None
+        if "range" in request.headers:
+            byte_range = parse_byte_range(request.headers["range"], size)
+        if byte_range is None:
+            status, offset, length = 200, 0, size
+        else:
+            status, offset, length = 206, byte_range[0], byte_range[1] - byte_range[0] + 1
+            headers["content-range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{size}"
+        headers["content-length"] = str(length)
+        if request.method == "HEAD":
+            return Response(b"", status, headers)
+        return StreamingResponse(self.store.read_blob(parsed, offset, length), status, headers)
+
+    async def delete_blob(self, request: Request, name: str, digest: str) -> Response:
+        self._check_delete()
+        await self.store.delete_blob(name, Digest.parse(digest))
+        return empty_response(202, {})
+
+    # -- uploads ---------------------------------------------------------------------
+    def _session_headers(self, name: str, upload_id: str, size: int) -> dict[str, str]:
+        return {
+            "location": f"/v2/{name}/blobs/uploads/{upload_id}",
+            "range": Uploads.range_header(size),
+            "docker-upload-uuid": upload_id,
+        }
+
+    def _blob_created(self, name: str, digest: Digest) -> Response:
+        return empty_response(
+            201, {"location": f"/v2/{name}/blobs/{digest}", "docker-content-digest": str(digest)}
+        )
+
+    async def start_upload(self, request: Request, name: str) -> Response:
+        query = request.query_params
+        if "mount" in query:
+            digest = Digest.parse(query["mount"])
+            source = query.get("from")
+            if source and await self.store.mount_blob(name, validate_name(source), digest):
+                return self._blob_created(name, digest)
+        elif "digest" in query:
+            digest = Digest.parse(query["digest"])
+            await self.uploads.put_monolithic(name, digest, request.stream(), content_length(request))
+            return self._blob_created(name, digest)
+        session = await self.uploads.start(name, query.get("digest-algorithm", "sha256"))
+        headers = self._session_headers(name, session.id, 0)
+        headers["oci-chunk-min-length"] = str(self.settings.chunk_min_length)
+        return empty_response(202, headers)
+
+    async def upload_status(self, request: Request, name: str, upload_id: str) -> Response:
+        session = await self.uploads.get(name, upload_id)
+        return empty_response(204, self._session_headers(name, session.id, session.size))
+
+    async def patch_upload(self, request: Request, name: str, upload_id: str) -> Response:
+        session = await self.uploads.get(name, upload_id)
+        header = request.headers.get("content-range")
+        content_range = parse_content_range(header) if header else None
+        try:
+            await self.uploads.append(session, request.stream(), content_range, content_length(request))
+        except RegistryError as error:
+            if error.status == 416:
+                error.headers.update(self._session_headers(name, session.id, session.size))
+            raise
+        return empty_response(202, self._session_headers(name, session.id, session.size))
+
+    async def finish_upload(self, request: Request, name: str, upload_id: str) -> Response:
+        if "digest" not in request.query_params:
+            raise RegistryError("DIGEST_INVALID", "the digest query parameter is required")
+        digest = Digest.parse(request.query_params["digest"])
+        session = await self.uploads.get(name, upload_id)
+        header = request.headers.get("content-range")
+        content_range = parse_content_range(header) if header else None
+        body = request.stream() if has_body(request) else None
+        await self.uploads.finish(session, digest, body, content_range, content_length(request))
+        return self._blob_created(name, digest)
+
+    async def cancel_upload(self, request: Request, name: str, upload_id: str) -> Response:
+        await self.uploads.cancel(name, upload_id)
+        return empty_response(204, {})
+
+    # -- referrers -------------------------------------------------------------------
+    async def referrers(self, request: Request, name: str, digest: str) -> Response:
+        subject = Digest.parse(digest)
+        artifact_type = request.query_params.get("artifactType")
+        index = await self.store.referrers(name, subject, artifact_type)
+        headers = {"oci-filters-applied": "artifactType"} if artifact_type else None
+        return json_response(index, headers=headers, media_type=OCI_INDEX)
+
+
+def _accepted_types(request: Request) -> set[str]:
+    """Manifest media types the client listed; empty means it takes anything."""
+    types: set[str] = set()
+    for header in request.headers.getlist("accept"):
+        for part in header.split(","):
+            media_type = part.split(";", 1)[0].strip().lower()
+            if media_type in ("*/*", "application/*"):
+                return set()
+            types.add(media_type)
+    if not types & MANIFEST_TYPES:
+        return set()  # e.g. only application/json: not a manifest negotiation at all
+    return types
+

@@ -1,0 +1,58 @@
+"""The ``pier`` command. ``pier serve`` runs the registry."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .config import ConfigError, Settings, load_settings
+
+_HELP = {
+    "addr": "listen address HOST:PORT (default 127.0.0.1:5000)",
+    "root": "data folder (default $XDG_DATA_HOME/pier/registry)",
+    "delete_enabled": "allow DELETE of manifests, tags and blobs (true/false)",
+    "max_manifest_size": "largest manifest accepted (default 4MiB)",
+    "max_blob_size": "largest blob accepted, 0 for no limit (default 100GiB)",
+    "upload_timeout": "abandoned upload sessions expire after this long (default 24h)",
+    "chunk_min_length": "OCI-Chunk-Min-Length advertised to clients (default 1MiB)",
+    "catalog_page_size": "default and largest page of /v2/_catalog (default 1000)",
+    "max_inflight_requests": "concurrent requests per process before 429 (default 1024)",
+    "fsync": "fsync every write before it becomes visible (default true)",
+    "workers": "server processes sharing the store (default 1)",
+    "access_log": "log one line per request (default true)",
+    "log_level": "debug, info, warning or error (default info)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pier", description="pier: an OCI image registry")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the registry",
+        description="Run the registry. Settings: flags > PIER_* environment > config file > defaults.",
+    )
+    serve.add_argument("--config", help="TOML or YAML settings file (or PIER_CONFIG)")
+    for field in dataclasses.fields(Settings):
+        serve.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, help=_HELP[field.name])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+        try:
+            settings = load_settings(flags, config_file=args.config)
+        except (ConfigError, OSError) as exc:
+            print(f"pier: {exc}", file=sys.stderr)
+            return 2
+        from .server import serve
+
+        serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

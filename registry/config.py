@@ -1,0 +1,162 @@
+"""Server settings: one typed object, read once, from defaults < file < environment < flags.
+
+A config file is TOML (``.toml``) or YAML (``.yaml``/``.yml``) with the same keys as
+below; each key also has an environment variable ``PIER_<KEY>`` (``PIER_ADDR``,
+``PIER_ROOT``, ``PIER_MAX_BLOB_SIZE``...) and a flag ``--<key-with-dashes>``. Sizes
+accept ``KiB``/``MiB``/``GiB`` suffixes and durations ``s``/``m``/``h``/``d``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def default_root() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return os.path.join(base, "pier", "registry")
+
+
+@dataclass
+class Settings:
+    addr: str = "127.0.0.1:5000"
+    root: str = field(default_factory=default_root)
+    delete_enabled: bool = True
+    max_manifest_size: int = 4 * 1024 * 1024
+    max_blob_size: int = 100 * 1024**3  # 0 turns the limit off
+    upload_timeout: float = 24 * 3600.0
+    chunk_min_length: int = 1024 * 1024  # advertised; smaller chunks are still accepted
+    catalog_page_size: int = 1000  # default and maximum `n` for /v2/_catalog
+    max_inflight_requests: int = 1024  # beyond it: 429 with Retry-After
+    fsync: bool = True
+    workers: int = 1
+    access_log: bool = True
+    log_level: str = "info"
+
+    @property
+    def host(self) -> str:
+        return split_addr(self.addr)[0]
+
+    @property
+    def port(self) -> int:
+        return split_addr(self.addr)[1]
+
+
+FIELD_TYPES: dict[str, str] = {
+    "max_manifest_size": "size",
+    "max_blob_size": "size",
+    "chunk_min_length": "size",
+    "upload_timeout": "duration",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"addr must be HOST:PORT, got {addr!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"not a size: {value!r}")
+    unit = (match.group(2) or "B").upper().rstrip("B").rstrip("I")
+    return int(match.group(1)) * 1024 ** " KMGT".index(unit or " ")
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"not a duration: {value!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = FIELD_TYPES.get(name)
+    if kind == "size":
+        return parse_size(value)
+    if kind == "duration":
+        return parse_duration(value)
+    default = getattr(Settings(), name)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: not a boolean: {value!r}")
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: not an integer: {value!r}") from None
+    return str(value)
+
+
+def read_file(path: str) -> dict[str, Any]:
+    text = Path(path).read_bytes()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = tomllib.loads(text.decode())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return data
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge the sources in order of precedence; unknown keys are an error, not ignored."""
+    environ = dict(os.environ) if environ is None else environ
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    config_file = config_file or environ.get("PIER_CONFIG")
+    if config_file:
+        for key, value in read_file(config_file).items():
+            key = key.replace("-", "_")
+            if key not in names:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            values[key] = _coerce(key, value)
+    for name in names:
+        env = environ.get(f"PIER_{name.upper()}")
+        if env is not None:
+            values[name] = _coerce(name, env)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    settings = Settings(**values)
+    split_addr(settings.addr)
+    return settings
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """The settings as PIER_* variables, so worker processes read exactly the same."""
+    env = {}
+    for name, value in dataclasses.asdict(settings).items():
+        env[f"PIER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env

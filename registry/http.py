@@ -1,0 +1,92 @@
+"""Small HTTP helpers shared by the handlers: headers in, responses out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from .errors import RegistryError
+from .streams import BodyTooLarge
+
+API_VERSION_HEADER = ("docker-distribution-api-version", "registry/2.0")
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None, media_type: str = "application/json"
+) -> Response:
+    return Response(json.dumps(data).encode(), status, headers, media_type)
+
+
+def error_response(error: RegistryError) -> Response:
+    return json_response(error.body(), error.status, error.headers)
+
+
+def empty_response(status: int, headers: dict[str, str]) -> Response:
+    return Response(b"", status, {**headers, "content-length": "0"})
+
+
+def content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 19:
+        raise RegistryError("SIZE_INVALID", f"invalid Content-Length: {value[:40]!r}")
+    return int(value)
+
+
+def has_body(request: Request) -> bool:
+    length = content_length(request)
+    if length is not None:
+        return length > 0
+    return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+async def read_limited(request: Request, limit: int, what: str) -> bytes:
+    """Read a small body whole, refusing (413) as soon as it passes ``limit``."""
+    length = content_length(request)
+    if length is not None and length > limit:
+        raise RegistryError("MANIFEST_INVALID", f"{what} is larger than {limit} bytes", status=413)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BodyTooLarge(len(body))
+    except BodyTooLarge:
+        raise RegistryError("MANIFEST_INVALID", f"{what} is larger than {limit} bytes", status=413) from None
+    except ClientDisconnect:
+        raise RegistryError("SIZE_INVALID", "client disconnected before the body ended") from None
+    if length is not None and len(body) != length:
+        raise RegistryError("SIZE_INVALID", f"received {len(body)} bytes, Content-Length said {length}")
+    return bytes(body)
+
+
+def parse_byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=`` range as (start, end inclusive); None means serve the whole blob.
+
+    Raises a 416 ``RegistryError`` when the range cannot be satisfied.
+    """
+    unsatisfiable = RegistryError(
+        "BLOB_UNKNOWN", f"range {header[:80]!r} not satisfiable",
+        message="requested range not satisfiable", status=416,
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # other units and multipart ranges: the whole body is a valid answer
+    first, sep, last = spec.strip().partition("-")
+    if not sep or (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
+        raise unsatisfiable
+    if not first:  # suffix range: the last N bytes
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise unsatisfiable
+        return max(size - suffix, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise unsatisfiable
+    return start, end

@@ -1,0 +1,74 @@
+"""Where everything lives in storage. The whole layout, in one place:
+
+    blobs/<alg>/<hex[:2]>/<hex>/data              content, stored once (layers, configs, manifests)
+    repositories/<name>/_layers/<alg>/<hex>/link   blob linked into a repository
+    repositories/<name>/_manifests/revisions/<alg>/<hex>/link
+                                                   manifest in a repository; holds its media type
+    repositories/<name>/_manifests/tags/<tag>/current/link
+                                                   the digest a tag points to
+    repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
+                                                   descriptor (JSON) of a manifest whose subject
+                                                   is <alg>:<hex>
+    _uploads/<id>/data                             bytes of an open upload session
+    _uploads/<id>/info                             its repository and start time (JSON)
+
+A repository exists once it has a ``_manifests`` or ``_layers`` folder. Every file is
+written atomically by the backend; content is immutable once committed. Names, tags,
+digests and upload ids are validated before they reach these functions.
+"""
+
+from __future__ import annotations
+
+from .references import Digest
+
+BLOBS = "blobs"
+REPOSITORIES = "repositories"
+UPLOADS = "_uploads"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+
+
+def repository(name: str) -> str:
+    return f"{REPOSITORIES}/{name}"
+
+
+def layer_link(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}/link"
+
+
+def revision_link(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/revisions/{digest.algorithm}/{digest.hex}/link"
+
+
+def tags_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/tags"
+
+
+def tag_dir(name: str, tag: str) -> str:
+    return f"{tags_dir(name)}/{tag}"
+
+
+def tag_link(name: str, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/current/link"
+
+
+def referrers_dir(name: str, subject: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_referrers/{subject.algorithm}/{subject.hex}"
+
+
+def referrer_entry(name: str, subject: Digest, referrer: Digest) -> str:
+    return f"{referrers_dir(name, subject)}/{referrer.algorithm}-{referrer.hex}"
+
+
+def upload_dir(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}"
+
+
+def upload_data(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}/data"
+
+
+def upload_info(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}/info"

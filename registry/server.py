@@ -1,0 +1,41 @@
+"""Build the ASGI app from settings and run it under uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+
+from storage_backends import open_storage
+
+from .app import RegistryApp
+from .config import Settings, load_settings, to_environ
+
+
+def create_app(settings: Settings) -> RegistryApp:
+    return RegistryApp(settings, open_storage(settings.root, fsync=settings.fsync))
+
+
+def app_from_environ() -> RegistryApp:
+    """Factory for uvicorn's worker processes: they read the settings from PIER_*."""
+    return create_app(load_settings())
+
+
+def serve(settings: Settings) -> None:
+    options = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        http="httptools",
+        loop="uvloop",
+        server_header=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=30,
+    )
+    if settings.workers > 1:
+        os.environ.update(to_environ(settings))
+        os.environ.pop("PIER_CONFIG", None)  # already merged into the variables above
+        uvicorn.run("registry.server:app_from_environ", factory=True, workers=settings.workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)

@@ -1,0 +1,247 @@
+"""The registry's content model on top of any storage driver, written once.
+
+Blobs are stored once by digest and linked into repositories; manifests are blobs
+with a revision link that records their media type; tags are links to a manifest
+digest; referrers are descriptors filed under their subject. See ``layout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from storage_backends import PathNotFound, StorageDriver
+
+from . import layout
+from .errors import RegistryError
+from .manifests import OCI_INDEX, ParsedManifest, parse_manifest
+from .references import Digest, is_digest, validate_tag
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    digest: Digest
+    media_type: str
+    size: int
+
+
+class _ContentCache:
+    """Manifest bytes by digest. Content is immutable, so a hit is always correct."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._items: OrderedDict[Digest, bytes] = OrderedDict()
+        self._bytes = 0
+        self._max = max_bytes
+
+    def get(self, digest: Digest) -> bytes | None:
+        body = self._items.get(digest)
+        if body is not None:
+            self._items.move_to_end(digest)
+        return body
+
+    def put(self, digest: Digest, body: bytes) -> None:
+        if len(body) > self._max or digest in self._items:
+            return
+        self._items[digest] = body
+        self._bytes += len(body)
+        while self._bytes > self._max:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+class RegistryStore:
+    def __init__(self, driver: StorageDriver, manifest_cache_bytes: int = 64 << 20) -> None:
+        self.driver = driver
+        self._manifests = _ContentCache(manifest_cache_bytes)
+
+    # -- blobs -------------------------------------------------------------------
+    async def blob_size(self, name: str, digest: Digest) -> int:
+        """Size of a blob linked into ``name``; ``BLOB_UNKNOWN`` otherwise."""
+        try:
+            _, info = await asyncio.gather(
+                self.driver.stat(layout.layer_link(name, digest)),
+                self.driver.stat(layout.blob_data(digest)),
+            )
+        except PathNotFound:
+            raise RegistryError("BLOB_UNKNOWN", str(digest)) from None
+        return info.size
+
+    def read_blob(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        return self.driver.reader(layout.blob_data(digest), offset, length)
+
+    async def has_content(self, digest: Digest) -> bool:
+        return await self.driver.exists(layout.blob_data(digest))
+
+    async def link_blob(self, name: str, digest: Digest) -> None:
+        await self.driver.put_content(layout.layer_link(name, digest), str(digest).encode())
+
+    async def mount_blob(self, name: str, source: str, digest: Digest) -> bool:
+        """Link a blob from ``source`` into ``name`` when ``source`` has it."""
+        try:
+            await self.blob_size(source, digest)
+        except RegistryError:
+            return False
+        await self.link_blob(name, digest)
+        return True
+
+    async def delete_blob(self, name: str, digest: Digest) -> None:
+        path = layout.layer_link(name, digest)
+        if not await self.driver.exists(path):
+            raise RegistryError("BLOB_UNKNOWN", str(digest))
+        # Only the link goes; the content may serve other repositories (GC reclaims it).
+        await self.driver.delete(path.rsplit("/", 1)[0])
+
+    # -- manifests ---------------------------------------------------------------
+    async def resolve(self, name: str, reference: str) -> ManifestRecord:
+        """Turn a tag or digest into the manifest it names in ``name``."""
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+        else:
+            validate_tag(reference)
+            try:
+                raw = await self.driver.get_content(layout.tag_link(name, reference))
+            except PathNotFound:
+                raise RegistryError("MANIFEST_UNKNOWN", f"unknown tag: {reference}") from None
+            digest = Digest.parse(raw.decode().strip())
+        try:
+            link = json.loads(await self.driver.get_content(layout.revision_link(name, digest)))
+        except PathNotFound:
+            raise RegistryError("MANIFEST_UNKNOWN", f"unknown manifest: {digest}") from None
+        return ManifestRecord(digest, link["mediaType"], link["size"])
+
+    async def manifest_body(self, record: ManifestRecord) -> bytes:
+        body = self._manifests.get(record.digest)
+        if body is None:
+            try:
+                body = await self.driver.get_content(layout.blob_data(record.digest))
+            except PathNotFound:
+                raise RegistryError("MANIFEST_UNKNOWN", str(record.digest)) from None
+            self._manifests.put(record.digest, body)
+        return body
+
+    async def put_manifest(
+        self, name: str, reference: str, body: bytes, content_type: str | None, tags: list[str]
+    ) -> tuple[Digest, ParsedManifest]:
+        manifest = parse_manifest(body, content_type)
+        if is_digest(reference):
+            expected = Digest.parse(reference)
+            digest = Digest.of(body, expected.algorithm)
+            if digest != expected:
+                raise RegistryError(
+                    "DIGEST_INVALID", f"manifest digest is {digest}, not {expected}"
+                )
+        else:
+            tags = [validate_tag(reference), *tags]
+            digest = Digest.of(body)
+        for tag in tags:
+            validate_tag(tag)
+        await self._check_references(name, manifest)
+
+        if not await self.has_content(digest):
+            await self.driver.put_content(layout.blob_data(digest), body)
+        link = {"mediaType": manifest.media_type, "size": len(body)}
+        await self.driver.put_content(
+            layout.revision_link(name, digest), json.dumps(link).encode()
+        )
+        if manifest.subject is not None:
+            descriptor = {"mediaType": manifest.media_type, "digest": str(digest), "size": len(body)}
+            if manifest.artifact_type:
+                descriptor["artifactType"] = manifest.artifact_type
+            if manifest.annotations:
+                descriptor["annotations"] = manifest.annotations
+            await self.driver.put_content(
+                layout.referrer_entry(name, manifest.subject.digest, digest),
+                json.dumps(descriptor).encode(),
+            )
+        for tag in tags:
+            await self.driver.put_content(layout.tag_link(name, tag), str(digest).encode())
+        self._manifests.put(digest, body)
+        return digest, manifest
+
+    async def _check_references(self, name: str, manifest: ParsedManifest) -> None:
+        async def check_blob(descriptor) -> None:  # type: ignore[no-untyped-def]
+            if descriptor.urls:
+                return  # foreign / non-distributable layer: fetched from its URLs
+            try:
+                size = await self.blob_size(name, descriptor.digest)
+            except RegistryError:
+                raise RegistryError("MANIFEST_BLOB_UNKNOWN", str(descriptor.digest)) from None
+            if size != descriptor.size:
+                raise RegistryError(
+                    "MANIFEST_INVALID",
+                    f"{descriptor.digest} has size {size}, the manifest says {descriptor.size}",
+                )
+
+        async def check_child(descriptor) -> None:  # type: ignore[no-untyped-def]
+            if not await self.driver.exists(layout.revision_link(name, descriptor.digest)):
+                raise RegistryError(
+                    "MANIFEST_UNKNOWN", f"index references unknown manifest {descriptor.digest}",
+                    status=400,
+                )
+
+        checks = [check_blob(d) for d in manifest.blobs] + [check_child(d) for d in manifest.children]
+        # Bounded fan-out: a manifest may list hundreds of layers.
+        for start in range(0, len(checks), 32):
+            await asyncio.gather(*checks[start : start + 32])
+
+    async def delete_manifest(self, name: str, reference: str) -> None:
+        if not is_digest(reference):
+            validate_tag(reference)
+            if not await self.driver.exists(layout.tag_link(name, reference)):
+                raise RegistryError("MANIFEST_UNKNOWN", f"unknown tag: {reference}")
+            await self.driver.delete(layout.tag_dir(name, reference))
+            return
+        record = await self.resolve(name, reference)
+        body = await self.manifest_body(record)
+        subject = parse_manifest(body, record.media_type).subject
+        for tag in await self.tags(name):
+            try:
+                target = await self.driver.get_content(layout.tag_link(name, tag))
+            except PathNotFound:
+                continue
+            if target.decode().strip() == str(record.digest):
+                await self.driver.delete(layout.tag_dir(name, tag))
+        if subject is not None:
+            await self.driver.delete(layout.referrer_entry(name, subject.digest, record.digest))
+        await self.driver.delete(layout.revision_link(name, record.digest).rsplit("/", 1)[0])
+
+    # -- listings ----------------------------------------------------------------
+    async def repository_exists(self, name: str) -> bool:
+        return bool(await self.driver.list(layout.repository(name)))
+
+    async def tags(self, name: str) -> list[str]:
+        return sorted(await self.driver.list(layout.tags_dir(name)))
+
+    async def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> dict:
+        directory = layout.referrers_dir(name, subject)
+        entries = await self.driver.list(directory)
+        bodies = await asyncio.gather(
+            *(self.driver.get_content(f"{directory}/{entry}") for entry in entries),
+            return_exceptions=True,
+        )
+        descriptors = []
+        for body in bodies:
+            if isinstance(body, BaseException):
+                continue  # deleted while listing
+            descriptor = json.loads(body)
+            if artifact_type is None or descriptor.get("artifactType") == artifact_type:
+                descriptors.append(descriptor)
+        return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+
+    async def repositories(self) -> list[str]:
+        """Every repository name, sorted: a folder holding ``_manifests`` or ``_layers``."""
+        found: list[str] = []
+
+        async def walk(prefix: str) -> None:
+            children = await self.driver.list(f"{layout.REPOSITORIES}/{prefix}" if prefix else layout.REPOSITORIES)
+            if prefix and ("_manifests" in children or "_layers" in children):
+                found.append(prefix)
+            for child in children:
+                if not child.startswith("_"):
+                    await walk(f"{prefix}/{child}" if prefix else child)
+
+        await walk("")
+        return sorted(found)

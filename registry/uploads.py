@@ -1,0 +1,305 @@
+"""Blob upload sessions, kept entirely in storage.
+
+A session is a folder with the bytes received so far and a small info file. Any
+process sharing the store can continue it: appends are serialized by the backend's
+exclusive append writer, and the digest is verified from the stored bytes. Hash
+states are cached per process only to avoid re-reading what this process already
+hashed; the cache is checked against the stored size before it is trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from storage_backends import FileWriter, PathNotFound, StorageDriver, WriterBusy
+
+from . import layout
+from .errors import RegistryError
+from .references import ALGORITHMS, Digest, new_hasher
+from .store import RegistryStore
+from .streams import BodyTooLarge, pump, too_large
+
+UPLOAD_ID_LENGTH = 32
+
+
+@dataclass
+class ContentRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_content_range(value: str) -> ContentRange:
+    """``<start>-<end>`` as the spec writes it (a ``bytes `` prefix is tolerated)."""
+    text = value.strip()
+    for prefix in ("bytes ", "bytes="):
+        if text.startswith(prefix):
+            text = text[len(prefix) :].split("/", 1)[0]
+    start, sep, end = text.partition("-")
+    if not sep or not start.isdigit() or not end.isdigit() or len(text) > 40:
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID", f"malformed Content-Range: {value[:80]!r}", status=416
+        )
+    parsed = ContentRange(int(start), int(end))
+    if parsed.end < parsed.start:
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID", f"Content-Range ends before it starts: {value!r}", status=416
+        )
+    return parsed
+
+
+@dataclass
+class UploadSession:
+    id: str
+    name: str
+    algorithm: str
+    size: int
+
+
+class _HashCache:
+    """Per-process hash states of recent sessions: (algorithm, offset) -> hasher."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        self._items: OrderedDict[str, tuple[str, int, object]] = OrderedDict()
+        self._capacity = capacity
+
+    def take(self, upload_id: str, algorithm: str, offset: int):  # type: ignore[no-untyped-def]
+        """A copy of the cached state if it is exactly at ``offset``, else None."""
+        item = self._items.get(upload_id)
+        if item is None or item[0] != algorithm or item[1] != offset:
+            return None
+        return item[2].copy()  # type: ignore[attr-defined]
+
+    def put(self, upload_id: str, algorithm: str, offset: int, hasher: object) -> None:
+        self._items[upload_id] = (algorithm, offset, hasher)
+        self._items.move_to_end(upload_id)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+    def drop(self, upload_id: str) -> None:
+        self._items.pop(upload_id, None)
+
+
+def _range_header(size: int) -> str:
+    return f"0-{max(size - 1, 0)}"
+
+
+class Uploads:
+    def __init__(
+        self,
+        store: RegistryStore,
+        *,
+        max_blob_size: int | None,
+        session_timeout: float,
+    ) -> None:
+        self.store = store
+        self.driver: StorageDriver = store.driver
+        self.max_blob_size = max_blob_size
+        self.session_timeout = session_timeout
+        self._hashes = _HashCache()
+
+    @staticmethod
+    def range_header(size: int) -> str:
+        return _range_header(size)
+
+    # -- sessions ----------------------------------------------------------------
+    async def start(self, name: str, algorithm: str = "sha256") -> UploadSession:
+        if algorithm not in ALGORITHMS:
+            raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {algorithm}")
+        upload_id = uuid.uuid4().hex
+        info = {"name": name, "algorithm": algorithm, "started": time.time()}
+        await self.driver.put_content(layout.upload_data(upload_id), b"")
+        await self.driver.put_content(layout.upload_info(upload_id), json.dumps(info).encode())
+        return UploadSession(upload_id, name, algorithm, 0)
+
+    async def get(self, name: str, upload_id: str) -> UploadSession:
+        unknown = RegistryError("BLOB_UPLOAD_UNKNOWN", f"unknown upload: {upload_id[:64]!r}")
+        if len(upload_id) != UPLOAD_ID_LENGTH or not all(c in "0123456789abcdef" for c in upload_id):
+            raise unknown
+        try:
+            info = json.loads(await self.driver.get_content(layout.upload_info(upload_id)))
+            data = await self.driver.stat(layout.upload_data(upload_id))
+        except PathNotFound:
+            raise unknown from None
+        if info.get("name") != name:
+            raise unknown
+        if time.time() - data.mtime > self.session_timeout:
+            await self.cancel_id(upload_id)
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload session expired")
+        return UploadSession(upload_id, name, info.get("algorithm", "sha256"), data.size)
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        await self.get(name, upload_id)
+        await self.cancel_id(upload_id)
+
+    async def cancel_id(self, upload_id: str) -> None:
+        self._hashes.drop(upload_id)
+        await self.driver.delete(layout.upload_dir(upload_id))
+
+    async def purge_expired(self) -> int:
+        """Delete sessions idle for longer than the timeout; returns how many."""
+        purged = 0
+        now = time.time()
+        for upload_id in await self.driver.list(layout.UPLOADS):
+            try:
+                info = await self.driver.stat(layout.upload_data(upload_id))
+                idle = now - info.mtime
+            except PathNotFound:
+                try:  # a session whose data never appeared: judge it by its folder
+                    idle = now - (await self.driver.stat(layout.upload_dir(upload_id))).mtime
+                except PathNotFound:
+                    continue
+            if idle > self.session_timeout:
+                await self.cancel_id(upload_id)
+                purged += 1
+        return purged
+
+    # -- appending ---------------------------------------------------------------
+    async def _open(self, session: UploadSession) -> FileWriter:
+        try:
+            return await self.driver.writer(layout.upload_data(session.id), append=True)
+        except WriterBusy:
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID", "another request is writing to this upload",
+                status=416, headers={"Range": _range_header(session.size)},
+            ) from None
+
+    async def _append(
+        self,
+        session: UploadSession,
+        writer: FileWriter,
+        body: AsyncIterator[bytes],
+        content_range: ContentRange | None,
+        content_length: int | None,
+    ) -> None:
+        """Append one chunk, all or nothing: a short or rejected chunk is rolled back."""
+        start = writer.size
+        session.size = start
+        if content_range is not None and content_range.start != start:
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID",
+                f"chunk starts at {content_range.start}, the upload has {start} bytes",
+                status=416, headers={"Range": _range_header(start)},
+            )
+        if content_range is not None and content_length is not None:
+            if content_range.length != content_length:
+                raise RegistryError("SIZE_INVALID", "Content-Range and Content-Length disagree")
+        hasher = self._hashes.take(session.id, session.algorithm, start)
+        if hasher is None and start == 0:
+            hasher = new_hasher(session.algorithm)
+        limit = None if self.max_blob_size is None else self.max_blob_size - start
+        try:
+            received = await pump(body, writer, hasher, limit)
+        except BodyTooLarge:
+            await writer.cancel()
+            raise too_large(self.max_blob_size or 0) from None
+        except BaseException:
+            await writer.cancel()
+            raise
+        expected = content_range.length if content_range is not None else content_length
+        if expected is not None and received != expected:
+            await writer.cancel()
+            raise RegistryError(
+                "SIZE_INVALID", f"received {received} bytes, expected {expected}",
+                headers={"Range": _range_header(start)},
+            )
+        session.size = start + received
+        if hasher is not None:
+            self._hashes.put(session.id, session.algorithm, session.size, hasher)
+        else:
+            self._hashes.drop(session.id)
+
+    async def append(
+        self,
+        session: UploadSession,
+        body: AsyncIterator[bytes],
+        content_range: ContentRange | None,
+        content_length: int | None,
+    ) -> UploadSession:
+        writer = await self._open(session)
+        try:
+            await self._append(session, writer, body, content_range, content_length)
+        finally:
+            await writer.commit()
+        return session
+
+    async def finish(
+        self,
+        session: UploadSession,
+        digest: Digest,
+        body: AsyncIterator[bytes] | None,
+        content_range: ContentRange | None,
+        content_length: int | None,
+    ) -> None:
+        """Append the last chunk (if any), verify the digest, and commit the blob."""
+        writer = await self._open(session)
+        try:
+            if body is not None:
+                await self._append(session, writer, body, content_range, content_length)
+            actual = await self._digest_of(session, digest.algorithm)
+            if actual != digest:
+                await writer.commit()
+                await self.cancel_id(session.id)
+                raise RegistryError(
+                    "DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}"
+                )
+            if await self.store.has_content(digest):
+                await self.driver.delete(layout.upload_data(session.id))
+            else:
+                await writer.commit()  # durable before it becomes visible
+                await self.driver.move(layout.upload_data(session.id), layout.blob_data(digest))
+            await self.store.link_blob(session.name, digest)
+        finally:
+            await writer.commit()
+        await self.cancel_id(session.id)
+
+    async def _digest_of(self, session: UploadSession, algorithm: str) -> Digest:
+        hasher = self._hashes.take(session.id, algorithm, session.size)
+        if hasher is None:
+            # Another process received (part of) this upload: derive the hash from storage.
+            hasher = hashlib.new(algorithm)
+            await pump(self.driver.reader(layout.upload_data(session.id)), None, hasher)
+        return Digest(algorithm, hasher.hexdigest())
+
+    # -- whole blobs in one request ----------------------------------------------
+    async def put_monolithic(
+        self, name: str, digest: Digest, body: AsyncIterator[bytes], content_length: int | None
+    ) -> None:
+        """``POST ?digest=``: stream straight to the blob's place, visible only if it verifies."""
+        hasher = new_hasher(digest.algorithm)
+        exists = await self.store.has_content(digest)
+        writer = None if exists else await self.driver.writer(layout.blob_data(digest))
+        try:
+            received = await pump(body, writer, hasher, self.max_blob_size)
+        except BaseException as exc:
+            if writer is not None:
+                await writer.cancel()
+            if isinstance(exc, BodyTooLarge):
+                raise too_large(self.max_blob_size or 0) from None
+            raise
+        try:
+            if content_length is not None and received != content_length:
+                raise RegistryError(
+                    "SIZE_INVALID", f"received {received} bytes, Content-Length said {content_length}"
+                )
+            actual = Digest(digest.algorithm, hasher.hexdigest())
+            if actual != digest:
+                raise RegistryError(
+                    "DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}"
+                )
+        except RegistryError:
+            if writer is not None:
+                await writer.cancel()
+            raise
+        if writer is not None:
+            await writer.commit()
+        await self.store.link_blob(name, digest)

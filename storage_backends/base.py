@@ -1,0 +1,132 @@
+"""The storage contract: a handful of primitives every backend implements.
+
+Modelled on distribution's storage driver. Paths are slash-separated, relative to
+the backend's root, and made only of validated components (see ``check_path``):
+the registry above builds blobs, links, tags and uploads on these primitives once,
+for every backend. Nothing here knows about HTTP or about registries.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+_COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+class StorageError(Exception):
+    """Base class for backend failures the registry may want to translate."""
+
+
+class PathNotFound(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"path not found: {path}")
+        self.path = path
+
+
+class InvalidPath(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"invalid storage path: {path!r}")
+        self.path = path
+
+
+class WriterBusy(StorageError):
+    """Another writer (in this or another process) holds the path for appending."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    mtime: float
+    is_dir: bool
+
+
+def check_path(path: str) -> str:
+    """Reject anything but plain relative components, so no caller can escape the root.
+
+    The registry validates names and digests before building paths; this is the
+    second, independent line: ``..``, empty components, NUL and absolute paths never
+    reach a backend.
+    """
+    if not path or path.startswith("/") or len(path) > 4096:
+        raise InvalidPath(path)
+    for part in path.split("/"):
+        if part in (".", "..") or not _COMPONENT.match(part):
+            raise InvalidPath(path)
+    return path
+
+
+class FileWriter(ABC):
+    """A streamed write to one path; nothing is visible at the path until ``commit``.
+
+    In append mode the writer continues an existing file and holds it exclusively
+    until closed, so two processes can never interleave appends.
+    """
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """Bytes in the file so far, including what existed before an append."""
+
+    @abstractmethod
+    async def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    @abstractmethod
+    async def commit(self) -> None:
+        """Make everything written durable and visible, then release the writer."""
+
+    @abstractmethod
+    async def cancel(self) -> None:
+        """Discard what this writer wrote (an append rolls back to its start size)."""
+
+
+class StorageDriver(ABC):
+    """Read, write, stat, list, move, delete: all the registry needs from storage."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    async def get_content(self, path: str) -> bytes:
+        """Read a small file whole (links, tags, manifests, upload metadata)."""
+
+    @abstractmethod
+    async def put_content(self, path: str, data: bytes) -> None:
+        """Replace a small file atomically: readers see the old or the new bytes."""
+
+    @abstractmethod
+    def reader(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes (or to the end) starting at ``offset``."""
+
+    @abstractmethod
+    async def writer(self, path: str, append: bool = False) -> FileWriter: ...
+
+    @abstractmethod
+    async def stat(self, path: str) -> FileInfo:
+        """Raise ``PathNotFound`` when nothing is at ``path``."""
+
+    @abstractmethod
+    async def list(self, path: str) -> list[str]:
+        """Names of the direct children of a directory ([] when it does not exist)."""
+
+    @abstractmethod
+    async def move(self, source: str, dest: str) -> None:
+        """Atomically rename ``source`` to ``dest``, replacing what was there."""
+
+    @abstractmethod
+    async def delete(self, path: str) -> None:
+        """Remove a file or a whole directory tree; missing paths are not an error."""
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except PathNotFound:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Release clients and pools; the default backend has none."""

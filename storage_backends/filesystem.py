@@ -1,0 +1,246 @@
+"""Local disk backend: every write lands in a temporary file, is fsynced, then renamed.
+
+A process killed at any moment leaves at most a hidden ``.tmp-*`` file, never a
+partial file at a real path. Appends (upload sessions) hold an exclusive ``flock``
+so that several server processes sharing one folder cannot interleave chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from .base import FileInfo, FileWriter, PathNotFound, StorageDriver, WriterBusy, check_path
+
+READ_CHUNK = 1024 * 1024
+
+
+def _tmp_name(target: Path) -> Path:
+    return target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _FilesystemWriter(FileWriter):
+    def __init__(self, target: Path, fd: int, start: int, temp: Path | None, fsync: bool):
+        self._target = target
+        self._fd = fd
+        self._start = start
+        self._size = start
+        self._temp = temp  # None when appending in place
+        self._fsync = fsync
+        self._closed = False
+        # Writes run in worker threads: commit/cancel wait for any write still running.
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._lock:
+            if self._closed:
+                raise ValueError("write to a closed writer")
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        await asyncio.to_thread(self._write_all, data)
+        self._size += len(data)
+
+    def _commit(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._commit_locked()
+
+    def _commit_locked(self) -> None:
+        try:
+            if self._fsync:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._closed = True
+        if self._temp is not None:
+            os.replace(self._temp, self._target)
+            if self._fsync:
+                _fsync_dir(self._target.parent)
+
+    async def commit(self) -> None:
+        if not self._closed:
+            await asyncio.to_thread(self._commit)
+
+    def _cancel(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._cancel_locked()
+
+    def _cancel_locked(self) -> None:
+        try:
+            if self._temp is None:
+                os.ftruncate(self._fd, self._start)
+        finally:
+            os.close(self._fd)
+            self._closed = True
+            if self._temp is not None:
+                self._temp.unlink(missing_ok=True)
+
+    async def cancel(self) -> None:
+        if not self._closed:
+            await asyncio.to_thread(self._cancel)
+
+
+class FilesystemDriver(StorageDriver):
+    name = "filesystem"
+
+    def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+
+    def _full(self, path: str) -> Path:
+        return self.root / check_path(path)
+
+    # -- small files -------------------------------------------------------------
+    def _get_content(self, path: str) -> bytes:
+        try:
+            return self._full(path).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+
+    async def get_content(self, path: str) -> bytes:
+        return await asyncio.to_thread(self._get_content, path)
+
+    def _put_content(self, path: str, data: bytes) -> None:
+        target = self._full(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = _tmp_name(target)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            _fsync_dir(target.parent)
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put_content, path, data)
+
+    # -- streams -----------------------------------------------------------------
+    async def reader(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        full = self._full(path)
+        try:
+            handle = await asyncio.to_thread(open, full, "rb", buffering=0)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+        try:
+            if offset:
+                handle.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                chunk = await asyncio.to_thread(handle.read, want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            handle.close()
+
+    def _open_writer(self, path: str, append: bool) -> _FilesystemWriter:
+        target = self._full(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not append:
+            temp = _tmp_name(target)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            return _FilesystemWriter(target, fd, 0, temp, self.fsync)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise WriterBusy(path) from None
+            raise
+        start = os.fstat(fd).st_size
+        return _FilesystemWriter(target, fd, start, None, self.fsync)
+
+    async def writer(self, path: str, append: bool = False) -> FileWriter:
+        return await asyncio.to_thread(self._open_writer, path, append)
+
+    # -- metadata ----------------------------------------------------------------
+    def _stat(self, path: str) -> FileInfo:
+        try:
+            st = self._full(path).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        is_dir = (st.st_mode & 0o170000) == 0o040000
+        return FileInfo(path=path, size=st.st_size, mtime=st.st_mtime, is_dir=is_dir)
+
+    async def stat(self, path: str) -> FileInfo:
+        return await asyncio.to_thread(self._stat, path)
+
+    def _list(self, path: str) -> list[str]:
+        directory = self._full(path) if path else self.root
+        try:
+            return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    async def list(self, path: str) -> list[str]:
+        return await asyncio.to_thread(self._list, path)
+
+    def _move(self, source: str, dest: str) -> None:
+        src, dst = self._full(source), self._full(dest)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dst)
+        except FileNotFoundError:
+            raise PathNotFound(source) from None
+        if self.fsync:
+            _fsync_dir(dst.parent)
+
+    async def move(self, source: str, dest: str) -> None:
+        await asyncio.to_thread(self._move, source, dest)
+
+    def _delete(self, path: str) -> None:
+        full = self._full(path)
+        try:
+            if full.is_dir() and not full.is_symlink():
+                # Rename first so a reader never sees a half-deleted tree.
+                doomed = _tmp_name(full)
+                os.replace(full, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+            else:
+                full.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def delete(self, path: str) -> None:
+        await asyncio.to_thread(self._delete, path)

@@ -1,0 +1,89 @@
+"""Real servers for tests: started as processes on free loopback ports, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not answer {url} within {timeout}s")
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+
+
+class PierServer:
+    """``pier serve`` in its own process, with a log file to read when a test fails."""
+
+    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None):
+        self.root = Path(root)
+        self.port = port or free_port()
+        self.args = args
+        self.env = env or {}
+        self.log_path = self.root.parent / f"pier-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def start(self) -> PierServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIER_")}
+        env.update(self.env)
+        command = [
+            sys.executable, "-m", "registry", "serve",
+            "--addr", self.host, "--root", str(self.root), "--access-log", "false", *self.args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=REPO_ROOT)
+        wait_http(f"{self.url}/v2/", self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+    def kill(self) -> None:
+        """Die at once, as a crash would: no shutdown handlers run."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
