@@ -60,14 +60,22 @@ class RegistryApp:
             (re.compile(rf"^/v2/{n}/tags/list$"), {"GET": self.tags}),
             (
                 re.compile(rf"^/v2/{n}/manifests/(?P<reference>[^/]+)$"),
-                {"GET": self.get_manifest, "HEAD": self.get_manifest,
-                 "PUT": self.put_manifest, "DELETE": self.delete_manifest},
+                {
+                    "GET": self.get_manifest,
+                    "HEAD": self.get_manifest,
+                    "PUT": self.put_manifest,
+                    "DELETE": self.delete_manifest,
+                },
             ),
             (re.compile(rf"^/v2/{n}/blobs/uploads/?$"), {"POST": self.start_upload}),
             (
                 re.compile(rf"^/v2/{n}/blobs/uploads/(?P<upload_id>[^/]+)$"),
-                {"GET": self.upload_status, "PATCH": self.patch_upload,
-                 "PUT": self.finish_upload, "DELETE": self.cancel_upload},
+                {
+                    "GET": self.upload_status,
+                    "PATCH": self.patch_upload,
+                    "PUT": self.finish_upload,
+                    "DELETE": self.cancel_upload,
+                },
             ),
             (
                 re.compile(rf"^/v2/{n}/blobs/(?P<digest>[^/]+)$"),
@@ -103,16 +111,17 @@ class RegistryApp:
             match = pattern.match(path)
             if match is None:
                 continue
-            handler = methods.get(request.method)
-            if handler is None:
-                return error_response(
-                    RegistryError("UNSUPPORTED", f"{request.method} is not supported on {path[:200]}",
-                                  headers={"Allow": ", ".join(methods)})
-                )
             try:
                 params = match.groupdict()
                 if "name" in params:
                     validate_name(params["name"])
+                handler = methods.get(request.method)
+                if handler is None:
+                    raise RegistryError(
+                        "UNSUPPORTED",
+                        f"{request.method} is not supported on {path[:200]}",
+                        headers={"Allow": ", ".join(methods)},
+                    )
                 return await handler(request, **params)
             except RegistryError as error:
                 return error_response(error)
@@ -144,7 +153,7 @@ class RegistryApp:
                 purged = await self.uploads.purge_expired()
                 if purged:
                     log.info("purged %d abandoned upload sessions", purged)
-            except Exception:  # noqa: BLE001 - keep purging on the next round
+            except Exception:
                 log.exception("purging upload sessions failed")
             await asyncio.sleep(interval)
 
@@ -157,11 +166,15 @@ class RegistryApp:
         if value is None or value == "":
             return default
         if not value.isdigit():
-            raise RegistryError("PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer: {value[:40]!r}")
+            raise RegistryError(
+                "PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer: {value[:40]!r}"
+            )
         return min(int(value), self.settings.catalog_page_size) if default else int(value)
 
     @staticmethod
-    def _paginate(items: list[str], request: Request, n: int | None, path: str) -> tuple[list[str], dict[str, str]]:
+    def _paginate(
+        items: list[str], request: Request, n: int | None, path: str
+    ) -> tuple[list[str], dict[str, str]]:
         last = request.query_params.get("last")
         if last:
             items = [item for item in items if item > last]
@@ -340,4 +353,3 @@ def _accepted_types(request: Request) -> set[str]:
     if not types & MANIFEST_TYPES:
         return set()  # e.g. only application/json: not a manifest negotiation at all
     return types
-

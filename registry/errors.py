@@ -42,7 +42,7 @@ class RegistryError(Exception):
         self.message = message or default_message
         self.detail = detail
         self.status = status or default_status
-        self.headers = headers or {}
+        self.headers = {key.lower(): value for key, value in (headers or {}).items()}
         super().__init__(f"{code}: {self.message}" + (f" ({detail})" if detail else ""))
 
     def body(self) -> dict[str, Any]:

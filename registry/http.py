@@ -70,8 +70,10 @@ def parse_byte_range(header: str, size: int) -> tuple[int, int] | None:
     Raises a 416 ``RegistryError`` when the range cannot be satisfied.
     """
     unsatisfiable = RegistryError(
-        "BLOB_UNKNOWN", f"range {header[:80]!r} not satisfiable",
-        message="requested range not satisfiable", status=416,
+        "BLOB_UNKNOWN",
+        f"range {header[:80]!r} not satisfiable",
+        message="requested range not satisfiable",
+        status=416,
         headers={"Content-Range": f"bytes */{size}"},
     )
     unit, _, spec = header.strip().partition("=")

@@ -36,9 +36,7 @@ class Digest:
         """Parse a digest the registry can verify, or fail with ``DIGEST_INVALID``."""
         if not DIGEST_PATTERN.match(value):
             if DIGEST_GRAMMAR.match(value) and value.split(":", 1)[0] not in ALGORITHMS:
-                raise RegistryError(
-                    "DIGEST_INVALID", f"unsupported digest algorithm: {value.split(':')[0]}"
-                )
+                raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {value.split(':')[0]}")
             raise RegistryError("DIGEST_INVALID", f"invalid digest: {value[:200]!r}")
         algorithm, hexpart = value.split(":", 1)
         return cls(algorithm, hexpart)
@@ -60,9 +58,7 @@ def new_hasher(algorithm: str) -> hashlib._Hash:
 
 def validate_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
-        raise RegistryError(
-            "NAME_INVALID", f"repository name longer than {MAX_NAME_LENGTH} characters"
-        )
+        raise RegistryError("NAME_INVALID", f"repository name longer than {MAX_NAME_LENGTH} characters")
     if not NAME_PATTERN.match(name):
         raise RegistryError("NAME_INVALID", f"invalid repository name: {name[:300]!r}")
     return name

@@ -130,9 +130,7 @@ class RegistryStore:
             expected = Digest.parse(reference)
             digest = Digest.of(body, expected.algorithm)
             if digest != expected:
-                raise RegistryError(
-                    "DIGEST_INVALID", f"manifest digest is {digest}, not {expected}"
-                )
+                raise RegistryError("DIGEST_INVALID", f"manifest digest is {digest}, not {expected}")
         else:
             tags = [validate_tag(reference), *tags]
             digest = Digest.of(body)
@@ -143,9 +141,7 @@ class RegistryStore:
         if not await self.has_content(digest):
             await self.driver.put_content(layout.blob_data(digest), body)
         link = {"mediaType": manifest.media_type, "size": len(body)}
-        await self.driver.put_content(
-            layout.revision_link(name, digest), json.dumps(link).encode()
-        )
+        await self.driver.put_content(layout.revision_link(name, digest), json.dumps(link).encode())
         if manifest.subject is not None:
             descriptor = {"mediaType": manifest.media_type, "digest": str(digest), "size": len(body)}
             if manifest.artifact_type:
@@ -178,7 +174,8 @@ class RegistryStore:
         async def check_child(descriptor) -> None:  # type: ignore[no-untyped-def]
             if not await self.driver.exists(layout.revision_link(name, descriptor.digest)):
                 raise RegistryError(
-                    "MANIFEST_UNKNOWN", f"index references unknown manifest {descriptor.digest}",
+                    "MANIFEST_UNKNOWN",
+                    f"index references unknown manifest {descriptor.digest}",
                     status=400,
                 )
 
@@ -236,7 +233,9 @@ class RegistryStore:
         found: list[str] = []
 
         async def walk(prefix: str) -> None:
-            children = await self.driver.list(f"{layout.REPOSITORIES}/{prefix}" if prefix else layout.REPOSITORIES)
+            children = await self.driver.list(
+                f"{layout.REPOSITORIES}/{prefix}" if prefix else layout.REPOSITORIES
+            )
             if prefix and ("_manifests" in children or "_layers" in children):
                 found.append(prefix)
             for child in children:

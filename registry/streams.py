@@ -9,6 +9,7 @@ in memory per transfer, whatever the size of the blob.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -73,14 +74,10 @@ async def pump(
     finally:
         if pending is not None:
             # Never abandon a block mid-write: the caller may roll the file back next.
-            try:
+            with contextlib.suppress(BaseException):
                 await asyncio.shield(pending)
-            except BaseException:  # noqa: BLE001 - the first error is the one that matters
-                pass
     return received
 
 
 def too_large(limit: int) -> RegistryError:
-    return RegistryError(
-        "SIZE_INVALID", f"body exceeds the limit of {limit} bytes", status=413
-    )
+    return RegistryError("SIZE_INVALID", f"body exceeds the limit of {limit} bytes", status=413)

@@ -46,9 +46,7 @@ def parse_content_range(value: str) -> ContentRange:
             text = text[len(prefix) :].split("/", 1)[0]
     start, sep, end = text.partition("-")
     if not sep or not start.isdigit() or not end.isdigit() or len(text) > 40:
-        raise RegistryError(
-            "BLOB_UPLOAD_INVALID", f"malformed Content-Range: {value[:80]!r}", status=416
-        )
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"malformed Content-Range: {value[:80]!r}", status=416)
     parsed = ContentRange(int(start), int(end))
     if parsed.end < parsed.start:
         raise RegistryError(
@@ -169,8 +167,10 @@ class Uploads:
             return await self.driver.writer(layout.upload_data(session.id), append=True)
         except WriterBusy:
             raise RegistryError(
-                "BLOB_UPLOAD_INVALID", "another request is writing to this upload",
-                status=416, headers={"Range": _range_header(session.size)},
+                "BLOB_UPLOAD_INVALID",
+                "another request is writing to this upload",
+                status=416,
+                headers={"Range": _range_header(session.size)},
             ) from None
 
     async def _append(
@@ -188,11 +188,11 @@ class Uploads:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID",
                 f"chunk starts at {content_range.start}, the upload has {start} bytes",
-                status=416, headers={"Range": _range_header(start)},
+                status=416,
+                headers={"Range": _range_header(start)},
             )
-        if content_range is not None and content_length is not None:
-            if content_range.length != content_length:
-                raise RegistryError("SIZE_INVALID", "Content-Range and Content-Length disagree")
+        if content_range is not None and content_length not in (None, content_range.length):
+            raise RegistryError("SIZE_INVALID", "Content-Range and Content-Length disagree")
         hasher = self._hashes.take(session.id, session.algorithm, start)
         if hasher is None and start == 0:
             hasher = new_hasher(session.algorithm)
@@ -209,7 +209,8 @@ class Uploads:
         if expected is not None and received != expected:
             await writer.cancel()
             raise RegistryError(
-                "SIZE_INVALID", f"received {received} bytes, expected {expected}",
+                "SIZE_INVALID",
+                f"received {received} bytes, expected {expected}",
                 headers={"Range": _range_header(start)},
             )
         session.size = start + received
@@ -249,9 +250,7 @@ class Uploads:
             if actual != digest:
                 await writer.commit()
                 await self.cancel_id(session.id)
-                raise RegistryError(
-                    "DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}"
-                )
+                raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}")
             if await self.store.has_content(digest):
                 await self.driver.delete(layout.upload_data(session.id))
             else:
@@ -293,9 +292,7 @@ class Uploads:
                 )
             actual = Digest(digest.algorithm, hasher.hexdigest())
             if actual != digest:
-                raise RegistryError(
-                    "DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}"
-                )
+                raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}")
         except RegistryError:
             if writer is not None:
                 await writer.cancel()

@@ -97,9 +97,7 @@ class StorageDriver(ABC):
         """Replace a small file atomically: readers see the old or the new bytes."""
 
     @abstractmethod
-    def reader(
-        self, path: str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         """Stream ``length`` bytes (or to the end) starting at ``offset``."""
 
     @abstractmethod
@@ -128,5 +126,5 @@ class StorageDriver(ABC):
             return False
         return True
 
-    async def close(self) -> None:
-        """Release clients and pools; the default backend has none."""
+    async def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release clients and pools; the filesystem backend has none."""

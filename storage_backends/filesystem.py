@@ -150,9 +150,7 @@ class FilesystemDriver(StorageDriver):
         await asyncio.to_thread(self._put_content, path, data)
 
     # -- streams -----------------------------------------------------------------
-    async def reader(
-        self, path: str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         full = self._full(path)
         try:
             handle = await asyncio.to_thread(open, full, "rb", buffering=0)

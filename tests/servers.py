@@ -67,8 +67,17 @@ class PierServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIER_")}
         env.update(self.env)
         command = [
-            sys.executable, "-m", "registry", "serve",
-            "--addr", self.host, "--root", str(self.root), "--access-log", "false", *self.args,
+            sys.executable,
+            "-m",
+            "registry",
+            "serve",
+            "--addr",
+            self.host,
+            "--root",
+            str(self.root),
+            "--access-log",
+            "false",
+            *self.args,
         ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=REPO_ROOT)

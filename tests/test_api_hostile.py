@@ -1,0 +1,121 @@
+"""Hostile names, tags and methods; load shedding with 429."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import pytest
+
+from .oci import error_codes, make_image, push_image, push_manifest, sha256
+
+
+def raw_request(port: int, target: bytes) -> tuple[int, bytes]:
+    """Send a request line exactly as given: no client-side normalisation of the path."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return int(reply.split(b" ", 2)[1]), reply
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "UPPER/case",
+        "a//b",
+        "-leading",
+        "trailing-",
+        "a/../b",
+        "..",
+        "a/./b",
+        "a_-b",
+        "a" * 256,
+        "a%00b",
+        "a%20b",
+        "/abs/path",
+    ],
+)
+async def test_invalid_repository_names(registry, name: str) -> None:
+    status, reply = raw_request(registry.port, f"/v2/{name}/tags/list".encode())
+    assert status == 400, reply[:300]
+    body = reply.split(b"\r\n\r\n", 1)[1]
+    assert b"NAME_INVALID" in body
+
+
+async def test_nul_byte_in_request_line_is_refused(registry) -> None:
+    status, _ = raw_request(registry.port, b"/v2/a\x00b/tags/list")
+    assert status == 400
+
+
+async def test_traversal_through_encoded_paths_is_impossible(registry, client: httpx.AsyncClient) -> None:
+    paths = [
+        "/v2/%2e%2e/%2e%2e/etc/blobs/sha256:" + "a" * 64,
+        "/v2/a/%2e%2e%2f%2e%2e/blobs/uploads/",
+        "/v2/..%2f..%2fetc/manifests/latest",
+        "/v2//etc/passwd/manifests/latest",
+        "/v2/a/manifests/..%2f..%2ftags",
+    ]
+    for path in paths:
+        status, reply = raw_request(registry.port, path.encode())
+        assert status in (400, 404), (path, reply[:200])
+    assert not (registry.root.parent / "etc").exists()
+
+
+async def test_longest_valid_name_works(client: httpx.AsyncClient) -> None:
+    name = "/".join(["n" * 63] * 4)  # 255 characters
+    assert len(name) == 255
+    image = make_image(layer_sizes=(10,))
+    await push_image(client, name, image)
+    assert (await client.get(f"/v2/{name}/manifests/latest")).status_code == 200
+
+
+@pytest.mark.parametrize("tag", ["-dash", ".dot", "a" * 129, "with:colon", "sp ace"])
+async def test_invalid_tags(client: httpx.AsyncClient, repo: str, tag: str) -> None:
+    image = make_image(layer_sizes=(10,))
+    await push_image(client, repo, image)
+    response = await push_manifest(client, repo, tag, image.manifest)
+    assert response.status_code in (400, 404)
+    codes = error_codes(response)
+    assert codes[0] in ("TAG_INVALID", "DIGEST_INVALID", "UNSUPPORTED"), codes
+
+
+async def test_unsupported_method_gets_spec_error(client: httpx.AsyncClient, repo: str) -> None:
+    response = await client.request("POST", f"/v2/{repo}/manifests/latest")
+    assert response.status_code == 405
+    assert error_codes(response) == ["UNSUPPORTED"]
+    unknown = await client.get("/v3/")
+    assert unknown.status_code == 404
+    assert "errors" in unknown.json()
+
+
+async def test_too_many_requests_answers_429_with_retry_after(start_registry) -> None:
+    server = start_registry("--max-inflight-requests", "1")
+    release = asyncio.Event()
+
+    async def slow_body():
+        yield b"x" * 10
+        await release.wait()
+        yield b"y" * 10
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        slow = asyncio.create_task(
+            http.post(
+                "/v2/busy/repo/blobs/uploads/",
+                params={"digest": sha256(b"x" * 10 + b"y" * 10)},
+                content=slow_body(),
+            )
+        )
+        for _ in range(100):
+            busy = await http.get("/v2/")
+            if busy.status_code == 429:
+                break
+            await asyncio.sleep(0.02)
+        assert busy.status_code == 429
+        assert busy.headers["retry-after"] == "1"
+        assert error_codes(busy) == ["TOOMANYREQUESTS"]
+        release.set()
+        assert (await slow).status_code == 201
+        assert (await http.get("/v2/")).status_code == 200
