@@ -1,0 +1,101 @@
+"""Settings precedence: flags over environment over config file over defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from registry.config import ConfigError, Settings, load_settings, parse_duration, parse_size
+
+from .servers import REPO_ROOT, free_port, stop_process, wait_http
+
+
+def test_defaults() -> None:
+    settings = load_settings({}, environ={})
+    assert settings.addr == "127.0.0.1:5000"
+    assert settings.max_manifest_size == 4 * 1024 * 1024
+    assert settings.root.endswith("pier/registry")
+
+
+@pytest.mark.parametrize("suffix", ["toml", "yaml"])
+def test_precedence(tmp_path, suffix: str) -> None:
+    path = tmp_path / f"pier.{suffix}"
+    if suffix == "toml":
+        path.write_text(
+            'addr = "127.0.0.1:1111"\nroot = "/from/file"\nmax-blob-size = "2GiB"\ndelete_enabled = false\n'
+        )
+    else:
+        path.write_text(
+            "addr: 127.0.0.1:1111\nroot: /from/file\nmax_blob_size: 2GiB\ndelete_enabled: false\n"
+        )
+    from_file = load_settings({}, environ={}, config_file=str(path))
+    assert (from_file.addr, from_file.root, from_file.max_blob_size) == (
+        "127.0.0.1:1111",
+        "/from/file",
+        2 << 30,
+    )
+    assert from_file.delete_enabled is False
+
+    env = {"PIER_CONFIG": str(path), "PIER_ADDR": "127.0.0.1:2222", "PIER_DELETE_ENABLED": "yes"}
+    from_env = load_settings({}, environ=env)
+    assert (from_env.addr, from_env.root, from_env.delete_enabled) == ("127.0.0.1:2222", "/from/file", True)
+
+    from_flags = load_settings({"addr": "127.0.0.1:3333", "root": None}, environ=env)
+    assert (from_flags.addr, from_flags.root) == ("127.0.0.1:3333", "/from/file")
+
+
+def test_bad_settings_are_errors(tmp_path) -> None:
+    path = tmp_path / "pier.toml"
+    path.write_text("nonsense = 1\n")
+    with pytest.raises(ConfigError, match="nonsense"):
+        load_settings({}, environ={}, config_file=str(path))
+    with pytest.raises(ConfigError):
+        load_settings({"addr": "no-port"}, environ={})
+    with pytest.raises(ConfigError):
+        load_settings({}, environ={"PIER_FSYNC": "maybe"})
+
+
+def test_size_and_duration_parsing() -> None:
+    assert parse_size("4MiB") == 4 << 20
+    assert parse_size("1k") == 1024
+    assert parse_size(12) == 12
+    assert parse_duration("24h") == 86400
+    assert parse_duration("90") == 90
+    with pytest.raises(ConfigError):
+        parse_size("lots")
+
+
+def test_serve_reads_environment_and_rejects_bad_config(tmp_path) -> None:
+    port = free_port()
+    env = {
+        "PIER_ADDR": f"127.0.0.1:{port}",
+        "PIER_ROOT": str(tmp_path / "data"),
+        "PIER_ACCESS_LOG": "false",
+        "PATH": "/usr/bin:/bin",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "registry", "serve"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/", process)
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 200
+        assert (tmp_path / "data").is_dir()
+    finally:
+        stop_process(process)
+    bad = subprocess.run(
+        [sys.executable, "-m", "registry", "serve", "--addr", "nowhere"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**env, "PIER_ADDR": ""},
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("pier: ") and "Traceback" not in bad.stderr
+    assert Settings().port == 5000
