@@ -286,3 +286,22 @@ async def test_killed_server_leaves_no_partial_blob(start_registry, tmp_path) ->
         assert (await http.head(f"/v2/crash/repo/blobs/{digest}")).status_code == 404
     visible = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
     assert not any(p.name == "data" and p.parent.name == digest.split(":")[1] for p in visible)
+
+
+async def test_worker_processes_share_uploads(start_registry) -> None:
+    server = start_registry("--workers", "2")
+    data = os.urandom(8 * 50_000)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        location = await start_session(http, "workers/repo")
+        for start in range(0, len(data), 50_000):
+            # A new connection per chunk, so the kernel spreads them over both workers.
+            async with httpx.AsyncClient(base_url=server.url) as fresh:
+                response = await fresh.patch(
+                    location,
+                    content=data[start : start + 50_000],
+                    headers={"Content-Range": f"{start}-{start + 49_999}"},
+                )
+                assert response.status_code == 202, response.text
+        done = await http.put(location, params={"digest": sha256(data)})
+        assert done.status_code == 201, done.text
+        assert (await http.get(f"/v2/workers/repo/blobs/{sha256(data)}")).content == data
