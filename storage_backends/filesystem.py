@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .base import FileInfo, FileWriter, PathNotFound, StorageDriver, WriterBusy, check_path
 
-READ_CHUNK = 1024 * 1024
+READ_CHUNK = 4 * 1024 * 1024
 
 
 def _tmp_name(target: Path) -> Path:
