@@ -28,18 +28,22 @@ from .http import (
     empty_response,
     error_response,
     has_body,
+    is_decimal,
     json_response,
     parse_byte_range,
+    parse_content_range,
     read_limited,
 )
 from .manifests import MANIFEST_TYPES, OCI_INDEX
 from .references import Digest, is_digest, validate_name
 from .store import RegistryStore
-from .uploads import Uploads, parse_content_range
+from .uploads import Uploads, UploadSession
 
 log = logging.getLogger("pier.registry")
 
 Handler = Callable[..., Awaitable[Response]]
+_API_VERSION = (API_VERSION_HEADER[0].encode(), API_VERSION_HEADER[1].encode())
+MAX_TAGS_PER_PUT = 100
 
 
 class RegistryApp:
@@ -55,11 +59,11 @@ class RegistryApp:
         self._purger: asyncio.Task[None] | None = None
         n = r"(?P<name>.+)"
         self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-            (re.compile(r"^/v2/?$"), {"GET": self.base, "HEAD": self.base}),
-            (re.compile(r"^/v2/_catalog$"), {"GET": self.catalog}),
-            (re.compile(rf"^/v2/{n}/tags/list$"), {"GET": self.tags}),
+            (re.compile(r"/v2/?"), {"GET": self.base, "HEAD": self.base}),
+            (re.compile(r"/v2/_catalog"), {"GET": self.catalog}),
+            (re.compile(rf"/v2/{n}/tags/list"), {"GET": self.tags}),
             (
-                re.compile(rf"^/v2/{n}/manifests/(?P<reference>[^/]+)$"),
+                re.compile(rf"/v2/{n}/manifests/(?P<reference>[^/]+)"),
                 {
                     "GET": self.get_manifest,
                     "HEAD": self.get_manifest,
@@ -67,9 +71,9 @@ class RegistryApp:
                     "DELETE": self.delete_manifest,
                 },
             ),
-            (re.compile(rf"^/v2/{n}/blobs/uploads/?$"), {"POST": self.start_upload}),
+            (re.compile(rf"/v2/{n}/blobs/uploads/?"), {"POST": self.start_upload}),
             (
-                re.compile(rf"^/v2/{n}/blobs/uploads/(?P<upload_id>[^/]+)$"),
+                re.compile(rf"/v2/{n}/blobs/uploads/(?P<upload_id>[^/]+)"),
                 {
                     "GET": self.upload_status,
                     "PATCH": self.patch_upload,
@@ -78,10 +82,10 @@ class RegistryApp:
                 },
             ),
             (
-                re.compile(rf"^/v2/{n}/blobs/(?P<digest>[^/]+)$"),
+                re.compile(rf"/v2/{n}/blobs/(?P<digest>[^/]+)"),
                 {"GET": self.get_blob, "HEAD": self.get_blob, "DELETE": self.delete_blob},
             ),
-            (re.compile(rf"^/v2/{n}/referrers/(?P<digest>[^/]+)$"), {"GET": self.referrers}),
+            (re.compile(rf"/v2/{n}/referrers/(?P<digest>[^/]+)"), {"GET": self.referrers}),
         ]
 
     # -- ASGI ----------------------------------------------------------------------
@@ -91,24 +95,25 @@ class RegistryApp:
             return
         if scope["type"] != "http":
             return
-        request = Request(scope, receive)
         if self._inflight >= self.settings.max_inflight_requests:
             response = error_response(
                 RegistryError("TOOMANYREQUESTS", "server busy", headers={"Retry-After": "1"})
             )
-        else:
-            self._inflight += 1
-            try:
-                response = await self._dispatch(request)
-            finally:
-                self._inflight -= 1
-        response.raw_headers.append((API_VERSION_HEADER[0].encode(), API_VERSION_HEADER[1].encode()))
-        await response(scope, receive, send)
+            response.raw_headers.append(_API_VERSION)
+            await response(scope, receive, send)
+            return
+        self._inflight += 1  # held until the body is sent: blob downloads count too
+        try:
+            response = await self._dispatch(Request(scope, receive))
+            response.raw_headers.append(_API_VERSION)
+            await response(scope, receive, send)
+        finally:
+            self._inflight -= 1
 
     async def _dispatch(self, request: Request) -> Response:
-        path = request.url.path
+        path = request.scope["path"]  # decoded, as uvicorn gave it (URL() would strip newlines)
         for pattern, methods in self.routes:
-            match = pattern.match(path)
+            match = pattern.fullmatch(path)
             if match is None:
                 continue
             try:
@@ -165,7 +170,7 @@ class RegistryApp:
         value = request.query_params.get("n")
         if value is None or value == "":
             return default
-        if not value.isdigit():
+        if not is_decimal(value):
             raise RegistryError(
                 "PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer: {value[:40]!r}"
             )
@@ -222,6 +227,8 @@ class RegistryApp:
     async def put_manifest(self, request: Request, name: str, reference: str) -> Response:
         body = await read_limited(request, self.settings.max_manifest_size, "manifest")
         tags = request.query_params.getlist("tag")
+        if len(tags) > MAX_TAGS_PER_PUT:
+            raise RegistryError("TAG_INVALID", f"at most {MAX_TAGS_PER_PUT} tag parameters per request")
         digest, manifest = await self.store.put_manifest(
             name, reference, body, request.headers.get("content-type"), tags
         )
@@ -280,6 +287,11 @@ class RegistryApp:
             "docker-upload-uuid": upload_id,
         }
 
+    def _add_session_headers(self, error: RegistryError, name: str, session: UploadSession) -> None:
+        """A 416 tells the client where the upload stands, so it can resume from there."""
+        if error.status == 416:
+            error.headers.update(self._session_headers(name, session.id, session.size))
+
     def _blob_created(self, name: str, digest: Digest) -> Response:
         return empty_response(
             201, {"location": f"/v2/{name}/blobs/{digest}", "docker-content-digest": str(digest)}
@@ -312,8 +324,7 @@ class RegistryApp:
         try:
             await self.uploads.append(session, request.stream(), content_range, content_length(request))
         except RegistryError as error:
-            if error.status == 416:
-                error.headers.update(self._session_headers(name, session.id, session.size))
+            self._add_session_headers(error, name, session)
             raise
         return empty_response(202, self._session_headers(name, session.id, session.size))
 
@@ -325,7 +336,11 @@ class RegistryApp:
         header = request.headers.get("content-range")
         content_range = parse_content_range(header) if header else None
         body = request.stream() if has_body(request) else None
-        await self.uploads.finish(session, digest, body, content_range, content_length(request))
+        try:
+            await self.uploads.finish(session, digest, body, content_range, content_length(request))
+        except RegistryError as error:
+            self._add_session_headers(error, name, session)
+            raise
         return self._blob_created(name, digest)
 
     async def cancel_upload(self, request: Request, name: str, upload_id: str) -> Response:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -12,6 +14,12 @@ from .errors import RegistryError
 from .streams import BodyTooLarge
 
 API_VERSION_HEADER = ("docker-distribution-api-version", "registry/2.0")
+_DECIMAL = re.compile(r"[0-9]{1,19}")
+
+
+def is_decimal(value: str) -> bool:
+    """ASCII digits that fit in 64 bits (``str.isdigit`` also takes "²" and 5000-digit numbers)."""
+    return _DECIMAL.fullmatch(value) is not None
 
 
 def json_response(
@@ -32,7 +40,7 @@ def content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 19:
+    if not is_decimal(value):
         raise RegistryError("SIZE_INVALID", f"invalid Content-Length: {value[:40]!r}")
     return int(value)
 
@@ -80,15 +88,44 @@ def parse_byte_range(header: str, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None  # other units and multipart ranges: the whole body is a valid answer
     first, sep, last = spec.strip().partition("-")
-    if not sep or (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
-        raise unsatisfiable
+    if not sep or (first and not is_decimal(first)) or (last and not is_decimal(last)) or not (first or last):
+        return None  # a syntactically invalid Range is ignored (RFC 9110 14.2)
     if not first:  # suffix range: the last N bytes
         suffix = int(last)
         if suffix == 0 or size == 0:
             raise unsatisfiable
         return max(size - suffix, 0), size - 1
     start = int(first)
+    if last and int(last) < start:
+        return None  # invalid, so ignored: serve the whole blob
     end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
+    if start >= size:
         raise unsatisfiable
     return start, end
+
+
+@dataclass
+class ContentRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_content_range(value: str) -> ContentRange:
+    """``<start>-<end>`` as the spec writes it (a ``bytes `` prefix is tolerated)."""
+    text = value.strip()
+    for prefix in ("bytes ", "bytes="):
+        if text.startswith(prefix):
+            text = text[len(prefix) :].split("/", 1)[0]
+    start, sep, end = text.partition("-")
+    if not sep or not is_decimal(start) or not is_decimal(end):
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"malformed Content-Range: {value[:80]!r}", status=416)
+    parsed = ContentRange(int(start), int(end))
+    if parsed.end < parsed.start:
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID", f"Content-Range ends before it starts: {value!r}", status=416
+        )
+    return parsed

@@ -14,13 +14,14 @@ from .errors import RegistryError
 
 MAX_NAME_LENGTH = 255
 NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_PATTERN = re.compile(rf"^{NAME_COMPONENT}(?:/{NAME_COMPONENT})*$")
-TAG_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+NAME_PATTERN = re.compile(rf"{NAME_COMPONENT}(?:/{NAME_COMPONENT})*")
+TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
+# Patterns are used with fullmatch: `$` would also accept a trailing newline.
 # Algorithms the registry can verify, with the exact length of their hex encoding.
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
-DIGEST_PATTERN = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
-DIGEST_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+DIGEST_PATTERN = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
+DIGEST_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 
 
 @dataclass(frozen=True, order=True)
@@ -34,8 +35,8 @@ class Digest:
     @classmethod
     def parse(cls, value: str) -> Digest:
         """Parse a digest the registry can verify, or fail with ``DIGEST_INVALID``."""
-        if not DIGEST_PATTERN.match(value):
-            if DIGEST_GRAMMAR.match(value) and value.split(":", 1)[0] not in ALGORITHMS:
+        if not DIGEST_PATTERN.fullmatch(value):
+            if DIGEST_GRAMMAR.fullmatch(value) and value.split(":", 1)[0] not in ALGORITHMS:
                 raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {value.split(':')[0]}")
             raise RegistryError("DIGEST_INVALID", f"invalid digest: {value[:200]!r}")
         algorithm, hexpart = value.split(":", 1)
@@ -59,12 +60,12 @@ def new_hasher(algorithm: str) -> hashlib._Hash:
 def validate_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise RegistryError("NAME_INVALID", f"repository name longer than {MAX_NAME_LENGTH} characters")
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise RegistryError("NAME_INVALID", f"invalid repository name: {name[:300]!r}")
     return name
 
 
 def validate_tag(tag: str) -> str:
-    if not TAG_PATTERN.match(tag):
+    if not TAG_PATTERN.fullmatch(tag):
         raise RegistryError("TAG_INVALID", f"invalid tag: {tag[:200]!r}")
     return tag

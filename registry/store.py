@@ -125,6 +125,10 @@ class RegistryStore:
     async def put_manifest(
         self, name: str, reference: str, body: bytes, content_type: str | None, tags: list[str]
     ) -> tuple[Digest, ParsedManifest]:
+        if not is_digest(reference):
+            validate_tag(reference)
+        for tag in tags:
+            validate_tag(tag)
         manifest = parse_manifest(body, content_type)
         if is_digest(reference):
             expected = Digest.parse(reference)
@@ -132,10 +136,8 @@ class RegistryStore:
             if digest != expected:
                 raise RegistryError("DIGEST_INVALID", f"manifest digest is {digest}, not {expected}")
         else:
-            tags = [validate_tag(reference), *tags]
+            tags = [reference, *tags]
             digest = Digest.of(body)
-        for tag in tags:
-            validate_tag(tag)
         await self._check_references(name, manifest)
 
         if not await self.has_content(digest):
@@ -173,10 +175,9 @@ class RegistryStore:
 
         async def check_child(descriptor) -> None:  # type: ignore[no-untyped-def]
             if not await self.driver.exists(layout.revision_link(name, descriptor.digest)):
+                # The spec: a manifest rejected for a missing reference MUST get MANIFEST_BLOB_UNKNOWN.
                 raise RegistryError(
-                    "MANIFEST_UNKNOWN",
-                    f"index references unknown manifest {descriptor.digest}",
-                    status=400,
+                    "MANIFEST_BLOB_UNKNOWN", f"index references unknown manifest {descriptor.digest}"
                 )
 
         checks = [check_blob(d) for d in manifest.blobs] + [check_child(d) for d in manifest.children]
@@ -207,10 +208,15 @@ class RegistryStore:
 
     # -- listings ----------------------------------------------------------------
     async def repository_exists(self, name: str) -> bool:
-        return bool(await self.driver.list(layout.repository(name)))
+        """True for a repository, false for a mere prefix of other repositories' names."""
+        children = await self.driver.list(layout.repository(name))
+        return "_manifests" in children or "_layers" in children
 
     async def tags(self, name: str) -> list[str]:
-        return sorted(await self.driver.list(layout.tags_dir(name)))
+        """Tags whose link exists: a folder without one is a tag being written or deleted."""
+        candidates = await self.driver.list(layout.tags_dir(name))
+        present = await asyncio.gather(*(self.driver.exists(layout.tag_link(name, t)) for t in candidates))
+        return sorted(tag for tag, ok in zip(candidates, present, strict=True) if ok)
 
     async def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> dict:
         directory = layout.referrers_dir(name, subject)

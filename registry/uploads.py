@@ -21,38 +21,12 @@ from storage_backends import FileWriter, PathNotFound, StorageDriver, WriterBusy
 
 from . import layout
 from .errors import RegistryError
+from .http import ContentRange
 from .references import ALGORITHMS, Digest, new_hasher
 from .store import RegistryStore
 from .streams import BodyTooLarge, pump, too_large
 
 UPLOAD_ID_LENGTH = 32
-
-
-@dataclass
-class ContentRange:
-    start: int
-    end: int  # inclusive
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-
-def parse_content_range(value: str) -> ContentRange:
-    """``<start>-<end>`` as the spec writes it (a ``bytes `` prefix is tolerated)."""
-    text = value.strip()
-    for prefix in ("bytes ", "bytes="):
-        if text.startswith(prefix):
-            text = text[len(prefix) :].split("/", 1)[0]
-    start, sep, end = text.partition("-")
-    if not sep or not start.isdigit() or not end.isdigit() or len(text) > 40:
-        raise RegistryError("BLOB_UPLOAD_INVALID", f"malformed Content-Range: {value[:80]!r}", status=416)
-    parsed = ContentRange(int(start), int(end))
-    if parsed.end < parsed.start:
-        raise RegistryError(
-            "BLOB_UPLOAD_INVALID", f"Content-Range ends before it starts: {value!r}", status=416
-        )
-    return parsed
 
 
 @dataclass
@@ -165,6 +139,8 @@ class Uploads:
     async def _open(self, session: UploadSession) -> FileWriter:
         try:
             return await self.driver.writer(layout.upload_data(session.id), append=True)
+        except PathNotFound:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload was completed or cancelled") from None
         except WriterBusy:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID",
@@ -251,10 +227,11 @@ class Uploads:
                 await writer.commit()
                 await self.cancel_id(session.id)
                 raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}")
+            # Still holding the upload's lock: no append can slip in before the move.
             if await self.store.has_content(digest):
                 await self.driver.delete(layout.upload_data(session.id))
             else:
-                await writer.commit()  # durable before it becomes visible
+                await writer.sync()  # durable before it becomes visible
                 await self.driver.move(layout.upload_data(session.id), layout.blob_data(digest))
             await self.store.link_blob(session.name, digest)
         finally:

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-_COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 class StorageError(Exception):
@@ -54,7 +54,7 @@ def check_path(path: str) -> str:
     if not path or path.startswith("/") or len(path) > 4096:
         raise InvalidPath(path)
     for part in path.split("/"):
-        if part in (".", "..") or not _COMPONENT.match(part):
+        if part in (".", "..") or not _COMPONENT.fullmatch(part):
             raise InvalidPath(path)
     return path
 
@@ -62,8 +62,9 @@ def check_path(path: str) -> str:
 class FileWriter(ABC):
     """A streamed write to one path; nothing is visible at the path until ``commit``.
 
-    In append mode the writer continues an existing file and holds it exclusively
-    until closed, so two processes can never interleave appends.
+    In append mode the writer continues an existing file (``PathNotFound`` if there is
+    none) and holds it exclusively until closed, so two processes can never interleave
+    appends, and a file moved away while a writer waited for it is never written.
     """
 
     @property
@@ -73,6 +74,10 @@ class FileWriter(ABC):
 
     @abstractmethod
     async def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    @abstractmethod
+    async def sync(self) -> None:
+        """Make what was written durable while keeping the path locked."""
 
     @abstractmethod
     async def commit(self) -> None:

@@ -86,6 +86,14 @@ class _FilesystemWriter(FileWriter):
         if not self._closed:
             await asyncio.to_thread(self._commit)
 
+    def _sync(self) -> None:
+        with self._lock:
+            if not self._closed and self._fsync:
+                os.fsync(self._fd)
+
+    async def sync(self) -> None:
+        await asyncio.to_thread(self._sync)
+
     def _cancel(self) -> None:
         with self._lock:
             if not self._closed:
@@ -128,6 +136,15 @@ class FilesystemDriver(StorageDriver):
         return await asyncio.to_thread(self._get_content, path)
 
     def _put_content(self, path: str, data: bytes) -> None:
+        for attempt in range(3):
+            try:
+                return self._put_content_once(path, data)
+            except FileNotFoundError:
+                # A concurrent delete took the parent folder away: make it again.
+                if attempt == 2:
+                    raise
+
+    def _put_content_once(self, path: str, data: bytes) -> None:
         target = self._full(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = _tmp_name(target)
@@ -178,9 +195,18 @@ class FilesystemDriver(StorageDriver):
             temp = _tmp_name(target)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             return _FilesystemWriter(target, fd, 0, temp, self.fsync)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The file may have been moved away (committed) between open and lock.
+            if os.stat(target).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(path)
+        except FileNotFoundError:
+            os.close(fd)
+            raise PathNotFound(path) from None
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):

@@ -119,3 +119,44 @@ async def test_too_many_requests_answers_429_with_retry_after(start_registry) ->
         release.set()
         assert (await slow).status_code == 201
         assert (await http.get("/v2/")).status_code == 200
+
+
+async def test_trailing_newlines_never_pass_validation(
+    client: httpx.AsyncClient, registry, repo: str
+) -> None:
+    image = make_image(layer_sizes=(10,))
+    await push_image(client, repo, image)
+    as_tag = await push_manifest(client, repo, "latest%0A", image.manifest)
+    assert error_codes(as_tag) == ["TAG_INVALID"]
+    as_param = await client.put(
+        f"/v2/{repo}/manifests/{image.digest}",
+        params={"tag": "x\n"},
+        content=image.manifest,
+        headers={"Content-Type": image.media_type},
+    )
+    assert error_codes(as_param) == ["TAG_INVALID"]
+    as_digest = await client.post(f"/v2/{repo}/blobs/uploads/?digest={sha256(b'x')}%0A", content=b"x")
+    assert error_codes(as_digest) == ["DIGEST_INVALID"]
+    status, _ = raw_request(registry.port, f"/v2/{repo}%0A/tags/list".encode())
+    assert status in (400, 404)
+    assert (await client.get(f"/v2/{repo}/tags/list")).json()["tags"] == ["latest"]
+
+
+async def test_tag_parameters_are_bounded(client: httpx.AsyncClient, repo: str) -> None:
+    image = make_image(layer_sizes=(10,))
+    await push_image(client, repo, image)
+    response = await client.put(
+        f"/v2/{repo}/manifests/{image.digest}",
+        params=[("tag", f"t{i}") for i in range(101)],
+        content=image.manifest,
+        headers={"Content-Type": image.media_type},
+    )
+    assert error_codes(response) == ["TAG_INVALID"]
+    assert (await client.get(f"/v2/{repo}/tags/list")).json()["tags"] == ["latest"]
+
+
+async def test_a_name_prefix_is_not_a_repository(client: httpx.AsyncClient, repo: str) -> None:
+    await push_image(client, f"{repo}/child", make_image(layer_sizes=(10,)))
+    response = await client.get(f"/v2/{repo}/tags/list")
+    assert response.status_code == 404
+    assert error_codes(response) == ["NAME_UNKNOWN"]

@@ -66,7 +66,8 @@ async def test_index_with_unknown_child_is_refused(client: httpx.AsyncClient, re
     orphan = make_image()
     response = await push_manifest(client, repo, "broken", make_index([orphan]), OCI_INDEX)
     assert response.status_code == 400
-    assert error_codes(response) == ["MANIFEST_UNKNOWN"]
+    # distribution-spec: a manifest rejected for a missing reference MUST get MANIFEST_BLOB_UNKNOWN.
+    assert error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"]
 
 
 async def test_manifest_with_missing_blob_is_refused(client: httpx.AsyncClient, repo: str) -> None:

@@ -27,8 +27,13 @@ async def test_post_then_put_with_whole_body(client: httpx.AsyncClient, repo: st
     assert done.status_code == 201
     assert done.headers["docker-content-digest"] == sha256(data)
     assert (await client.get(f"/v2/{repo}/blobs/{sha256(data)}")).content == data
-    # The session is gone once the blob is committed.
+    # The session is gone once the blob is committed; a late chunk cannot touch the blob.
     assert (await client.get(location)).status_code == 404
+    late = await client.patch(
+        location, content=b"EVIL", headers={"Content-Range": f"{len(data)}-{len(data) + 3}"}
+    )
+    assert late.status_code == 404
+    assert (await client.get(f"/v2/{repo}/blobs/{sha256(data)}")).content == data
 
 
 async def test_session_advertises_chunk_min_length(client: httpx.AsyncClient, repo: str) -> None:

@@ -67,6 +67,21 @@ async def test_append_is_exclusive_and_rolls_back(driver: FilesystemDriver) -> N
     assert await driver.get_content("up/data") == b"abc"
 
 
+async def test_append_never_writes_a_file_that_was_moved_away(driver: FilesystemDriver) -> None:
+    await driver.put_content("up/data", b"")
+    holder = await driver.writer("up/data", append=True)
+    await holder.write(b"complete")
+    with pytest.raises(WriterBusy):
+        await driver.writer("up/data", append=True)
+    await holder.sync()
+    await driver.move("up/data", "blob/data")  # committed while still locked
+    await holder.commit()
+    with pytest.raises(PathNotFound):
+        await driver.writer("up/data", append=True)
+    assert await driver.get_content("blob/data") == b"complete"
+    assert not await driver.exists("up/data")  # an append never recreates the file
+
+
 async def test_move_replaces_atomically(driver: FilesystemDriver) -> None:
     await driver.put_content("src", b"new")
     await driver.put_content("deep/dst", b"old")
