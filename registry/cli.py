@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from .server import serve
 
-        serve(settings)
+        try:
+            serve(settings)
+        except (OSError, ValueError) as exc:
+            print(f"pier: cannot serve from {settings.root}: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -22,6 +22,8 @@ def app_from_environ() -> RegistryApp:
 
 
 def serve(settings: Settings) -> None:
+    """Open the storage here first, so a bad --root fails before uvicorn starts."""
+    app = create_app(settings)
     options = dict(
         host=settings.host,
         port=settings.port,
@@ -38,4 +40,4 @@ def serve(settings: Settings) -> None:
         os.environ.pop("PIER_CONFIG", None)  # already merged into the variables above
         uvicorn.run("registry.server:app_from_environ", factory=True, workers=settings.workers, **options)
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(app, **options)

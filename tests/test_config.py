@@ -98,4 +98,13 @@ def test_serve_reads_environment_and_rejects_bad_config(tmp_path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("pier: ") and "Traceback" not in bad.stderr
+    unusable = subprocess.run(
+        [sys.executable, "-m", "registry", "serve", "--root", "/proc/no-such-folder"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert unusable.returncode == 2
+    assert unusable.stderr.count("\n") == 1 and "no-such-folder" in unusable.stderr
     assert Settings().port == 5000
