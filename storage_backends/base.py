@@ -81,7 +81,10 @@ class FileWriter(ABC):
 
     @abstractmethod
     async def commit(self) -> None:
-        """Make everything written durable and visible, then release the writer."""
+        """Make what was written visible and release the writer.
+
+        A new file is durable once committed; an append is durable only after ``sync``.
+        """
 
     @abstractmethod
     async def cancel(self) -> None:
