@@ -3,7 +3,8 @@
 Bytes arrive from the socket in small pieces; they are gathered into blocks of
 ``BLOCK`` bytes, and each block is hashed and written in worker threads (both release
 the GIL) while the event loop already receives the next one. At most two blocks are
-in memory per transfer, whatever the size of the blob.
+in memory per transfer, whatever the size of the blob. Blocks are small (1 MiB) so that
+little work is left when the last byte arrives: the client waits for that tail.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from storage_backends import FileWriter
 
 from .errors import RegistryError
 
-BLOCK = 4 * 1024 * 1024
+BLOCK = 1024 * 1024
 
 
 class Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | bytearray, /) -> None: ...
     def hexdigest(self) -> str: ...
 
 
@@ -29,7 +30,7 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def _process(block: bytes, writer: FileWriter | None, hasher: Hasher | None) -> None:
+async def _process(block: bytearray, writer: FileWriter | None, hasher: Hasher | None) -> None:
     jobs = []
     if hasher is not None:
         jobs.append(asyncio.to_thread(hasher.update, block))
@@ -51,7 +52,7 @@ async def pump(
     """
     received = 0
     buffer = bytearray()
-    pending: asyncio.Task[None] | None = None
+    pending: asyncio.Future[None] | None = None
     try:
         async for chunk in body:
             if not chunk:
@@ -61,8 +62,7 @@ async def pump(
                 raise BodyTooLarge(received)
             buffer += chunk
             if len(buffer) >= BLOCK:
-                block = bytes(buffer)
-                buffer = bytearray()
+                block, buffer = buffer, bytearray()  # hand over, don't copy
                 if pending is not None:
                     await pending
                 pending = asyncio.ensure_future(_process(block, writer, hasher))
@@ -70,7 +70,7 @@ async def pump(
             await pending
             pending = None
         if buffer:
-            await _process(bytes(buffer), writer, hasher)
+            await _process(buffer, writer, hasher)
     finally:
         if pending is not None:
             # Never abandon a block mid-write: the caller may roll the file back next.
