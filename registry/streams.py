@@ -1,10 +1,9 @@
 """Moving request bodies into storage: hashed while they stream, in bounded memory.
 
 Bytes arrive from the socket in small pieces; they are gathered into blocks of
-``BLOCK`` bytes, and each block is hashed and written in worker threads (both release
-the GIL) while the event loop already receives the next one. At most two blocks are
-in memory per transfer, whatever the size of the blob. Blocks are small (1 MiB) so that
-little work is left when the last byte arrives: the client waits for that tail.
+blocks (1-4 MiB, see ``block_size``), and each block is hashed and written in worker
+threads (both release the GIL) while the event loop already receives the next one. At
+most two blocks are in memory per transfer, whatever the size of the blob.
 """
 
 from __future__ import annotations
@@ -18,7 +17,17 @@ from storage_backends import FileWriter
 
 from .errors import RegistryError
 
-BLOCK = 1024 * 1024
+MIN_BLOCK = 1024 * 1024
+MAX_BLOCK = 4 * 1024 * 1024
+
+
+def block_size(content_length: int | None) -> int:
+    """Large blocks for large bodies (fewer thread hops: ~570 vs ~460 MB/s for 512 MiB
+    pushes here); small ones for chunks, whose client waits for the last block's work
+    (8 MiB PATCHes: ~250 vs ~200 MB/s)."""
+    if content_length is None:
+        return MAX_BLOCK
+    return max(MIN_BLOCK, min(MAX_BLOCK, content_length // 16))
 
 
 class Hasher(Protocol):
@@ -44,8 +53,9 @@ async def pump(
     writer: FileWriter | None,
     hasher: Hasher | None,
     limit: int | None = None,
+    block_bytes: int = MAX_BLOCK,
 ) -> int:
-    """Write (and hash) all of ``body``; return how many bytes it held.
+    """Write (and hash) all of ``body``, in blocks of ``block_bytes``; return its length.
 
     Raises ``BodyTooLarge`` as soon as more than ``limit`` bytes arrive, so an oversized
     upload is cut off rather than stored.
@@ -61,7 +71,7 @@ async def pump(
             if limit is not None and received > limit:
                 raise BodyTooLarge(received)
             buffer += chunk
-            if len(buffer) >= BLOCK:
+            if len(buffer) >= block_bytes:
                 block, buffer = buffer, bytearray()  # hand over, don't copy
                 if pending is not None:
                     await pending

@@ -24,7 +24,7 @@ from .errors import RegistryError
 from .http import ContentRange
 from .references import ALGORITHMS, Digest, new_hasher
 from .store import RegistryStore
-from .streams import BodyTooLarge, pump, too_large
+from .streams import BodyTooLarge, block_size, pump, too_large
 
 UPLOAD_ID_LENGTH = 32
 
@@ -173,15 +173,15 @@ class Uploads:
         if hasher is None and start == 0:
             hasher = new_hasher(session.algorithm)
         limit = None if self.max_blob_size is None else self.max_blob_size - start
+        expected = content_range.length if content_range is not None else content_length
         try:
-            received = await pump(body, writer, hasher, limit)
+            received = await pump(body, writer, hasher, limit, block_size(expected))
         except BodyTooLarge:
             await writer.cancel()
             raise too_large(self.max_blob_size or 0) from None
         except BaseException:
             await writer.cancel()
             raise
-        expected = content_range.length if content_range is not None else content_length
         if expected is not None and received != expected:
             await writer.cancel()
             raise RegistryError(
@@ -255,7 +255,7 @@ class Uploads:
         exists = await self.store.has_content(digest)
         writer = None if exists else await self.driver.writer(layout.blob_data(digest))
         try:
-            received = await pump(body, writer, hasher, self.max_blob_size)
+            received = await pump(body, writer, hasher, self.max_blob_size, block_size(content_length))
         except BaseException as exc:
             if writer is not None:
                 await writer.cancel()
