@@ -17,7 +17,6 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = IMAGE_TYPES | INDEX_TYPES
-EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
 
 
 @dataclass
@@ -37,10 +36,6 @@ class ParsedManifest:
     subject: Descriptor | None
     artifact_type: str | None
     annotations: dict[str, str] | None
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEX_TYPES
 
 
 def _invalid(detail: str) -> RegistryError:
