@@ -132,6 +132,9 @@ class RegistryApp:
                 return error_response(error)
             except ClientDisconnect:
                 return empty_response(400, {})
+            except Exception:  # a failure still answers in the spec's format
+                log.exception("%s %s failed", request.method, path[:200])
+                return error_response(RegistryError("UNKNOWN", "internal error; see the server log"))
         return error_response(
             RegistryError("UNSUPPORTED", f"no endpoint at {path[:200]}", message="not found", status=404)
         )

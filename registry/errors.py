@@ -22,6 +22,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "TOOMANYREQUESTS": (429, "too many requests"),
     "TAG_INVALID": (400, "invalid tag"),
     "PAGINATION_NUMBER_INVALID": (400, "invalid number of results requested"),
+    "UNKNOWN": (500, "unknown error"),  # distribution's code for a server-side failure
 }
 
 

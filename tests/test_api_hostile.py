@@ -160,3 +160,18 @@ async def test_a_name_prefix_is_not_a_repository(client: httpx.AsyncClient, repo
     response = await client.get(f"/v2/{repo}/tags/list")
     assert response.status_code == 404
     assert error_codes(response) == ["NAME_UNKNOWN"]
+
+
+async def test_storage_failure_answers_in_the_spec_format(start_registry) -> None:
+    server = start_registry()
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        image = make_image(layer_sizes=(10,))
+        await push_image(http, "broken/store", image)
+        # The stored manifest link is replaced by garbage: the server must not crash or leak a trace.
+        link = next((server.root / "repositories/broken/store/_manifests/revisions").rglob("link"))
+        link.write_bytes(b"\x00not json")
+        response = await http.get("/v2/broken/store/manifests/latest")
+        assert response.status_code == 500
+        assert error_codes(response) == ["UNKNOWN"]
+        assert "Traceback" not in response.text
+        assert (await http.get("/v2/")).status_code == 200
