@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from storage_backends import PathNotFound, StorageDriver
 
 from . import layout
 from .errors import RegistryError
-from .manifests import OCI_INDEX, ParsedManifest, parse_manifest
+from .manifests import OCI_INDEX, Descriptor, ParsedManifest, parse_manifest
 from .references import Digest, is_digest, validate_tag
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,15 @@ class _ContentCache:
         while self._bytes > self._max:
             _, old = self._items.popitem(last=False)
             self._bytes -= len(old)
+
+
+async def _map_bounded(function: Callable[[T], Awaitable[R]], items: Sequence[T], limit: int = 32) -> list[R]:
+    """``function`` over ``items``, at most ``limit`` at a time: a manifest may list
+    hundreds of layers, a repository thousands of tags."""
+    results: list[R] = []
+    for start in range(0, len(items), limit):
+        results += await asyncio.gather(*(function(item) for item in items[start : start + limit]))
+    return results
 
 
 class RegistryStore:
@@ -160,7 +173,7 @@ class RegistryStore:
         return digest, manifest
 
     async def _check_references(self, name: str, manifest: ParsedManifest) -> None:
-        async def check_blob(descriptor) -> None:  # type: ignore[no-untyped-def]
+        async def check_blob(descriptor: Descriptor) -> None:
             if descriptor.urls:
                 return  # foreign / non-distributable layer: fetched from its URLs
             try:
@@ -173,17 +186,15 @@ class RegistryStore:
                     f"{descriptor.digest} has size {size}, the manifest says {descriptor.size}",
                 )
 
-        async def check_child(descriptor) -> None:  # type: ignore[no-untyped-def]
+        async def check_child(descriptor: Descriptor) -> None:
             if not await self.driver.exists(layout.revision_link(name, descriptor.digest)):
                 # The spec: a manifest rejected for a missing reference MUST get MANIFEST_BLOB_UNKNOWN.
                 raise RegistryError(
                     "MANIFEST_BLOB_UNKNOWN", f"index references unknown manifest {descriptor.digest}"
                 )
 
-        checks = [check_blob(d) for d in manifest.blobs] + [check_child(d) for d in manifest.children]
-        # Bounded fan-out: a manifest may list hundreds of layers.
-        for start in range(0, len(checks), 32):
-            await asyncio.gather(*checks[start : start + 32])
+        await _map_bounded(check_blob, manifest.blobs)
+        await _map_bounded(check_child, manifest.children)
 
     async def delete_manifest(self, name: str, reference: str) -> None:
         if not is_digest(reference):
@@ -215,20 +226,23 @@ class RegistryStore:
     async def tags(self, name: str) -> list[str]:
         """Tags whose link exists: a folder without one is a tag being written or deleted."""
         candidates = await self.driver.list(layout.tags_dir(name))
-        present = await asyncio.gather(*(self.driver.exists(layout.tag_link(name, t)) for t in candidates))
+        present = await _map_bounded(lambda tag: self.driver.exists(layout.tag_link(name, tag)), candidates)
         return sorted(tag for tag, ok in zip(candidates, present, strict=True) if ok)
 
     async def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> dict:
         directory = layout.referrers_dir(name, subject)
         entries = await self.driver.list(directory)
-        bodies = await asyncio.gather(
-            *(self.driver.get_content(f"{directory}/{entry}") for entry in entries),
-            return_exceptions=True,
-        )
+
+        async def read(entry: str) -> bytes | None:
+            try:
+                return await self.driver.get_content(f"{directory}/{entry}")
+            except PathNotFound:
+                return None  # deleted while listing
+
         descriptors = []
-        for body in bodies:
-            if isinstance(body, BaseException):
-                continue  # deleted while listing
+        for body in await _map_bounded(read, entries):
+            if body is None:
+                continue
             descriptor = json.loads(body)
             if artifact_type is None or descriptor.get("artifactType") == artifact_type:
                 descriptors.append(descriptor)
