@@ -1,0 +1,160 @@
+"""The client's local content store: blobs by digest, verified, shared by every image.
+
+    <home>/blobs/<alg>/<hex>      verified content, never modified once there
+    <home>/partial/<alg>-<hex>    a download in progress (resumable with Range)
+
+A blob becomes visible only by an atomic rename after its digest checked out, so a
+reader never sees a half or wrong blob. A download holds an exclusive ``flock`` on its
+partial file: a second process fetching the same blob waits for the first and then
+finds it done, instead of writing the same file at the same time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+from pathlib import Path
+
+_DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
+
+
+class DigestMismatch(Exception):
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+def default_home() -> Path:
+    if home := os.environ.get("PIER_HOME"):
+        return Path(home)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "pier"
+
+
+def _split(digest: str) -> tuple[str, str]:
+    if not _DIGEST.fullmatch(digest):
+        raise ValueError(f"invalid or unsupported digest: {digest[:150]!r}")
+    algorithm, _, hexpart = digest.partition(":")
+    return algorithm, hexpart
+
+
+class BlobDownload:
+    """One blob being written: append bytes, then ``commit`` (verify and publish) or ``abort``.
+
+    ``offset`` is how many bytes an earlier, interrupted attempt already left: the caller
+    asks the registry for the rest with ``Range: bytes=<offset>-``.
+    """
+
+    def __init__(self, store: ContentStore, digest: str) -> None:
+        algorithm, hexpart = _split(digest)
+        self.digest = digest
+        self._store = store
+        self._partial = store.root / "partial" / f"{algorithm}-{hexpart}"
+        self._partial.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = self._open_locked()
+        self._hasher = hashlib.new(algorithm)
+        self.offset = 0
+        with open(self._fd, "rb", closefd=False) as existing:
+            existing.seek(0)
+            while block := existing.read(1 << 20):
+                self._hasher.update(block)
+                self.offset += len(block)
+
+    def _open_locked(self) -> int:
+        """Open and lock the partial file, waiting while another process downloads it.
+
+        The winner renames its partial file into place when done: a waiter that then gets
+        the lock holds the finished blob's inode, so it lets go and opens a fresh file.
+        """
+        while True:
+            fd = os.open(self._partial, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(self._partial).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    @property
+    def already_done(self) -> bool:
+        """Another process finished this blob while we waited for its lock."""
+        return self._store.has(self.digest)
+
+    def write(self, data: bytes) -> None:
+        self._hasher.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self.offset += len(data)
+
+    def restart(self) -> None:
+        """Throw away the partial bytes (the registry ignored our Range request)."""
+        os.ftruncate(self._fd, 0)
+        self._hasher = hashlib.new(self.digest.split(":", 1)[0])
+        self.offset = 0
+
+    def commit(self) -> Path:
+        actual = f"{self.digest.split(':', 1)[0]}:{self._hasher.hexdigest()}"
+        if actual != self.digest:
+            self.abort()
+            raise DigestMismatch(self.digest, actual)
+        os.fsync(self._fd)
+        target = self._store.path(self.digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._partial, target)
+        self._close()
+        return target
+
+    def abort(self) -> None:
+        """Delete the partial bytes: used when they are known to be wrong."""
+        self._partial.unlink(missing_ok=True)
+        self._close()
+
+    def close(self) -> None:
+        """Keep the partial bytes for a later resume (an interrupted transfer)."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd >= 0 and self.offset == 0 and self._partial.exists():
+            self._partial.unlink()  # nothing to resume: leave no empty file behind
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the lock
+            self._fd = -1
+
+    def __enter__(self) -> BlobDownload:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ContentStore:
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_home()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        algorithm, hexpart = _split(digest)
+        return self.root / "blobs" / algorithm / hexpart
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def read(self, digest: str) -> bytes:
+        return self.path(digest).read_bytes()
+
+    def put(self, digest: str, data: bytes) -> Path:
+        """Store small content (manifests, configs) already in memory, verified."""
+        with self.download(digest) as download:
+            if download.already_done:
+                return self.path(digest)
+            download.restart()
+            download.write(data)
+            return download.commit()
+
+    def download(self, digest: str) -> BlobDownload:
+        return BlobDownload(self, digest)
