@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
 
@@ -158,3 +159,21 @@ class ContentStore:
 
     def download(self, digest: str) -> BlobDownload:
         return BlobDownload(self, digest)
+
+    def _ref_path(self, name: str, tag: str) -> Path:
+        return self.root / "refs" / quote(name, safe="/") / "tags" / quote(tag, safe="")
+
+    def set_ref(self, name: str, tag: str, digest: str) -> None:
+        """Record what a tag pointed to when it was pulled (atomically replaced)."""
+        _split(digest)
+        target = self._ref_path(name, tag)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temp.write_text(digest)
+        os.replace(temp, target)
+
+    def get_ref(self, name: str, tag: str) -> str | None:
+        try:
+            return self._ref_path(name, tag).read_text()
+        except FileNotFoundError:
+            return None

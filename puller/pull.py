@@ -1,0 +1,194 @@
+"""Pull an image into the local content store: resolve, pick the platform, fetch, verify.
+
+The manifest is fetched once and checked against the digest that names it; the config
+and layers are then downloaded in parallel (bounded), each streamed to a partial file
+while its digest is computed, resumed with ``Range`` when an earlier attempt left part
+of it, and published only when it verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform as host_platform
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .content_store import ContentStore, DigestMismatch
+from .reference import Reference
+from .transport import RegistryRequestError, Transport, error_message
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+_MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
+
+
+class PullError(Exception):
+    """A pull that cannot complete; the message is meant for the user as it is."""
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise PullError(f"invalid platform {text!r}: expected os/arch[/variant]")
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+    @classmethod
+    def host(cls) -> Platform:
+        machine = host_platform.machine().lower()
+        return cls("linux", _MACHINE_ARCH.get(machine, machine))
+
+    def matches(self, entry: dict) -> bool:
+        return (
+            entry.get("os") == self.os
+            and entry.get("architecture") == self.architecture
+            and (self.variant is None or entry.get("variant") == self.variant)
+        )
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass
+class PulledImage:
+    reference: Reference
+    digest: str  # of the image manifest that was pulled (a platform's, for an index)
+    index_digest: str | None
+    size: int  # bytes of config and layers
+
+
+class Puller:
+    def __init__(self, store: ContentStore, transport: Transport, reference: Reference, parallel: int = 4):
+        self.store = store
+        self.transport = transport
+        self.reference = reference
+        self.parallel = max(1, parallel)
+        self.scope = f"repository:{reference.path}:pull"
+
+    def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
+        body, media_type, digest = self.fetch_manifest(self.reference.identifier)
+        index_digest = index_body = None
+        if media_type in INDEX_TYPES:
+            index_digest, index_body = digest, body
+            child = self._choose(json.loads(body), platform)
+            body, media_type, digest = self.fetch_manifest(child["digest"])
+        manifest = json.loads(body)
+        descriptors = [manifest["config"], *manifest.get("layers", [])]
+        with ThreadPoolExecutor(self.parallel) as pool:
+            list(pool.map(lambda d: self.fetch_blob(d["digest"], d["size"], progress), descriptors))
+        self.store.put(digest, body)
+        if index_digest is not None and index_body is not None:
+            self.store.put(index_digest, index_body)
+        size = sum(d["size"] for d in descriptors)
+        return PulledImage(self.reference, digest, index_digest, size)
+
+    def _choose(self, index: dict, platform: Platform) -> dict:
+        entries = index.get("manifests", [])
+        for entry in entries:
+            if platform.matches(entry.get("platform", {})):
+                return entry
+        offered = sorted(
+            {
+                str(
+                    Platform(
+                        e["platform"].get("os", "?"),
+                        e["platform"].get("architecture", "?"),
+                        e["platform"].get("variant"),
+                    )
+                )
+                for e in entries
+                if "platform" in e
+            }
+        )
+        raise PullError(
+            f"{self.reference.familiar()} has no image for {platform}; it has: {', '.join(offered) or 'none'}"
+        )
+
+    def fetch_manifest(self, identifier: str) -> tuple[bytes, str, str]:
+        path = f"/v2/{self.reference.path}/manifests/{identifier}"
+        with self.transport.stream("GET", path, self.scope, {"Accept": ACCEPT}) as response:
+            if response.status_code != 200:
+                raise PullError(
+                    f"{self.reference.familiar()}: manifest {identifier}: {error_message(response)}"
+                )
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_MANIFEST_SIZE:
+                    raise PullError(f"manifest {identifier} is larger than {MAX_MANIFEST_SIZE} bytes")
+            media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            declared = json.loads(body).get("mediaType")
+        except ValueError:
+            raise PullError(f"manifest {identifier} is not valid JSON") from None
+        media_type = declared or media_type
+        algorithm = identifier.split(":", 1)[0] if ":" in identifier else "sha256"
+        digest = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+        if ":" in identifier and digest != identifier:
+            raise PullError(f"manifest digest mismatch: expected {identifier}, got {digest}")
+        return body, media_type, digest
+
+    def fetch_blob(self, digest: str, size: int, progress: Progress | None = None) -> None:
+        report = progress or (lambda *args: None)
+        if self.store.has(digest):
+            report(digest, "exists", size, size)
+            return
+        with self.store.download(digest) as download:
+            if download.already_done:
+                report(digest, "exists", size, size)
+                return
+            headers = {"Range": f"bytes={download.offset}-"} if download.offset else {}
+            path = f"/v2/{self.reference.path}/blobs/{digest}"
+            with self.transport.stream("GET", path, self.scope, headers) as response:
+                if response.status_code == 200 and download.offset:
+                    download.restart()  # the registry ignored the Range: start over
+                elif response.status_code not in (200, 206):
+                    raise PullError(f"blob {digest}: {error_message(response)}")
+                report(digest, "downloading", download.offset, size)
+                for chunk in response.iter_bytes(1 << 20):
+                    download.write(chunk)
+                    if download.offset > size:
+                        download.abort()
+                        raise PullError(f"blob {digest} is larger than the {size} bytes its manifest says")
+                    report(digest, "downloading", download.offset, size)
+            try:
+                download.commit()
+            except DigestMismatch as exc:
+                raise PullError(f"blob {exc.expected}: digest mismatch, got {exc.actual}") from None
+        report(digest, "done", size, size)
+
+
+def pull(
+    reference: Reference,
+    store: ContentStore,
+    platform: Platform,
+    *,
+    insecure: bool = False,
+    parallel: int = 4,
+    progress: Progress | None = None,
+) -> PulledImage:
+    transport = Transport(reference.api_host, insecure=insecure)
+    try:
+        image = Puller(store, transport, reference, parallel).pull(platform, progress)
+    except RegistryRequestError as exc:
+        raise PullError(str(exc)) from None
+    finally:
+        transport.close()
+    if reference.tag:
+        store.set_ref(reference.name, reference.tag, image.index_digest or image.digest)
+    return image

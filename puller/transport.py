@@ -1,0 +1,162 @@
+"""How bytes move between the client and one registry: scheme, auth, retries.
+
+One ``Transport`` per registry host. It answers a 401 by following the challenge in
+``WWW-Authenticate`` (the Docker token flow: realm, service, scope, with or without
+credentials; or Basic) and reuses a token for its scope until it expires. Connection
+errors, 5xx and 429 are retried with exponential backoff, honouring ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]+))')
+
+
+class RegistryRequestError(Exception):
+    """A registry answered with an error, or could not be reached; the message says which."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="...",service="...",scope="..."`` -> ("bearer", {...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {key.lower(): quoted or bare for key, quoted, bare in _CHALLENGE_PARAM.findall(rest)}
+    return scheme.lower(), params
+
+
+class Transport:
+    def __init__(
+        self,
+        host: str,
+        *,
+        insecure: bool = False,
+        credentials: Credentials | None = None,
+        retries: int = 4,
+        timeout: float = 60.0,
+    ) -> None:
+        scheme = "http" if insecure or is_loopback(host) else "https"
+        self.base_url = f"{scheme}://{host}"
+        self.credentials = credentials
+        self.retries = retries
+        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, follow_redirects=True)
+        self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expiry)
+        self._basic = False
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _auth_header(self, scope: str) -> dict[str, str]:
+        token = self._tokens.get(scope)
+        if token is not None and token[1] > time.monotonic():
+            return {"Authorization": f"Bearer {token[0]}"}
+        if self._basic and self.credentials is not None:
+            pair = f"{self.credentials.username}:{self.credentials.password}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        return {}
+
+    def _authenticate(self, challenge: str, scope: str) -> None:
+        scheme, params = parse_challenge(challenge)
+        if scheme == "basic":
+            if self.credentials is None:
+                raise RegistryRequestError(f"{self.base_url} requires a login (Basic auth)")
+            self._basic = True
+            return
+        if scheme != "bearer" or "realm" not in params:
+            raise RegistryRequestError(f"{self.base_url} asked for unsupported auth: {challenge[:100]}")
+        query = {"service": params.get("service", ""), "scope": params.get("scope", scope)}
+        auth = None
+        if self.credentials is not None:
+            auth = (self.credentials.username, self.credentials.password)
+        try:
+            answer = httpx.get(params["realm"], params=query, auth=auth, timeout=30)
+        except httpx.TransportError as exc:
+            raise RegistryRequestError(f"token service {params['realm']} unreachable: {exc}") from None
+        if answer.status_code != 200:
+            raise RegistryRequestError(
+                f"token service {params['realm']} refused: {answer.status_code} {answer.text[:200]}"
+            )
+        body = answer.json()
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise RegistryRequestError(f"token service {params['realm']} sent no token")
+        lifetime = float(body.get("expires_in", 60))
+        self._tokens[scope] = (token, time.monotonic() + max(lifetime - 10, 5))
+
+    @contextmanager
+    def stream(
+        self, method: str, path: str, scope: str, headers: dict[str, str] | None = None
+    ) -> Iterator[httpx.Response]:
+        """One request, authenticated and retried; the body is left for the caller to stream."""
+        authenticated = False
+        for attempt in range(self.retries + 1):
+            request_headers = {**(headers or {}), **self._auth_header(scope)}
+            try:
+                response = self._client.send(
+                    self._client.build_request(method, path, headers=request_headers), stream=True
+                )
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise RegistryRequestError(f"{self.base_url} unreachable: {exc}") from None
+                time.sleep(min(2**attempt * 0.2, 5))
+                continue
+            if response.status_code == 401 and not authenticated:
+                challenge = response.headers.get("www-authenticate", "")
+                response.close()
+                self._authenticate(challenge, scope)
+                authenticated = True
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                delay = _retry_after(response) or min(2**attempt * 0.2, 5)
+                response.close()
+                time.sleep(delay)
+                continue
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        raise RegistryRequestError(f"{self.base_url}: gave up after {self.retries + 1} attempts")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return min(float(value), 30.0) if value.isdigit() else None
+
+
+def error_message(response: httpx.Response) -> str:
+    """The registry's own words for an error response, in one line."""
+    try:
+        response.read()
+        errors = response.json().get("errors", [])
+        if errors:
+            first = errors[0]
+            return f"{response.status_code} {first.get('code', '')}: {first.get('message', '')}".strip()
+    except (ValueError, AttributeError, httpx.HTTPError):
+        pass
+    return f"{response.status_code} {response.reason_phrase}"

@@ -1,0 +1,189 @@
+"""`pier pull` against real registries: pier itself and Debian's docker-registry."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from puller.content_store import ContentStore
+
+from .images import Blob, ImageIndex, build_image, build_index
+from .servers import REPO_ROOT, free_port, stop_process, wait_http
+
+
+def push_blob(base: str, repo: str, blob: Blob) -> None:
+    with httpx.Client(base_url=base) as http:
+        if http.head(f"/v2/{repo}/blobs/{blob.digest}").status_code == 200:
+            return
+        location = http.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        separator = "&" if "?" in location else "?"
+        done = http.put(f"{location}{separator}digest={blob.digest}", content=blob.read())
+        assert done.status_code == 201, done.text
+
+
+def push_manifest(base: str, repo: str, reference: str, blob: Blob) -> None:
+    response = httpx.put(
+        f"{base}/v2/{repo}/manifests/{reference}",
+        content=blob.read(),
+        headers={"Content-Type": blob.media_type},
+    )
+    assert response.status_code == 201, response.text
+
+
+def push_index(base: str, repo: str, index: ImageIndex) -> None:
+    for image in index.images:
+        for blob in image.blobs:
+            push_blob(base, repo, blob)
+        push_manifest(base, repo, image.digest, image.manifest)
+    push_manifest(base, repo, index.tag, index.index)
+
+
+def run_pier(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIER_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "puller", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def index(tmp_path) -> ImageIndex:
+    return build_index(tmp_path / "layout", "v1")
+
+
+def test_pull_picks_the_platform_and_verifies_everything(registry, index, tmp_path) -> None:
+    push_index(registry.url, "client/multi", index)
+    home = tmp_path / "home"
+    result = run_pier(home, "pull", f"{registry.host}/client/multi:v1", "--platform", "linux/arm64")
+    assert result.returncode == 0, result.stderr
+    assert f"Digest: {index.digest}" in result.stdout
+    store = ContentStore(home)
+    arm = index.image("arm64")
+    for blob in (arm.manifest, *arm.blobs):
+        assert store.read(blob.digest) == blob.read()
+    assert store.read(index.digest) == index.index.read()
+    amd_only = set(b.digest for b in index.image("amd64").blobs) - set(b.digest for b in arm.blobs)
+    assert amd_only and not any(store.has(d) for d in amd_only)
+    assert store.get_ref(f"{registry.host}/client/multi", "v1") == index.digest
+
+
+def test_second_image_downloads_only_what_it_lacks(registry, tmp_path) -> None:
+    layout = tmp_path / "layout"
+    first, second = build_image(layout, "one"), build_image(layout, "two")
+    for image in (first, second):
+        for blob in image.blobs:
+            push_blob(registry.url, "client/shared", blob)
+        push_manifest(registry.url, "client/shared", image.tag, image.manifest)
+    home = tmp_path / "home"
+    assert run_pier(home, "pull", f"{registry.host}/client/shared:one").returncode == 0
+    result = run_pier(home, "pull", f"{registry.host}/client/shared:two")
+    assert result.returncode == 0, result.stderr
+    shared = {b.digest for b in first.layers} & {b.digest for b in second.layers}
+    fresh = {b.digest for b in second.blobs} - {b.digest for b in first.blobs}
+    assert first.layers[0].digest in shared and fresh
+    for digest in shared:
+        assert f"{digest[7:19]}: exists" in result.stdout
+    for digest in fresh:
+        assert f"{digest[7:19]}: done" in result.stdout
+
+
+def test_missing_platform_lists_what_there_is(registry, index, tmp_path) -> None:
+    push_index(registry.url, "client/platforms", index)
+    result = run_pier(
+        tmp_path / "home", "pull", f"{registry.host}/client/platforms:v1", "--platform", "linux/s390x"
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "linux/amd64, linux/arm64" in result.stderr
+
+
+def test_corrupt_blob_fails_the_pull_and_is_not_kept(start_registry, tmp_path) -> None:
+    server = start_registry()
+    image = build_image(tmp_path / "layout", "v1")
+    for blob in image.blobs:
+        push_blob(server.url, "client/corrupt", blob)
+    push_manifest(server.url, "client/corrupt", "v1", image.manifest)
+    layer = image.layers[-1]
+    algorithm, hexpart = layer.digest.split(":")
+    stored = server.root / "blobs" / algorithm / hexpart[:2] / hexpart / "data"
+    stored.write_bytes(bytes(reversed(layer.read())))  # same size, wrong bytes: bit rot upstream
+    home = tmp_path / "home"
+    result = run_pier(home, "pull", f"{server.host}/client/corrupt:v1")
+    assert result.returncode == 1
+    assert "digest mismatch" in result.stderr and layer.digest in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not ContentStore(home).has(layer.digest)
+    assert not any((home / "partial").iterdir())
+
+
+def test_interrupted_download_resumes_with_range(start_registry, tmp_path) -> None:
+    registry = start_registry("--access-log", "true")
+    image = build_image(tmp_path / "layout", "v1")
+    for blob in image.blobs:
+        push_blob(registry.url, "client/resume", blob)
+    push_manifest(registry.url, "client/resume", "v1", image.manifest)
+    home = tmp_path / "home"
+    layer = image.layers[-1]
+    store = ContentStore(home)
+    with store.download(layer.digest) as partial:
+        partial.write(layer.read()[: layer.size // 2])  # what a killed pull left behind
+    result = run_pier(home, "pull", f"{registry.host}/client/resume:v1")
+    assert result.returncode == 0, result.stderr
+    assert store.read(layer.digest) == layer.read()
+    fetches = [
+        line for line in registry.log().splitlines() if '"GET ' in line and layer.digest.split(":")[1] in line
+    ]
+    assert fetches and all("206" in line for line in fetches), fetches
+
+
+def test_bad_references_and_unknown_images(registry, tmp_path) -> None:
+    bad = run_pier(tmp_path / "home", "pull", "Upper/Case")
+    assert bad.returncode == 1 and "lowercase" in bad.stderr
+    unknown = run_pier(tmp_path / "home", "pull", f"{registry.host}/client/none:v1")
+    assert unknown.returncode == 1
+    assert "MANIFEST_UNKNOWN" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+@pytest.fixture
+def distribution(tmp_path):  # type: ignore[no-untyped-def]
+    """Debian's docker-registry (distribution 2.8), the reference registry, on loopback."""
+    executable = shutil.which("docker-registry")
+    if executable is None:
+        pytest.fail("docker-registry is not installed (Debian: apt-get install docker-registry)")
+    port = free_port()
+    config = tmp_path / "distribution.yml"
+    root = tmp_path / "distribution"
+    config.write_text(
+        "version: 0.1\nlog: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    process = subprocess.Popen(
+        [executable, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/", process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(process)
+
+
+def test_pull_from_the_reference_registry(distribution, index, tmp_path) -> None:
+    push_index(f"http://{distribution}", "client/reference", index)
+    home = tmp_path / "home"
+    result = run_pier(home, "pull", f"{distribution}/client/reference:v1", "--platform", "linux/amd64", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == index.digest
+    amd = index.image("amd64")
+    store = ContentStore(home)
+    assert all(store.read(b.digest) == b.read() for b in (amd.manifest, *amd.blobs))
