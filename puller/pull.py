@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .content_store import ContentStore, DigestMismatch
 from .reference import Reference
-from .transport import RegistryRequestError, Transport, error_message
+from .transport import Credentials, RegistryRequestError, Transport, error_message
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -179,10 +179,11 @@ def pull(
     platform: Platform,
     *,
     insecure: bool = False,
+    credentials: Credentials | None = None,
     parallel: int = 4,
     progress: Progress | None = None,
 ) -> PulledImage:
-    transport = Transport(reference.api_host, insecure=insecure)
+    transport = Transport(reference.api_host, insecure=insecure, credentials=credentials)
     try:
         image = Puller(store, transport, reference, parallel).pull(platform, progress)
     except RegistryRequestError as exc:

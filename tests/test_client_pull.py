@@ -12,13 +12,17 @@ import httpx
 import pytest
 
 from puller.content_store import ContentStore
+from puller.pull import Platform, PullError, pull
+from puller.reference import parse_reference
+from puller.transport import Credentials
 
 from .images import Blob, ImageIndex, build_image, build_index
 from .servers import REPO_ROOT, free_port, stop_process, wait_http
+from .tokens import TokenService, distribution_token_config
 
 
-def push_blob(base: str, repo: str, blob: Blob) -> None:
-    with httpx.Client(base_url=base) as http:
+def push_blob(base: str, repo: str, blob: Blob, headers: dict[str, str] | None = None) -> None:
+    with httpx.Client(base_url=base, headers=headers) as http:
         if http.head(f"/v2/{repo}/blobs/{blob.digest}").status_code == 200:
             return
         location = http.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
@@ -27,21 +31,23 @@ def push_blob(base: str, repo: str, blob: Blob) -> None:
         assert done.status_code == 201, done.text
 
 
-def push_manifest(base: str, repo: str, reference: str, blob: Blob) -> None:
+def push_manifest(
+    base: str, repo: str, reference: str, blob: Blob, headers: dict[str, str] | None = None
+) -> None:
     response = httpx.put(
         f"{base}/v2/{repo}/manifests/{reference}",
         content=blob.read(),
-        headers={"Content-Type": blob.media_type},
+        headers={"Content-Type": blob.media_type, **(headers or {})},
     )
     assert response.status_code == 201, response.text
 
 
-def push_index(base: str, repo: str, index: ImageIndex) -> None:
+def push_index(base: str, repo: str, index: ImageIndex, headers: dict[str, str] | None = None) -> None:
     for image in index.images:
         for blob in image.blobs:
-            push_blob(base, repo, blob)
-        push_manifest(base, repo, image.digest, image.manifest)
-    push_manifest(base, repo, index.tag, index.index)
+            push_blob(base, repo, blob, headers)
+        push_manifest(base, repo, image.digest, image.manifest, headers)
+    push_manifest(base, repo, index.tag, index.index, headers)
 
 
 def run_pier(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -187,3 +193,47 @@ def test_pull_from_the_reference_registry(distribution, index, tmp_path) -> None
     amd = index.image("amd64")
     store = ContentStore(home)
     assert all(store.read(b.digest) == b.read() for b in (amd.manifest, *amd.blobs))
+
+
+@pytest.fixture
+def token_registry(tmp_path):  # type: ignore[no-untyped-def]
+    """distribution demanding Bearer tokens from a token service the test runs."""
+    tokens = TokenService(tmp_path, users={"alice": "wonderland"}).start()
+    port = free_port()
+    config = tmp_path / "distribution-token.yml"
+    config.write_text(distribution_token_config(tmp_path / "distribution", port, tokens))
+    process = subprocess.Popen(
+        [shutil.which("docker-registry") or "docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/", process)
+        yield f"127.0.0.1:{port}", tokens
+    finally:
+        stop_process(process)
+        tokens.stop()
+
+
+def test_bearer_token_flow_against_the_reference_registry(token_registry, index, tmp_path) -> None:
+    host, tokens = token_registry
+    assert httpx.get(f"http://{host}/v2/").status_code == 401  # the registry really demands tokens
+    push_token = tokens.issue("alice", ["repository:client/auth:pull,push"])
+    push_index(f"http://{host}", "client/auth", index, {"Authorization": f"Bearer {push_token}"})
+
+    store = ContentStore(tmp_path / "home")
+    reference = parse_reference(f"{host}/client/auth:v1")
+    image = pull(reference, store, Platform("linux", "amd64"), credentials=Credentials("alice", "wonderland"))
+    assert image.index_digest == index.digest
+    assert all(store.has(b.digest) for b in index.image("amd64").blobs)
+    # One token for the repository's pull scope, reused for the manifests and every blob.
+    assert [r["scopes"] for r in tokens.requests] == [["repository:client/auth:pull"]]
+    assert tokens.requests[0]["user"] == "alice"
+
+    with pytest.raises(PullError, match=r"token service .* refused: 401"):
+        pull(
+            reference,
+            ContentStore(tmp_path / "other"),
+            Platform("linux", "amd64"),
+            credentials=Credentials("alice", "wrong"),
+        )
