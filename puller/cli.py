@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .content_store import ContentStore
+from .credentials import CredentialsError, lookup
 from .pull import Platform, PullError, pull
 from .reference import ReferenceError, parse_reference
 
@@ -34,8 +35,15 @@ def _pull(args: argparse.Namespace) -> int:
     reference = parse_reference(args.reference)
     platform = Platform.parse(args.platform) if args.platform else Platform.host()
     progress = None if args.quiet else _plain_progress
+    credentials = lookup(reference.domain)
     image = pull(
-        reference, ContentStore(), platform, insecure=args.insecure, parallel=args.parallel, progress=progress
+        reference,
+        ContentStore(),
+        platform,
+        insecure=args.insecure,
+        credentials=credentials,
+        parallel=args.parallel,
+        progress=progress,
     )
     if args.quiet:
         print(image.index_digest or image.digest)
@@ -54,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _pull(args)
-    except (ReferenceError, PullError) as exc:
+    except (ReferenceError, PullError, CredentialsError) as exc:
         print(f"pier: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
@@ -237,3 +239,35 @@ def test_bearer_token_flow_against_the_reference_registry(token_registry, index,
             Platform("linux", "amd64"),
             credentials=Credentials("alice", "wrong"),
         )
+
+
+def test_cli_uses_docker_login_credentials(token_registry, index, tmp_path) -> None:
+    host, tokens = token_registry
+    push_token = tokens.issue("alice", ["repository:client/login:pull,push"])
+    push_index(f"http://{host}", "client/login", index, {"Authorization": f"Bearer {push_token}"})
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    auth = base64.b64encode(b"alice:wonderland").decode()
+    (docker_config / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    env = {**os.environ, "PIER_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(docker_config)}
+    command = [
+        sys.executable,
+        "-m",
+        "puller",
+        "pull",
+        "-q",
+        f"{host}/client/login:v1",
+        "--platform",
+        "linux/arm64",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == index.digest
+    assert tokens.requests[-1]["user"] == "alice"
+
+    wrong = base64.b64encode(b"alice:not-the-password").decode()
+    (docker_config / "config.json").write_text(json.dumps({"auths": {host: {"auth": wrong}}}))
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+    assert refused.returncode == 1
+    assert "refused: 401" in refused.stderr
+    assert "not-the-password" not in refused.stderr and wrong not in refused.stderr
