@@ -8,12 +8,14 @@ import sys
 from .content_store import ContentStore
 from .credentials import CredentialsError, lookup
 from .pull import Platform, PullError, pull
-from .reference import ReferenceError, parse_reference
+from .reference import Reference, ReferenceError, parse_reference
+from .run import RunError, RunOptions, run
+from .unpack import UnsafeLayer
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pier", description="pier: an OCI registry and its client")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="subcommand", required=True)
     commands.add_parser("serve", help="run the registry (see `pier serve --help`)", add_help=False)
     pull_command = commands.add_parser("pull", help="pull an image into the local store")
     pull_command.add_argument("reference", help="image reference, as docker writes it")
@@ -23,6 +25,24 @@ def _parser() -> argparse.ArgumentParser:
     pull_command.add_argument("--insecure", action="store_true", help="plain HTTP (always used for loopback)")
     pull_command.add_argument("--parallel", type=int, default=4, help="layers downloaded at once (default 4)")
     pull_command.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
+    run_command = commands.add_parser("run", help="run an image's process under runc or crun")
+    run_command.add_argument("reference", help="image reference (pulled if missing)")
+    run_command.add_argument("command", nargs=argparse.REMAINDER, help="command instead of the image's Cmd")
+    run_command.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE (or KEY from here)")
+    run_command.add_argument("-w", "--workdir", help="working directory inside the container")
+    run_command.add_argument("-u", "--user", help="user[:group] or uid[:gid]")
+    run_command.add_argument("-v", "--volume", action="append", default=[], help="/host:/container[:ro]")
+    run_command.add_argument("--network", default="none", choices=["none", "host"], help="default: none")
+    run_command.add_argument("--memory", help="memory limit, e.g. 512m")
+    run_command.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
+    run_command.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    run_command.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    run_command.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    run_command.add_argument("--name", help="container name (default: generated)")
+    run_command.add_argument("--rm", action="store_true", help="delete the container when it exits")
+    run_command.add_argument("--runtime", help="OCI runtime on PATH (default: runc, then crun)")
+    run_command.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
+    run_command.add_argument("--insecure", action="store_true", help="plain HTTP when pulling")
     return parser
 
 
@@ -53,6 +73,39 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_image(store: ContentStore, reference: Reference) -> str | None:
+    if reference.digest:
+        return reference.digest if store.has(reference.digest) else None
+    return store.get_ref(reference.name, reference.tag or "latest")
+
+
+def _run(args: argparse.Namespace) -> int:
+    reference = parse_reference(args.reference)
+    platform = Platform.parse(args.platform) if args.platform else Platform.host()
+    store = ContentStore()
+    digest = _local_image(store, reference)
+    if digest is None:
+        image = pull(reference, store, platform, insecure=args.insecure, credentials=lookup(reference.domain))
+        digest = image.index_digest or image.digest
+    options = RunOptions(
+        command=args.command,
+        env=args.env,
+        workdir=args.workdir,
+        user=args.user,
+        volumes=args.volume,
+        network=args.network,
+        memory=args.memory,
+        cpus=args.cpus,
+        pids_limit=args.pids_limit,
+        interactive=args.interactive,
+        tty=args.tty,
+        name=args.name,
+        remove=args.rm,
+        runtime=args.runtime,
+    )
+    return run(store, digest, platform, options)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
@@ -61,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return registry_main(argv)
     args = _parser().parse_args(argv)
     try:
-        return _pull(args)
-    except (ReferenceError, PullError, CredentialsError) as exc:
+        return _run(args) if args.subcommand == "run" else _pull(args)
+    except (ReferenceError, PullError, CredentialsError, RunError, UnsafeLayer) as exc:
         print(f"pier: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

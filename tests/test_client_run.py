@@ -1,0 +1,110 @@
+"""`pier run`: the image's process in its own rootfs under runc, with limits enforced."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .images import build_image
+from .servers import REPO_ROOT
+from .test_client_pull import push_blob, push_manifest
+
+
+@pytest.fixture
+def image_ref(registry, tmp_path) -> str:
+    image = build_image(
+        tmp_path / "layout",
+        "v1",
+        cmd=["echo", "hello from the image's Cmd"],
+        env=["PATH=/bin", "GREETING=from-image"],
+    )
+    for blob in image.blobs:
+        push_blob(registry.url, "client/run", blob)
+    push_manifest(registry.url, "client/run", "v1", image.manifest)
+    return f"{registry.host}/client/run:v1"
+
+
+def pier(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIER_HOME": str(tmp_path / "home")}
+    return subprocess.run(
+        [sys.executable, "-m", "puller", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+def test_run_uses_the_image_cmd_and_env(image_ref, tmp_path) -> None:
+    result = pier(tmp_path, "run", "--rm", image_ref)  # pulls first: nothing is local yet
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello from the image's Cmd"
+    assert not any((tmp_path / "home" / "containers").iterdir())  # --rm removed the bundle
+
+
+def test_command_env_workdir_user_and_exit_code(image_ref, tmp_path) -> None:
+    script = 'echo "$GREETING $EXTRA $(pwd) $(id -u):$(id -g)"; exit 7'
+    result = pier(
+        tmp_path,
+        "run",
+        "--rm",
+        "-e",
+        "EXTRA=added",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000:1000",
+        image_ref,
+        "sh",
+        "-c",
+        script,
+    )
+    assert result.returncode == 7, result.stderr
+    assert result.stdout.strip() == "from-image added /tmp 1000:1000"
+
+
+def test_cgroup_limits_are_enforced_by_the_runtime(image_ref, tmp_path) -> None:
+    script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max"
+    result = pier(
+        tmp_path, "run", "--rm", "--memory", "64m", "--pids-limit", "32", image_ref, "sh", "-c", script
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(64 * 1024 * 1024), "32"]
+
+
+def test_volumes_and_network_namespace(image_ref, tmp_path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "input.txt").write_text("from the host\n")
+    result = pier(
+        tmp_path,
+        "run",
+        "--rm",
+        "-v",
+        f"{shared}:/data",
+        image_ref,
+        "sh",
+        "-c",
+        "cat /data/input.txt; echo written > /data/output.txt; ls /sys/class/net",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    assert lines[:3] == ["from", "the", "host"]
+    assert lines[3:] == ["lo"]  # --network none: only loopback
+    assert (shared / "output.txt").read_text() == "written\n"
+    readonly = pier(
+        tmp_path, "run", "--rm", "-v", f"{shared}:/data:ro", image_ref, "sh", "-c", "echo x > /data/y"
+    )
+    assert readonly.returncode != 0 and not (shared / "y").exists()
+
+
+def test_bad_options_are_one_line_errors(image_ref, tmp_path) -> None:
+    result = pier(tmp_path, "run", "--rm", "-v", "relative:/data", image_ref, "true")
+    assert result.returncode == 1
+    assert result.stderr.startswith("pier: invalid -v") and "Traceback" not in result.stderr
+    missing = pier(tmp_path, "run", "--rm", "-u", "nobody-here", image_ref, "true")
+    assert missing.returncode == 1 and "not found in the image's /etc/passwd" in missing.stderr
