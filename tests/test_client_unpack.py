@@ -203,3 +203,19 @@ def test_absolute_symlinks_resolve_inside_the_rootfs(tmp_path) -> None:
     apply(root, [(entry("bin/tool", mode=0o755), b"#!/bin/sh\n")])  # merged-/usr images do this
     assert (root / "usr/bin/tool").read_bytes() == b"#!/bin/sh\n"
     assert not Path("/usr/bin/tool").exists() or Path("/usr/bin/tool").read_bytes() != b"#!/bin/sh\n"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_every_layer_compression(tmp_path, compression: str) -> None:
+    import gzip
+
+    import zstandard
+
+    raw = make_tar([(entry("hello.txt"), b"hello\n")]).getvalue()
+    data, media_type = {
+        "gzip": (gzip.compress(raw), "application/vnd.oci.image.layer.v1.tar+gzip"),
+        "zstd": (zstandard.ZstdCompressor().compress(raw), "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "none": (raw, "application/vnd.docker.image.rootfs.diff.tar"),
+    }[compression]
+    apply_layer(tmp_path / "rootfs", io.BytesIO(data), media_type, "layer")
+    assert (tmp_path / "rootfs" / "hello.txt").read_bytes() == b"hello\n"
