@@ -63,17 +63,29 @@ def parse_memory(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " "))
 
 
+def _stored(store: ContentStore, digest: str) -> bytes:
+    try:
+        return store.read(digest)
+    except FileNotFoundError:
+        raise RunError(
+            f"{digest} is not in the local store: pull the image (for this platform) again"
+        ) from None
+
+
 def image_config(store: ContentStore, digest: str, platform: Platform) -> tuple[dict, list[dict]]:
     """(config, layer descriptors) of a stored image; an index is narrowed to ``platform``."""
-    manifest = json.loads(store.read(digest))
+    manifest = json.loads(_stored(store, digest))
     if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
         for entry in manifest.get("manifests", []):
             if platform.matches(entry.get("platform", {})):
-                manifest = json.loads(store.read(entry["digest"]))
+                manifest = json.loads(_stored(store, entry["digest"]))
                 break
         else:
             raise RunError(f"the stored index has no image for {platform}")
-    return json.loads(store.read(manifest["config"]["digest"])), manifest["layers"]
+    for layer in manifest["layers"]:
+        if not store.has(layer["digest"]):
+            raise RunError(f"layer {layer['digest']} is not in the local store: pull the image again")
+    return json.loads(_stored(store, manifest["config"]["digest"])), manifest["layers"]
 
 
 def _entries(rootfs: Path, table: str) -> list[list[str]]:

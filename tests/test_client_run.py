@@ -108,3 +108,16 @@ def test_bad_options_are_one_line_errors(image_ref, tmp_path) -> None:
     assert result.stderr.startswith("pier: invalid -v") and "Traceback" not in result.stderr
     missing = pier(tmp_path, "run", "--rm", "-u", "nobody-here", image_ref, "true")
     assert missing.returncode == 1 and "not found in the image's /etc/passwd" in missing.stderr
+
+
+def test_image_missing_for_this_platform_is_a_clear_error(registry, tmp_path) -> None:
+    from .images import build_index
+    from .test_client_pull import push_index
+
+    index = build_index(tmp_path / "layout", "multi")
+    push_index(registry.url, "client/run-multi", index)
+    ref = f"{registry.host}/client/run-multi:multi"
+    assert pier(tmp_path, "pull", "--platform", "linux/arm64", ref).returncode == 0
+    result = pier(tmp_path, "run", "--rm", "--platform", "linux/amd64", ref, "true")
+    assert result.returncode == 1
+    assert "not in the local store" in result.stderr and "Traceback" not in result.stderr
