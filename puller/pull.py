@@ -157,6 +157,11 @@ class Puller:
             with self.transport.stream("GET", path, self.scope, headers) as response:
                 if response.status_code == 200 and download.offset:
                     download.restart()  # the registry ignored the Range: start over
+                elif response.status_code == 206 and not response.headers.get("content-range", "").startswith(
+                    f"bytes {download.offset}-"
+                ):
+                    download.restart()  # never splice bytes from the wrong offset
+                    raise PullError(f"blob {digest}: the registry answered a different range than asked")
                 elif response.status_code not in (200, 206):
                     raise PullError(f"blob {digest}: {error_message(response)}")
                 report(digest, "downloading", download.offset, size)
