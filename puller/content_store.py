@@ -15,8 +15,10 @@ import fcntl
 import hashlib
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
 
@@ -138,6 +140,20 @@ class ContentStore:
         self.root = Path(root) if root is not None else default_home()
         self.root.mkdir(parents=True, exist_ok=True)
 
+    @contextmanager
+    def lock(self, exclusive: bool = False) -> Iterator[None]:
+        """Shared while content is being added or used; exclusive while garbage is deleted.
+
+        A pull holds it shared from its first blob to its ref, so ``rmi`` never deletes
+        blobs that an unfinished pull has fetched but not yet tagged.
+        """
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
     def path(self, digest: str) -> Path:
         algorithm, hexpart = _split(digest)
         return self.root / "blobs" / algorithm / hexpart
@@ -177,3 +193,30 @@ class ContentStore:
             return self._ref_path(name, tag).read_text()
         except FileNotFoundError:
             return None
+
+    def delete_ref(self, name: str, tag: str) -> bool:
+        try:
+            self._ref_path(name, tag).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def refs(self) -> Iterator[tuple[str, str, str]]:
+        """(name, tag, digest) of every tag in the store, sorted."""
+        base = self.root / "refs"
+        for path in sorted(base.glob("**/tags/*")):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            name = unquote(str(path.parent.parent.relative_to(base)))
+            try:
+                yield name, unquote(path.name), path.read_text()
+            except FileNotFoundError:
+                continue
+
+    def blobs(self) -> Iterator[str]:
+        for directory in sorted((self.root / "blobs").glob("*")):
+            for path in directory.iterdir():
+                yield f"{directory.name}:{path.name}"
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)

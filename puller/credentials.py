@@ -76,3 +76,77 @@ def lookup(domain: str) -> Credentials | None:
     if config.get("credsStore"):
         return _from_helper(config["credsStore"], keys[0])
     return None
+
+
+def _server_key(domain: str) -> str:
+    return DOCKER_HUB_KEYS[0] if domain == "docker.io" else domain
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise CredentialsError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CredentialsError(f"{path} does not hold a JSON object")
+    return config
+
+
+def _write_config(path: Path, config: dict) -> None:
+    """Atomically, readable by the owner only: it holds secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(config, out, indent="\t")
+    os.replace(temporary, path)
+
+
+def _helper_for(config: dict, key: str) -> str | None:
+    return (config.get("credHelpers") or {}).get(key) or config.get("credsStore") or None
+
+
+def _run_helper(helper: str, action: str, payload: str) -> None:
+    executable = shutil.which(f"docker-credential-{helper}")
+    if executable is None:
+        raise CredentialsError(f"docker credential helper docker-credential-{helper} is not installed")
+    result = subprocess.run([executable, action], input=payload, capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        message = result.stdout.strip() or result.stderr.strip()
+        raise CredentialsError(f"docker-credential-{helper} {action} failed: {message[:200]}")
+
+
+def save(domain: str, credentials: Credentials) -> str:
+    """Save credentials where docker would (its helper if one is set); returns where."""
+    path = config_path()
+    config = _read_config(path)
+    key = _server_key(domain)
+    helper = _helper_for(config, key)
+    if helper:
+        payload = {"ServerURL": key, "Username": credentials.username, "Secret": credentials.password}
+        _run_helper(helper, "store", json.dumps(payload))
+        return f"docker-credential-{helper}"
+    pair = f"{credentials.username}:{credentials.password}".encode()
+    config.setdefault("auths", {})[key] = {"auth": base64.b64encode(pair).decode()}
+    _write_config(path, config)
+    return str(path)
+
+
+def erase(domain: str) -> bool:
+    """Forget the credentials for ``domain``; False when there were none."""
+    path = config_path()
+    config = _read_config(path)
+    key = _server_key(domain)
+    helper = _helper_for(config, key)
+    if helper:
+        _run_helper(helper, "erase", key)
+        return True
+    auths = config.get("auths") or {}
+    found = [k for k in _keys(domain) if k in auths]
+    for k in found:
+        del auths[k]
+    if found:
+        _write_config(path, config)
+    return bool(found)

@@ -10,58 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as host_platform
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .content_store import ContentStore, DigestMismatch
+from .image import DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
+from .platforms import Platform
 from .reference import Reference
 from .transport import Credentials, RegistryRequestError, Transport, error_message
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
-_MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
 
 
 class PullError(Exception):
     """A pull that cannot complete; the message is meant for the user as it is."""
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise PullError(f"invalid platform {text!r}: expected os/arch[/variant]")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
-
-    @classmethod
-    def host(cls) -> Platform:
-        machine = host_platform.machine().lower()
-        return cls("linux", _MACHINE_ARCH.get(machine, machine))
-
-    def matches(self, entry: dict) -> bool:
-        return (
-            entry.get("os") == self.os
-            and entry.get("architecture") == self.architecture
-            and (self.variant is None or entry.get("variant") == self.variant)
-        )
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
 @dataclass
@@ -72,49 +38,20 @@ class PulledImage:
     size: int  # bytes of config and layers
 
 
-class Puller:
-    def __init__(self, store: ContentStore, transport: Transport, reference: Reference, parallel: int = 4):
-        self.store = store
+class Remote:
+    """One repository of one registry, read over HTTP: manifests checked against their digests."""
+
+    def __init__(self, transport: Transport, reference: Reference) -> None:
         self.transport = transport
         self.reference = reference
-        self.parallel = max(1, parallel)
         self.scope = f"repository:{reference.path}:pull"
 
-    def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
-        body, media_type, digest = self.fetch_manifest(self.reference.identifier)
-        index_digest = index_body = None
-        if media_type in INDEX_TYPES:
-            index_digest, index_body = digest, body
-            child = self._choose(json.loads(body), platform)
-            body, media_type, digest = self.fetch_manifest(child["digest"])
-        manifest = json.loads(body)
-        descriptors = [manifest["config"], *manifest.get("layers", [])]
-        with ThreadPoolExecutor(self.parallel) as pool:
-            list(pool.map(lambda d: self.fetch_blob(d["digest"], d["size"], progress), descriptors))
-        self.store.put(digest, body)
-        if index_digest is not None and index_body is not None:
-            self.store.put(index_digest, index_body)
-        size = sum(d["size"] for d in descriptors)
-        return PulledImage(self.reference, digest, index_digest, size)
-
-    def _choose(self, index: dict, platform: Platform) -> dict:
+    def choose(self, index: dict, platform: Platform) -> dict:
         entries = index.get("manifests", [])
         for entry in entries:
             if platform.matches(entry.get("platform", {})):
                 return entry
-        offered = sorted(
-            {
-                str(
-                    Platform(
-                        e["platform"].get("os", "?"),
-                        e["platform"].get("architecture", "?"),
-                        e["platform"].get("variant"),
-                    )
-                )
-                for e in entries
-                if "platform" in e
-            }
-        )
+        offered = sorted({str(Platform.of(e["platform"])) for e in entries if "platform" in e})
         raise PullError(
             f"{self.reference.familiar()} has no image for {platform}; it has: {', '.join(offered) or 'none'}"
         )
@@ -142,6 +79,33 @@ class Puller:
         if ":" in identifier and digest != identifier:
             raise PullError(f"manifest digest mismatch: expected {identifier}, got {digest}")
         return body, media_type, digest
+
+
+class Puller:
+    def __init__(self, store: ContentStore, remote: Remote, parallel: int = 4):
+        self.store = store
+        self.remote = remote
+        self.transport = remote.transport
+        self.reference = remote.reference
+        self.scope = remote.scope
+        self.parallel = max(1, parallel)
+
+    def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
+        body, media_type, digest = self.remote.fetch_manifest(self.reference.identifier)
+        index_digest = index_body = None
+        if media_type in INDEX_TYPES:
+            index_digest, index_body = digest, body
+            child = self.remote.choose(json.loads(body), platform)
+            body, media_type, digest = self.remote.fetch_manifest(child["digest"])
+        manifest = json.loads(body)
+        descriptors = [manifest["config"], *manifest.get("layers", [])]
+        with ThreadPoolExecutor(self.parallel) as pool:
+            list(pool.map(lambda d: self.fetch_blob(d["digest"], d["size"], progress), descriptors))
+        self.store.put(digest, body)
+        if index_digest is not None and index_body is not None:
+            self.store.put(index_digest, index_body)
+        size = sum(d["size"] for d in descriptors)
+        return PulledImage(self.reference, digest, index_digest, size)
 
     def fetch_blob(self, digest: str, size: int, progress: Progress | None = None) -> None:
         report = progress or (lambda *args: None)
@@ -190,11 +154,12 @@ def pull(
 ) -> PulledImage:
     transport = Transport(reference.api_host, insecure=insecure, credentials=credentials)
     try:
-        image = Puller(store, transport, reference, parallel).pull(platform, progress)
+        with store.lock():
+            image = Puller(store, Remote(transport, reference), parallel).pull(platform, progress)
+            if reference.tag:
+                store.set_ref(reference.name, reference.tag, image.index_digest or image.digest)
     except RegistryRequestError as exc:
         raise PullError(str(exc)) from None
     finally:
         transport.close()
-    if reference.tag:
-        store.set_ref(reference.name, reference.tag, image.index_digest or image.digest)
     return image

@@ -4,6 +4,10 @@ The bundle's ``config.json`` starts from the runtime's own ``spec`` template (it
 defaults for namespaces, masked paths and capabilities) and is then given what the
 image and the command line ask for: Entrypoint/Cmd, Env, WorkingDir, User, bind
 mounts, network namespace, and cgroup limits for memory, CPU and processes.
+
+The runtime is chosen by the machine's cgroup layout: crun starts faster, but crun
+1.8 refuses the hybrid layout (v1 controllers beside an empty v2 hierarchy) with
+"cgroups in hybrid mode not supported", so there runc goes first.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from .containers import ContainerError, Containers, ContainerState
 from .content_store import ContentStore
-from .pull import INDEX_TYPES, Platform
-from .unpack import apply_layer
+from .image import Image
+from .rootfs import LayerProgress, RootfsCache
+from .unpack import UnsafeLayer, _Root
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgKMG]?)[bB]?")
 CPU_PERIOD = 100_000
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class RunError(Exception):
@@ -47,13 +55,33 @@ class RunOptions:
     runtime: str | None = None
 
 
-def find_runtime(preferred: str | None) -> str:
-    candidates = [preferred] if preferred else ["runc", "crun"]
+def cgroup_layout(root: Path = CGROUP_ROOT) -> str:
+    """``unified`` (v2 only), ``hybrid`` (v1 controllers and a v2 mount) or ``legacy`` (v1 only)."""
+    if (root / "cgroup.controllers").exists():
+        return "unified"
+    if (root / "unified" / "cgroup.controllers").exists():
+        return "hybrid"
+    return "legacy"
+
+
+def find_runtime(preferred: str | None, layout: str | None = None) -> str:
+    """The runtime to use: ``preferred`` if given, else the first that works with this cgroup layout."""
+    if preferred:
+        path = shutil.which(preferred)
+        if path is None:
+            raise RunError(f"OCI runtime {preferred!r} not found on PATH")
+        return path
+    layout = layout or cgroup_layout()
+    candidates = ["runc"] if layout == "hybrid" else ["crun", "runc"]
     for candidate in candidates:
-        path = shutil.which(candidate) if candidate else None
-        if path:
+        if path := shutil.which(candidate):
             return path
-    raise RunError(f"no OCI runtime found on PATH (looked for {', '.join(c for c in candidates if c)})")
+    if layout == "hybrid" and shutil.which("crun"):
+        raise RunError(
+            "only crun is installed, and crun does not support this machine's hybrid cgroup layout: "
+            "install runc (or pass --runtime crun to try anyway)"
+        )
+    raise RunError("no OCI runtime found on PATH: install runc or crun")
 
 
 def parse_memory(text: str) -> int:
@@ -63,36 +91,23 @@ def parse_memory(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " "))
 
 
-def _stored(store: ContentStore, digest: str) -> bytes:
-    try:
-        return store.read(digest)
-    except FileNotFoundError:
-        raise RunError(
-            f"{digest} is not in the local store: pull the image (for this platform) again"
-        ) from None
-
-
-def image_config(store: ContentStore, digest: str, platform: Platform) -> tuple[dict, list[dict]]:
-    """(config, layer descriptors) of a stored image; an index is narrowed to ``platform``."""
-    manifest = json.loads(_stored(store, digest))
-    if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
-        for entry in manifest.get("manifests", []):
-            if platform.matches(entry.get("platform", {})):
-                manifest = json.loads(_stored(store, entry["digest"]))
-                break
-        else:
-            raise RunError(f"the stored index has no image for {platform}")
-    for layer in manifest["layers"]:
-        if not store.has(layer["digest"]):
-            raise RunError(f"layer {layer['digest']} is not in the local store: pull the image again")
-    return json.loads(_stored(store, manifest["config"]["digest"])), manifest["layers"]
+def inside(rootfs: Path, relative: str) -> Path:
+    """``relative`` as the container sees it: symlinks followed, but never out of the rootfs."""
+    return _Root(rootfs, "image").resolve(relative, PurePosixPath(relative))
 
 
 def _entries(rootfs: Path, table: str) -> list[list[str]]:
-    """Rows of the image's /etc/passwd or /etc/group (read as plain files, never followed out)."""
+    """Rows of the image's /etc/passwd or /etc/group, its symlinks resolved inside the rootfs.
+
+    A hostile image may make /etc/passwd a symlink to the host's /etc/shadow: the path is
+    resolved as the container would see it, never on the host.
+    """
     try:
-        return [line.split(":") for line in (rootfs / "etc" / table).read_text().splitlines()]
-    except (OSError, UnicodeDecodeError):
+        path = inside(rootfs, f"etc/{table}")
+        if path.is_symlink() or not path.is_file():
+            return []
+        return [line.split(":") for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError, UnsafeLayer):
         return []
 
 
@@ -169,41 +184,76 @@ def build_config(template: dict, rootfs: Path, config: dict, options: RunOptions
             raise RunError(f"invalid -v {volume!r}: the mode must be ro or rw")
         if not os.path.exists(parts[0]):
             raise RunError(f"-v {volume!r}: {parts[0]} does not exist")
+        # The runtime creates a missing destination itself, resolved safely inside the rootfs.
         spec["mounts"].append(
             {"destination": parts[1], "type": "bind", "source": parts[0], "options": ["rbind", mode]}
         )
-        (rootfs / parts[1].lstrip("/")).mkdir(parents=True, exist_ok=True)
     return spec
 
 
-def run(store: ContentStore, digest: str, platform: Platform, options: RunOptions) -> int:
+def run(
+    store: ContentStore,
+    image: Image,
+    image_name: str,
+    options: RunOptions,
+    progress: LayerProgress | None = None,
+) -> int:
+    """Run ``image``'s process; its exit code is returned as the container's."""
     runtime = find_runtime(options.runtime)
-    config, layers = image_config(store, digest, platform)
     container_id = options.name or f"pier-{uuid.uuid4().hex[:12]}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", container_id):
-        raise RunError(f"invalid container name {container_id!r}")
-    bundle = store.root / "containers" / container_id
-    if bundle.exists():
-        raise RunError(f"a container named {container_id} already exists ({bundle})")
-    rootfs = bundle / "rootfs"
+    if not _CONTAINER_NAME.fullmatch(container_id):
+        raise RunError(f"invalid container name {container_id!r}: letters, digits, '_', '.', '-'")
+    state = ContainerState(
+        id=container_id,
+        image=image_name,
+        digest=image.digest,
+        chain_id=image.chain_id,
+        command=options.command,
+        runtime=runtime,
+    )
+    containers = Containers(store.root)
+    with store.lock():  # shared: no garbage collection removes the tree before it is mounted
+        lower, _ = RootfsCache(store).prepare(image, progress)
+        try:
+            container = containers.create(state)
+        except ContainerError as exc:
+            raise RunError(str(exc)) from None
+        try:
+            container.mount(lower, state)
+        except BaseException:
+            containers.remove(container_id, force=True)
+            raise
     try:
-        for layer in layers:
-            with store.path(layer["digest"]).open("rb") as stream:
-                apply_layer(rootfs, stream, layer["mediaType"], layer["digest"])
         template = subprocess.run(
-            [runtime, "spec", "--bundle", str(bundle)], capture_output=True, text=True, check=False
+            [runtime, "spec", "--bundle", str(container.directory)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if template.returncode != 0:
             raise RunError(f"{runtime} spec failed: {template.stderr.strip()[:300]}")
-        spec_path = bundle / "config.json"
-        spec = build_config(json.loads(spec_path.read_text()), rootfs, config, options, container_id)
+        spec_path = container.directory / "config.json"
+        spec = build_config(
+            json.loads(spec_path.read_text()), container.rootfs, image.config, options, container_id
+        )
         spec_path.write_text(json.dumps(spec, indent=2))
+        state.command = spec["process"]["args"]
+        state.status = "running"
+        container.write_state(state)
         stdin = None if options.interactive or options.tty else subprocess.DEVNULL
         completed = subprocess.run(
-            [runtime, "run", "--bundle", str(bundle), container_id], stdin=stdin, check=False
+            [runtime, "run", "--bundle", str(container.directory), container_id], stdin=stdin, check=False
         )
+        state.status, state.exit_code = "exited", completed.returncode
+        container.write_state(state)
         return completed.returncode
+    except BaseException:
+        if state.status != "exited":
+            state.status = "exited"
+            container.write_state(state)
+        raise
     finally:
+        subprocess.run([runtime, "delete", "--force", container_id], capture_output=True, check=False)
+        container.unmount()
         if options.remove:
-            subprocess.run([runtime, "delete", "--force", container_id], capture_output=True, check=False)
-            shutil.rmtree(bundle, ignore_errors=True)
+            containers.remove(container_id, force=True)

@@ -12,13 +12,14 @@ import base64
 import ipaddress
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+Body = Callable[[], bytes | Iterable[bytes]]
 _CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]+))')
 
 
@@ -89,7 +90,8 @@ class Transport:
             return
         if scheme != "bearer" or "realm" not in params:
             raise RegistryRequestError(f"{self.base_url} asked for unsupported auth: {challenge[:100]}")
-        query = {"service": params.get("service", ""), "scope": params.get("scope", scope)}
+        scopes = sorted(set(params.get("scope", "").split()) | set(scope.split()))
+        query: dict[str, str | list[str]] = {"service": params.get("service", ""), "scope": scopes}
         auth = None
         if self.credentials is not None:
             auth = (self.credentials.username, self.credentials.password)
@@ -108,18 +110,40 @@ class Transport:
         lifetime = float(body.get("expires_in", 60))
         self._tokens[scope] = (token, time.monotonic() + max(lifetime - 10, 5))
 
+    def check_login(self) -> None:
+        """Prove the credentials: ``GET /v2/`` must succeed once the challenge is answered with them."""
+        if self.credentials is None:
+            raise RegistryRequestError("no credentials to check")
+        with self.stream("GET", "/v2/", "") as response:
+            if response.status_code == 401:
+                raise RegistryRequestError(f"login to {self.base_url} failed: wrong username or password")
+            if response.status_code != 200:
+                raise RegistryRequestError(f"login to {self.base_url} failed: {error_message(response)}")
+        if not self._basic and not self._tokens:
+            raise RegistryRequestError(f"{self.base_url} asks for no credentials: nothing to log in to")
+
     @contextmanager
     def stream(
-        self, method: str, path: str, scope: str, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        scope: str,
+        headers: dict[str, str] | None = None,
+        content: Body | None = None,
     ) -> Iterator[httpx.Response]:
-        """One request, authenticated and retried; the body is left for the caller to stream."""
+        """One request, authenticated and retried; the body is left for the caller to stream.
+
+        ``scope`` is the token scope the request needs (space-separated when several, as for
+        a cross-repository mount). ``content`` is a function giving the request body, called
+        again for each attempt, so a streamed upload can be retried from its start.
+        """
         authenticated = False
         for attempt in range(self.retries + 1):
             request_headers = {**(headers or {}), **self._auth_header(scope)}
+            body = content() if content is not None else None
             try:
-                response = self._client.send(
-                    self._client.build_request(method, path, headers=request_headers), stream=True
-                )
+                request = self._client.build_request(method, path, headers=request_headers, content=body)
+                response = self._client.send(request, stream=True)
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise RegistryRequestError(f"{self.base_url} unreachable: {exc}") from None

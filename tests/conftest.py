@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from .servers import PierServer
+from .servers import PierServer, free_port, stop_process, wait_http
+from .tokens import TokenService, distribution_token_config
 
 _names = itertools.count()
 
@@ -46,3 +49,47 @@ def repo(request: pytest.FixtureRequest) -> str:
     base = request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-")
     cleaned = "".join(c for c in base if c.isalnum() or c == "-").strip("-")[:60]
     return f"test/{cleaned}-{next(_names)}"
+
+
+@pytest.fixture
+def distribution(tmp_path):  # type: ignore[no-untyped-def]
+    """Debian's docker-registry (distribution 2.8), the reference registry, on loopback."""
+    executable = shutil.which("docker-registry")
+    if executable is None:
+        pytest.fail("docker-registry is not installed (Debian: apt-get install docker-registry)")
+    port = free_port()
+    config = tmp_path / "distribution.yml"
+    root = tmp_path / "distribution"
+    config.write_text(
+        "version: 0.1\nlog: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    process = subprocess.Popen(
+        [executable, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/", process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture
+def token_registry(tmp_path):  # type: ignore[no-untyped-def]
+    """distribution demanding Bearer tokens from a token service the test runs."""
+    tokens = TokenService(tmp_path, users={"alice": "wonderland"}).start()
+    port = free_port()
+    config = tmp_path / "distribution-token.yml"
+    config.write_text(distribution_token_config(tmp_path / "distribution", port, tokens))
+    process = subprocess.Popen(
+        [shutil.which("docker-registry") or "docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/", process)
+        yield f"127.0.0.1:{port}", tokens
+    finally:
+        stop_process(process)
+        tokens.stop()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,50 +16,9 @@ from puller.pull import Platform, PullError, pull
 from puller.reference import parse_reference
 from puller.transport import Credentials
 
-from .images import Blob, ImageIndex, build_image, build_index
-from .servers import REPO_ROOT, free_port, stop_process, wait_http
-from .tokens import TokenService, distribution_token_config
-
-
-def push_blob(base: str, repo: str, blob: Blob, headers: dict[str, str] | None = None) -> None:
-    with httpx.Client(base_url=base, headers=headers) as http:
-        if http.head(f"/v2/{repo}/blobs/{blob.digest}").status_code == 200:
-            return
-        location = http.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
-        separator = "&" if "?" in location else "?"
-        done = http.put(f"{location}{separator}digest={blob.digest}", content=blob.read())
-        assert done.status_code == 201, done.text
-
-
-def push_manifest(
-    base: str, repo: str, reference: str, blob: Blob, headers: dict[str, str] | None = None
-) -> None:
-    response = httpx.put(
-        f"{base}/v2/{repo}/manifests/{reference}",
-        content=blob.read(),
-        headers={"Content-Type": blob.media_type, **(headers or {})},
-    )
-    assert response.status_code == 201, response.text
-
-
-def push_index(base: str, repo: str, index: ImageIndex, headers: dict[str, str] | None = None) -> None:
-    for image in index.images:
-        for blob in image.blobs:
-            push_blob(base, repo, blob, headers)
-        push_manifest(base, repo, image.digest, image.manifest, headers)
-    push_manifest(base, repo, index.tag, index.index, headers)
-
-
-def run_pier(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PIER_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "puller", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
+from .helpers import push_blob, push_index, push_manifest, run_pier
+from .images import ImageIndex, build_image, build_index
+from .servers import REPO_ROOT
 
 
 @pytest.fixture
@@ -162,30 +119,6 @@ def test_bad_references_and_unknown_images(registry, tmp_path) -> None:
     assert "MANIFEST_UNKNOWN" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
-@pytest.fixture
-def distribution(tmp_path):  # type: ignore[no-untyped-def]
-    """Debian's docker-registry (distribution 2.8), the reference registry, on loopback."""
-    executable = shutil.which("docker-registry")
-    if executable is None:
-        pytest.fail("docker-registry is not installed (Debian: apt-get install docker-registry)")
-    port = free_port()
-    config = tmp_path / "distribution.yml"
-    root = tmp_path / "distribution"
-    config.write_text(
-        "version: 0.1\nlog: {level: error}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-    )
-    process = subprocess.Popen(
-        [executable, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v2/", process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_process(process)
-
-
 def test_pull_from_the_reference_registry(distribution, index, tmp_path) -> None:
     push_index(f"http://{distribution}", "client/reference", index)
     home = tmp_path / "home"
@@ -195,26 +128,6 @@ def test_pull_from_the_reference_registry(distribution, index, tmp_path) -> None
     amd = index.image("amd64")
     store = ContentStore(home)
     assert all(store.read(b.digest) == b.read() for b in (amd.manifest, *amd.blobs))
-
-
-@pytest.fixture
-def token_registry(tmp_path):  # type: ignore[no-untyped-def]
-    """distribution demanding Bearer tokens from a token service the test runs."""
-    tokens = TokenService(tmp_path, users={"alice": "wonderland"}).start()
-    port = free_port()
-    config = tmp_path / "distribution-token.yml"
-    config.write_text(distribution_token_config(tmp_path / "distribution", port, tokens))
-    process = subprocess.Popen(
-        [shutil.which("docker-registry") or "docker-registry", "serve", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v2/", process)
-        yield f"127.0.0.1:{port}", tokens
-    finally:
-        stop_process(process)
-        tokens.stop()
 
 
 def test_bearer_token_flow_against_the_reference_registry(token_registry, index, tmp_path) -> None:

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from .helpers import push_blob, push_manifest
 from .images import build_image
 from .servers import REPO_ROOT
-from .test_client_pull import push_blob, push_manifest
 
 
 @pytest.fixture
@@ -110,14 +110,32 @@ def test_bad_options_are_one_line_errors(image_ref, tmp_path) -> None:
     assert missing.returncode == 1 and "not found in the image's /etc/passwd" in missing.stderr
 
 
-def test_image_missing_for_this_platform_is_a_clear_error(registry, tmp_path) -> None:
+def test_a_platform_missing_locally_is_pulled_before_running(registry, tmp_path) -> None:
+    from .helpers import push_index
     from .images import build_index
-    from .test_client_pull import push_index
 
     index = build_index(tmp_path / "layout", "multi")
     push_index(registry.url, "client/run-multi", index)
     ref = f"{registry.host}/client/run-multi:multi"
     assert pier(tmp_path, "pull", "--platform", "linux/arm64", ref).returncode == 0
-    result = pier(tmp_path, "run", "--rm", "--platform", "linux/amd64", ref, "true")
+    result = pier(tmp_path, "run", "--rm", "--platform", "linux/amd64", ref, "cat", "/etc/platform")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "linux/amd64\n"
+
+
+def test_a_layer_lost_from_the_store_is_fetched_again(image_ref, tmp_path) -> None:
+    assert pier(tmp_path, "pull", image_ref).returncode == 0
+    blobs = sorted((tmp_path / "home" / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    blobs[-1].unlink()  # the largest blob: a layer
+    result = pier(tmp_path, "run", "--rm", image_ref, "true")
+    assert result.returncode == 0, result.stderr
+    assert blobs[-1].is_file()
+
+
+def test_an_unreachable_registry_is_a_one_line_error(tmp_path) -> None:
+    from .servers import free_port
+
+    result = pier(tmp_path, "run", "--rm", f"127.0.0.1:{free_port()}/nothing/here:v1", "true")
     assert result.returncode == 1
-    assert "not in the local store" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("pier: ") and "unreachable" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1

@@ -1,0 +1,104 @@
+"""Helpers shared by the client tests: seeding a registry over plain HTTP, running ``pier``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from .images import Blob, ImageIndex
+from .servers import REPO_ROOT
+
+
+def push_blob(base: str, repo: str, blob: Blob, headers: dict[str, str] | None = None) -> None:
+    with httpx.Client(base_url=base, headers=headers) as http:
+        if http.head(f"/v2/{repo}/blobs/{blob.digest}").status_code == 200:
+            return
+        location = http.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        separator = "&" if "?" in location else "?"
+        done = http.put(f"{location}{separator}digest={blob.digest}", content=blob.read())
+        assert done.status_code == 201, done.text
+
+
+def push_manifest(
+    base: str, repo: str, reference: str, blob: Blob, headers: dict[str, str] | None = None
+) -> None:
+    response = httpx.put(
+        f"{base}/v2/{repo}/manifests/{reference}",
+        content=blob.read(),
+        headers={"Content-Type": blob.media_type, **(headers or {})},
+    )
+    assert response.status_code == 201, response.text
+
+
+def push_index(base: str, repo: str, index: ImageIndex, headers: dict[str, str] | None = None) -> None:
+    for image in index.images:
+        for blob in image.blobs:
+            push_blob(base, repo, blob, headers)
+        push_manifest(base, repo, image.digest, image.manifest, headers)
+    push_manifest(base, repo, index.tag, index.index, headers)
+
+
+def run_pier(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIER_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "puller", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+class TamperingProxy:
+    """A registry's front that flips one byte of every blob body it passes on.
+
+    It stands for a corrupting cache or a man in the middle: the client must notice by
+    the digest, whatever the status code and headers say.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                answer = httpx.request(self.command, f"{proxy.upstream}{self.path}", headers=headers)
+                body = answer.content
+                if "/blobs/" in self.path and body:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> TamperingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
