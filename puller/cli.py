@@ -20,7 +20,7 @@ from .content_store import ContentStore
 from .credentials import CredentialsError, erase, lookup
 from .credentials import save as save_credentials
 from .gc import collect_garbage
-from .image import ImageError, is_index, load_image, local_digest, read_json
+from .image import ImageError, is_index, load_image, local_digest, read_json, shareable
 from .layout import LayoutError, load, save
 from .platforms import Platform, PlatformError
 from .progress import transfer_progress
@@ -228,6 +228,9 @@ def cmd_save(args: argparse.Namespace) -> int:
     images = []
     for text in args.references:
         reference, digest = _local(store, text)
+        digest, note = shareable(store, digest, _platform(args))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         images.append((reference, digest))
     save(store, images, Path(args.output))
     for reference, digest in images:
@@ -395,6 +398,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("save", cmd_save, "write local images to an OCI image layout directory")
     sub.add_argument("references", nargs="+")
     sub.add_argument("-o", "--output", required=True, help="layout directory (created, or added to)")
+    sub.add_argument("--platform", help="the image saved when only part of an index is local")
 
     sub = command("load", cmd_load, "import the images of an OCI image layout directory")
     sub.add_argument("directory")

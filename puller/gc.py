@@ -30,10 +30,10 @@ def _live_images(store: ContentStore, live: set[str]) -> list[Image]:
             document = json.loads(store.read(digest))
         except (ValueError, UnicodeDecodeError):
             continue  # a layer
-        if not isinstance(document, dict) or is_index(document) or "config" not in document:
-            continue
-        config_digest = document["config"].get("digest", "")
-        if store.has(config_digest):
+        if not isinstance(document, dict) or is_index(document) or "layers" not in document:
+            continue  # an index or an image config: only manifests name a rootfs
+        config_digest = (document.get("config") or {}).get("digest", "")
+        if config_digest and store.has(config_digest):
             images.append(Image(digest, document, json.loads(store.read(config_digest))))
     return images
 

@@ -154,3 +154,17 @@ def missing_content(store: ContentStore, digest: str) -> list[str]:
             blobs = [document["config"], *document.get("layers", [])]
             missing.extend(d["digest"] for d in blobs if not store.has(d["digest"]))
     return missing
+
+
+def shareable(store: ContentStore, digest: str, platform: Platform) -> tuple[str, str | None]:
+    """What can leave the store whole: the digest itself, or one platform's image of a partial index.
+
+    A pull keeps one platform of an index. Pushing or saving that index would hand out a
+    document whose other children are nowhere, so the platform's image goes in its place,
+    with a note (second item) saying so.
+    """
+    if not is_index(read_json(store, digest)) or not missing_content(store, digest):
+        return digest, None
+    image = load_image(store, digest, platform)
+    note = f"the local store holds only the {platform} image of this index: using that image ({image.digest})"
+    return image.digest, note

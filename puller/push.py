@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from .content_store import ContentStore
-from .image import is_index, load_image, media_type_of, missing_content, reachable
+from .image import is_index, media_type_of, reachable, shareable
 from .platforms import Platform
 from .pull import Progress, PullError, Remote
 from .reference import Reference
@@ -215,15 +215,8 @@ def push_local(
     progress: Progress | None = None,
 ) -> tuple[str, str | None]:
     """Push a stored image; (pushed digest, a note when only one platform of an index could go)."""
+    digest, note = shareable(store, digest, platform)
     body = store.read(digest)
-    note = None
-    if is_index(json.loads(body)) and missing_content(store, digest):
-        image = load_image(store, digest, platform)
-        body = store.read(image.digest)
-        note = (
-            f"the local store holds only the {platform} image of this index: pushed that image "
-            f"({image.digest}) in its place"
-        )
     holders = _local_holders(store, destination.domain)
     source = local_source(store, lambda blob: holders.get(blob, []))
     pusher = Pusher(transport, destination, parallel)

@@ -4,11 +4,13 @@ import itertools
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from .servers import PierServer, free_port, stop_process, wait_http
+from .skopeo import Skopeo
 from .tokens import TokenService, distribution_token_config
 
 _names = itertools.count()
@@ -93,3 +95,13 @@ def token_registry(tmp_path):  # type: ignore[no-untyped-def]
     finally:
         stop_process(process)
         tokens.stop()
+
+
+@pytest.fixture
+def skopeo(registry: PierServer, tmp_path: Path) -> Skopeo:
+    executable = shutil.which("skopeo")
+    if executable is None:
+        pytest.fail("skopeo is not installed (Debian: apt-get install skopeo); these tests need it")
+    home = tmp_path / "skopeo-home"
+    home.mkdir()
+    return Skopeo(executable, home, registry)

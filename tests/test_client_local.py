@@ -1,0 +1,189 @@
+"""Local commands: tag, images, inspect, rmi, save/load (read by skopeo and umoci), login/logout."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from puller.content_store import ContentStore
+
+from .helpers import push_index, run_pier
+from .images import ImageIndex, build_image, build_index, random_files, sample_layers
+from .servers import REPO_ROOT
+
+
+@pytest.fixture
+def index(tmp_path) -> ImageIndex:
+    return build_index(tmp_path / "layout", "v1")
+
+
+@pytest.fixture
+def pulled(registry, index, tmp_path) -> tuple[str, str]:
+    """(home, reference) of the amd64 image of ``index``, pulled into a fresh store."""
+    repo = f"client/local-{os.urandom(4).hex()}"
+    push_index(registry.url, repo, index)
+    home = tmp_path / "home"
+    reference = f"{registry.host}/{repo}:v1"
+    result = run_pier(home, "pull", "--platform", "linux/amd64", reference)
+    assert result.returncode == 0, result.stderr
+    return str(home), reference
+
+
+def test_tag_images_inspect(pulled, index) -> None:
+    home, reference = pulled
+    assert run_pier(home, "tag", reference, "localhost:5000/team/model:v2").returncode == 0
+    listing = run_pier(home, "images")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED"]
+    rows = {tuple(line.split()[:3]) for line in lines[1:]}
+    short = index.digest[:19]
+    assert (reference.rsplit(":", 1)[0], "v1", short) in rows
+    assert ("localhost:5000/team/model", "v2", short) in rows
+    assert run_pier(home, "images", "-q").stdout.split() == [index.digest]
+
+    inspected = run_pier(home, "inspect", "localhost:5000/team/model:v2")
+    assert inspected.returncode == 0, inspected.stderr
+    document = json.loads(inspected.stdout)
+    amd = index.image("amd64")
+    assert document["Digest"] == index.digest and document["ManifestDigest"] == amd.digest
+    assert document["Config"] == json.loads(amd.config.read())
+    assert [layer["digest"] for layer in document["Manifest"]["layers"]] == [b.digest for b in amd.layers]
+
+    bad = run_pier(home, "tag", reference, "Not/Valid")
+    assert bad.returncode == 1 and "lowercase" in bad.stderr
+
+
+def test_rmi_deletes_only_what_no_other_tag_needs(registry, tmp_path) -> None:
+    shared = sample_layers()
+    first = build_image(tmp_path / "a", "v1", layers=[*shared, random_files([5000], "first/f", seed=1)])
+    second = build_image(tmp_path / "b", "v1", layers=[*shared, random_files([5000], "second/f", seed=2)])
+    from .helpers import push_blob, push_manifest
+
+    home = tmp_path / "home"
+    for name, image in (("first", first), ("second", second)):
+        for blob in image.blobs:
+            push_blob(registry.url, f"client/rmi-{name}", blob)
+        push_manifest(registry.url, f"client/rmi-{name}", "v1", image.manifest)
+        assert run_pier(home, "pull", "-q", f"{registry.host}/client/rmi-{name}:v1").returncode == 0
+    store = ContentStore(home)
+    removed = run_pier(home, "rmi", f"{registry.host}/client/rmi-first:v1")
+    assert removed.returncode == 0, removed.stderr
+    kept = {b.digest for b in (second.manifest, *second.blobs)}
+    only_first = {b.digest for b in (first.manifest, *first.blobs)} - kept
+    assert only_first and not any(store.has(d) for d in only_first)
+    assert all(store.has(d) for d in kept)  # shared base layers stay: the second image needs them
+    again = run_pier(home, "rmi", f"{registry.host}/client/rmi-first:v1")
+    assert again.returncode == 1 and "no such image" in again.stderr
+
+
+def test_save_is_read_by_skopeo_and_umoci(pulled, index, skopeo, registry, tmp_path) -> None:
+    home, reference = pulled
+    layout = tmp_path / "saved"
+    saved = run_pier(home, "save", reference, "-o", str(layout))
+    assert saved.returncode == 0, saved.stderr
+    amd = index.image("amd64")
+    # Only the amd64 image is local: it is saved in the index's place, and said so.
+    assert "holds only the linux/amd64 image" in saved.stderr
+    skopeo.run(
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        f"oci:{layout}:v1",
+        f"docker://{registry.host}/client/from-save:v1",
+    )
+    inspected = skopeo.json(
+        "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/client/from-save:v1"
+    )
+    assert inspected["config"]["digest"] == amd.config.digest
+    assert [layer["digest"] for layer in inspected["layers"]] == [b.digest for b in amd.layers]
+    umoci = shutil.which("umoci")
+    assert umoci, "umoci is not installed (Debian: apt-get install umoci)"
+    single = tmp_path / "single"
+    assert (
+        run_pier(home, "save", f"{reference.rsplit(':', 1)[0]}@{amd.digest}", "-o", str(single)).returncode
+        == 0
+    )
+    bundle = tmp_path / "bundle"
+    unpacked = subprocess.run(
+        [umoci, "unpack", "--image", f"{single}:{amd.digest}", str(bundle)], capture_output=True, timeout=120
+    )
+    assert unpacked.returncode == 0, unpacked.stderr.decode(errors="replace")
+    assert (bundle / "rootfs" / "bin" / "busybox").is_file()
+
+
+def test_load_what_skopeo_wrote_and_refuse_a_tampered_layout(registry, index, skopeo, tmp_path) -> None:
+    push_index(registry.url, "client/for-load", index)
+    layout = tmp_path / "from-skopeo"
+    skopeo.pull("client/for-load", "v1", layout, "--all")
+    home = tmp_path / "home"
+    loaded = run_pier(home, "load", str(layout), "--name", "example.org/team/loaded")
+    assert loaded.returncode == 0, loaded.stderr
+    assert f"Loaded example.org/team/loaded:v1 {index.digest}" in loaded.stdout
+    store = ContentStore(home)
+    assert all(store.read(b.digest) == b.read() for b in index.blobs)
+    run = run_pier(
+        home, "run", "--rm", "--platform", "linux/arm64", "example.org/team/loaded:v1", "cat", "/etc/platform"
+    )
+    assert run.returncode == 0 and run.stdout == "linux/arm64\n", run.stderr
+
+    layer = index.image("amd64").layers[-1]
+    path = layout / "blobs" / "sha256" / layer.digest.split(":")[1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    other = tmp_path / "other"
+    refused = run_pier(other, "load", str(layout), "--name", "example.org/team/loaded")
+    assert refused.returncode == 1
+    assert f"blob {layer.digest} does not match its digest" in refused.stderr
+    assert not ContentStore(other).has(layer.digest)
+    assert ContentStore(other).get_ref("example.org/team/loaded", "v1") is None
+
+    not_layout = run_pier(other, "load", str(tmp_path))
+    assert not_layout.returncode == 1 and "is not an OCI image layout" in not_layout.stderr
+
+
+def pier_with_config(tmp_path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIER_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(tmp_path / "docker")}
+    return subprocess.run(
+        [sys.executable, "-m", "puller", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+def test_login_checks_credentials_and_logout_forgets_them(token_registry, index, tmp_path) -> None:
+    host, tokens = token_registry
+    config = tmp_path / "docker" / "config.json"
+    wrong = pier_with_config(tmp_path, "login", host, "-u", "alice", "--password-stdin", stdin="nope\n")
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert not config.exists()  # nothing saved for a failed login
+
+    good = pier_with_config(tmp_path, "login", host, "-u", "alice", "--password-stdin", stdin="wonderland\n")
+    assert good.returncode == 0, good.stderr
+    assert "Login Succeeded" in good.stdout
+    saved = json.loads(config.read_text())
+    assert base64.b64decode(saved["auths"][host]["auth"]) == b"alice:wonderland"
+    assert config.stat().st_mode & 0o077 == 0  # secrets: owner only
+
+    push_token = tokens.issue("alice", ["repository:client/after-login:pull,push"])
+    push_index(f"http://{host}", "client/after-login", index, {"Authorization": f"Bearer {push_token}"})
+    pulled = pier_with_config(tmp_path, "pull", "-q", f"{host}/client/after-login:v1")
+    assert pulled.returncode == 0, pulled.stderr
+    assert tokens.requests[-1]["user"] == "alice"
+
+    out = pier_with_config(tmp_path, "logout", host)
+    assert out.returncode == 0, out.stderr
+    assert host not in json.loads(config.read_text()).get("auths", {})
+    twice = pier_with_config(tmp_path, "logout", host)
+    assert twice.returncode == 1 and "not logged in" in twice.stderr
