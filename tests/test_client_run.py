@@ -139,3 +139,102 @@ def test_an_unreachable_registry_is_a_one_line_error(tmp_path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("pier: ") and "unreachable" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_second_run_reuses_the_unpacked_rootfs_and_containers_stay_apart(image_ref, tmp_path) -> None:
+    home = tmp_path / "home"
+    first = pier(
+        tmp_path,
+        "run",
+        "--rm",
+        image_ref,
+        "sh",
+        "-c",
+        "echo changed > /etc/written-by-container; cat /etc/written-by-container",
+    )
+    assert first.returncode == 0 and first.stdout == "changed\n", first.stderr
+    trees = list((home / "rootfs").iterdir())
+    assert len(trees) == 1
+    inode, mtime = trees[0].stat().st_ino, trees[0].stat().st_mtime_ns
+    assert not (trees[0] / "etc" / "written-by-container").exists()  # the container wrote to its own layer
+
+    for blob in (home / "blobs" / "sha256").iterdir():  # layers emptied: unpacking again would fail
+        if blob.stat().st_size > 10_000:
+            blob.write_bytes(b"")
+    second = pier(
+        tmp_path,
+        "run",
+        "--rm",
+        image_ref,
+        "sh",
+        "-c",
+        "cat /etc/written-by-container 2>/dev/null || echo clean",
+    )
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "clean\n"  # a fresh container: the first one's change is gone
+    assert [(t.stat().st_ino, t.stat().st_mtime_ns) for t in (home / "rootfs").iterdir()] == [(inode, mtime)]
+
+
+def test_kept_containers_are_listed_and_removed(image_ref, tmp_path) -> None:
+    result = pier(tmp_path, "run", "--name", "kept-one", image_ref, "sh", "-c", "exit 3")
+    assert result.returncode == 3
+    listing = pier(tmp_path, "ps", "-a")
+    assert listing.returncode == 0, listing.stderr
+    row = next(line for line in listing.stdout.splitlines() if line.startswith("kept-one"))
+    assert "exited (3)" in row and "client/run:v1" in row
+    assert "kept-one" not in pier(tmp_path, "ps").stdout  # only running ones without -a
+    container = tmp_path / "home" / "containers" / "kept-one"
+    assert not os.path.ismount(container / "rootfs")  # unmounted when it exited
+
+    taken = pier(tmp_path, "run", "--name", "kept-one", image_ref, "true")
+    assert taken.returncode == 1 and "already exists" in taken.stderr
+    removed = pier(tmp_path, "rm", "kept-one")
+    assert removed.returncode == 0, removed.stderr
+    assert not container.exists()
+    assert pier(tmp_path, "rm", "kept-one").returncode == 1
+
+
+def test_a_process_past_its_memory_limit_is_killed(image_ref, tmp_path) -> None:
+    # dd fills its whole 256 MiB block from /dev/zero before writing: far past a 32 MiB limit.
+    hungry = ["busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"]
+    limited = pier(tmp_path, "run", "--rm", "--memory", "32m", image_ref, *hungry)
+    assert limited.returncode == 137, (limited.returncode, limited.stderr)  # SIGKILL from the OOM killer
+    free = pier(tmp_path, "run", "--rm", "--memory", "512m", image_ref, *hungry)
+    assert free.returncode == 0, free.stderr
+
+
+def test_runtime_choice_follows_the_cgroup_layout(tmp_path, monkeypatch) -> None:
+    from puller.run import RunError, cgroup_layout, find_runtime
+
+    unified, hybrid, legacy = (tmp_path / name for name in ("unified-root", "hybrid-root", "legacy-root"))
+    (unified).mkdir()
+    (unified / "cgroup.controllers").write_text("cpu memory pids\n")
+    (hybrid / "unified").mkdir(parents=True)
+    (hybrid / "unified" / "cgroup.controllers").write_text("")
+    (legacy / "memory").mkdir(parents=True)
+    assert [cgroup_layout(p) for p in (unified, hybrid, legacy)] == ["unified", "hybrid", "legacy"]
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("runc", "crun"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert find_runtime(None, "unified") == str(bin_dir / "crun")  # crun starts faster where it works
+    assert find_runtime(None, "hybrid") == str(bin_dir / "runc")  # crun 1.8 refuses hybrid cgroups
+    assert find_runtime("crun", "hybrid") == str(bin_dir / "crun")  # asked for by name: the user's call
+    (bin_dir / "runc").unlink()
+    with pytest.raises(RunError, match="crun does not support this machine's hybrid cgroup layout"):
+        find_runtime(None, "hybrid")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RunError, match="no OCI runtime found"):
+        find_runtime(None, "unified")
+
+
+def test_the_machine_runtime_really_runs(image_ref, tmp_path) -> None:
+    """Whatever find_runtime picks here must run a container (runc on this hybrid machine)."""
+    from puller.run import cgroup_layout, find_runtime
+
+    chosen = os.path.basename(find_runtime(None))
+    result = pier(tmp_path, "run", "--rm", image_ref, "true")
+    assert result.returncode == 0, (chosen, cgroup_layout(), result.stderr)
