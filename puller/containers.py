@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MNT_DETACH = 2
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
@@ -103,6 +105,10 @@ class Containers:
         self.root = home / "containers"
 
     def get(self, container_id: str) -> Container:
+        if not NAME.fullmatch(container_id):
+            raise ContainerError(
+                f"invalid container name {container_id[:80]!r}: letters, digits, '_', '.', '-'"
+            )
         return Container(self.root / container_id)
 
     def create(self, state: ContainerState) -> Container:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,8 +26,57 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 
 
+DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
+
+
 class ImageError(Exception):
     """An image the local store cannot provide; the message says what to do."""
+
+
+class InvalidDocument(ValueError):
+    """A manifest or index that is not what the image-spec says it must be."""
+
+
+def _check_descriptor(value: object, where: str) -> None:
+    if not isinstance(value, dict):
+        raise InvalidDocument(f"{where} is not a descriptor")
+    if not isinstance(value.get("digest"), str) or not DIGEST.fullmatch(value["digest"]):
+        raise InvalidDocument(f"{where} has an invalid or unsupported digest")
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidDocument(f"{where} has an invalid size")
+    if not isinstance(value.get("mediaType", ""), str):
+        raise InvalidDocument(f"{where} has an invalid mediaType")
+
+
+def check_document(body: bytes) -> dict:
+    """Parse a manifest or index from an untrusted source, checking every descriptor in it.
+
+    Everything that enters the local store passes here first, so code reading stored
+    documents may rely on their shape, and no digest in them can name a path outside.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidDocument("not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidDocument("not a JSON object")
+    if is_index(document):
+        entries = document.get("manifests")
+        if not isinstance(entries, list):
+            raise InvalidDocument("an index without a manifests list")
+        for number, entry in enumerate(entries):
+            _check_descriptor(entry, f"manifests[{number}]")
+            if not isinstance(entry.get("platform", {}), dict):
+                raise InvalidDocument(f"manifests[{number}] has an invalid platform")
+        return document
+    _check_descriptor(document.get("config"), "config")
+    layers = document.get("layers")
+    if not isinstance(layers, list):
+        raise InvalidDocument("a manifest without a layers list")
+    for number, layer in enumerate(layers):
+        _check_descriptor(layer, f"layers[{number}]")
+    return document
 
 
 def is_index(manifest: dict) -> bool:

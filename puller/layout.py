@@ -10,6 +10,7 @@ the content store's verified download, so a tampered layout is refused, not impo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .content_store import ContentStore, DigestMismatch
-from .image import OCI_INDEX, is_index, media_type_of, reachable
+from .image import DIGEST, OCI_INDEX, InvalidDocument, check_document, is_index, media_type_of, reachable
 from .reference import Reference, ReferenceError, parse_reference
 
 LAYOUT_VERSION = "1.0.0"
@@ -38,6 +39,8 @@ class Loaded:
 
 
 def _blob_path(directory: Path, digest: str) -> Path:
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+        raise LayoutError(f"{directory}: invalid or unsupported digest {str(digest)[:100]!r}")
     algorithm, _, hexpart = digest.partition(":")
     return directory / "blobs" / algorithm / hexpart
 
@@ -133,17 +136,39 @@ def _import_blob(store: ContentStore, digest: str, directory: Path) -> None:
             ) from None
 
 
+def _read_document(store: ContentStore, digest: str, directory: Path) -> tuple[bytes, dict]:
+    """A manifest or index of the layout, verified and checked before anything is imported."""
+    if store.has(digest):
+        body = store.read(digest)
+    else:
+        try:
+            with _blob_path(directory, digest).open("rb") as stream:
+                body = stream.read(MAX_INDEX_SIZE + 1)
+        except FileNotFoundError:
+            raise LayoutError(f"{directory}: blob {digest} is missing from the layout") from None
+        algorithm, _, expected = digest.partition(":")
+        actual = hashlib.new(algorithm, body).hexdigest()
+        if len(body) > MAX_INDEX_SIZE or actual != expected:
+            raise LayoutError(
+                f"{directory}: blob {digest} does not match its digest (got {algorithm}:{actual})"
+            )
+    try:
+        return body, check_document(body)
+    except InvalidDocument as exc:
+        raise LayoutError(f"{directory}: {digest} is not a valid manifest or index: {exc}") from None
+
+
 def _import_tree(store: ContentStore, digest: str, directory: Path) -> None:
-    """The manifest or index first (to learn its children), then everything it names."""
-    _import_blob(store, digest, directory)
-    document = json.loads(store.read(digest))
+    """Children first, the document naming them last: the store never holds a dangling manifest."""
+    body, document = _read_document(store, digest, directory)
     if is_index(document):
         for entry in document.get("manifests", []):
             if _blob_path(directory, entry["digest"]).exists() or store.has(entry["digest"]):
                 _import_tree(store, entry["digest"], directory)
-        return
-    for descriptor in [document["config"], *document.get("layers", [])]:
-        _import_blob(store, descriptor["digest"], directory)
+    else:
+        for descriptor in [document["config"], *document.get("layers", [])]:
+            _import_blob(store, descriptor["digest"], directory)
+    store.put(digest, body)
 
 
 def _name_of(entry: dict, repository: str | None) -> Reference | None:
@@ -167,11 +192,8 @@ def load(store: ContentStore, directory: Path, repository: str | None = None) ->
     index = _read_index(directory)
     loaded = []
     for entry in index.get("manifests", []):
-        digest = entry.get("digest", "")
-        try:
-            store.path(digest)
-        except ValueError:
-            raise LayoutError(f"{directory}/index.json: invalid digest {digest[:100]!r}") from None
+        digest = entry.get("digest", "") if isinstance(entry, dict) else ""
+        _blob_path(directory, digest)  # refuses anything but a well-formed digest
         _import_tree(store, digest, directory)
         reference = _name_of(entry, repository)
         if reference is not None:

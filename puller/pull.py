@@ -15,7 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .content_store import ContentStore, DigestMismatch
-from .image import DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
+from .image import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    INDEX_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    InvalidDocument,
+    check_document,
+)
 from .platforms import Platform
 from .reference import Reference
 from .transport import Credentials, RegistryRequestError, Transport, error_message
@@ -70,9 +78,9 @@ class Remote:
                     raise PullError(f"manifest {identifier} is larger than {MAX_MANIFEST_SIZE} bytes")
             media_type = response.headers.get("content-type", "").split(";")[0].strip()
         try:
-            declared = json.loads(body).get("mediaType")
-        except ValueError:
-            raise PullError(f"manifest {identifier} is not valid JSON") from None
+            declared = check_document(body).get("mediaType")
+        except InvalidDocument as exc:
+            raise PullError(f"{self.reference.familiar()}: manifest {identifier} is invalid: {exc}") from None
         media_type = declared or media_type
         algorithm = identifier.split(":", 1)[0] if ":" in identifier else "sha256"
         digest = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"

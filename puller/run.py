@@ -30,7 +30,6 @@ from .unpack import UnsafeLayer, _Root
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgKMG]?)[bB]?")
 CPU_PERIOD = 100_000
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class RunError(Exception):
@@ -201,8 +200,6 @@ def run(
     """Run ``image``'s process; its exit code is returned as the container's."""
     runtime = find_runtime(options.runtime)
     container_id = options.name or f"pier-{uuid.uuid4().hex[:12]}"
-    if not _CONTAINER_NAME.fullmatch(container_id):
-        raise RunError(f"invalid container name {container_id!r}: letters, digits, '_', '.', '-'")
     state = ContainerState(
         id=container_id,
         image=image_name,
@@ -212,6 +209,10 @@ def run(
         runtime=runtime,
     )
     containers = Containers(store.root)
+    try:
+        containers.get(container_id)
+    except ContainerError as exc:
+        raise RunError(str(exc)) from None
     with store.lock():  # shared: no garbage collection removes the tree before it is mounted
         lower, _ = RootfsCache(store).prepare(image, progress)
         try:
