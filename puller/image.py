@@ -61,6 +61,8 @@ def check_document(body: bytes) -> dict:
         raise InvalidDocument("not valid JSON") from None
     if not isinstance(document, dict):
         raise InvalidDocument("not a JSON object")
+    if not isinstance(document.get("mediaType", ""), str):
+        raise InvalidDocument("an invalid mediaType")
     if is_index(document):
         entries = document.get("manifests")
         if not isinstance(entries, list):
@@ -80,7 +82,10 @@ def check_document(body: bytes) -> dict:
 
 
 def is_index(manifest: dict) -> bool:
-    return manifest.get("mediaType") in INDEX_TYPES or ("manifests" in manifest and "layers" not in manifest)
+    media_type = manifest.get("mediaType")
+    if isinstance(media_type, str) and media_type in INDEX_TYPES:
+        return True
+    return "manifests" in manifest and "layers" not in manifest
 
 
 def media_type_of(body: bytes, fallback: str = OCI_MANIFEST) -> str:

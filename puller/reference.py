@@ -74,8 +74,11 @@ class Reference:
         text = str(self)
         if self.domain != DEFAULT_DOMAIN:
             return text
-        text = text.removeprefix(f"{DEFAULT_DOMAIN}/")
-        return text.removeprefix(f"{OFFICIAL_NAMESPACE}/") if self.path.count("/") == 1 else text
+        short = text.removeprefix(f"{DEFAULT_DOMAIN}/")
+        if self.path.count("/") == 1:
+            short = short.removeprefix(f"{OFFICIAL_NAMESPACE}/")
+        # "docker.io/0.0/x" must keep its domain: "0.0/x" would name a registry called 0.0.
+        return short if _split_domain(short.split("@")[0].rsplit(":", 1)[0])[0] == DEFAULT_DOMAIN else text
 
 
 def _split_domain(name: str) -> tuple[str, str]:
