@@ -19,13 +19,13 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from .containers import ContainerError, Containers, ContainerState
 from .content_store import ContentStore
 from .image import Image
 from .rootfs import LayerProgress, RootfsCache
-from .unpack import UnsafeLayer, _Root
+from .unpack import UnsafeLayer, resolve_inside
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgKMG]?)[bB]?")
 CPU_PERIOD = 100_000
@@ -90,11 +90,6 @@ def parse_memory(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " "))
 
 
-def inside(rootfs: Path, relative: str) -> Path:
-    """``relative`` as the container sees it: symlinks followed, but never out of the rootfs."""
-    return _Root(rootfs, "image").resolve(relative, PurePosixPath(relative))
-
-
 def _entries(rootfs: Path, table: str) -> list[list[str]]:
     """Rows of the image's /etc/passwd or /etc/group, its symlinks resolved inside the rootfs.
 
@@ -102,7 +97,7 @@ def _entries(rootfs: Path, table: str) -> list[list[str]]:
     resolved as the container would see it, never on the host.
     """
     try:
-        path = inside(rootfs, f"etc/{table}")
+        path = resolve_inside(rootfs, f"etc/{table}")
         if path.is_symlink() or not path.is_file():
             return []
         return [line.split(":") for line in path.read_text().splitlines()]

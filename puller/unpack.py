@@ -1,6 +1,6 @@
 """Apply image layers to a root filesystem, and never write anywhere else.
 
-Every path is resolved in one place, ``_resolve_parent``: component by component, with
+Every path is resolved in one place, ``_Root.walk``: component by component, with
 ``lstat``, following symlinks the way the container will see them (an absolute target
 starts again at the rootfs), and refusing any entry whose name or whose route through
 earlier symlinks would leave the rootfs. The final component is never followed: it is
@@ -18,7 +18,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 WHITEOUT_PREFIX = ".wh."
@@ -53,7 +53,7 @@ def decompressed(stream: BinaryIO, media_type: str) -> Iterator[BinaryIO]:
         raise ValueError(f"unsupported layer media type: {media_type}")
 
 
-def _clean_name(layer: str, name: str) -> PurePosixPath | None:
+def _clean_name(layer: str, name: str) -> tuple[str, ...] | None:
     """The entry's path relative to the rootfs; None for the rootfs itself."""
     if name.startswith("/"):
         raise UnsafeLayer(layer, name, "absolute path")
@@ -62,23 +62,19 @@ def _clean_name(layer: str, name: str) -> PurePosixPath | None:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UnsafeLayer(layer, name, "path contains '..'")
-    return PurePosixPath(*parts) if parts else None
+    return tuple(parts) if parts else None
 
 
 class _Root:
-    def __init__(self, rootfs: Path, layer: str) -> None:
+    """Resolves paths as the container will see them, and refuses any route that leaves the rootfs."""
+
+    def __init__(self, rootfs: str, layer: str) -> None:
         self.root = rootfs
         self.layer = layer
 
-    def resolve_parent(self, entry: str, relative: PurePosixPath) -> Path:
-        """The real directory that will hold ``relative``'s last component, inside the rootfs."""
-        return self._walk(entry, list(relative.parts[:-1])) / relative.name
-
-    def resolve(self, entry: str, relative: PurePosixPath) -> Path:
-        """Follow every component, the last one included (hardlink targets)."""
-        return self._walk(entry, list(relative.parts))
-
-    def _walk(self, entry: str, pending: list[str]) -> Path:
+    def walk(self, entry: str, parts: tuple[str, ...] | list[str]) -> str:
+        """The real path of ``parts``, every symlink on the way followed inside the rootfs."""
+        pending = list(parts)
         current: list[str] = []  # components below the rootfs, all real directories so far
         hops = 0
         while pending:
@@ -90,9 +86,9 @@ class _Root:
                     raise UnsafeLayer(self.layer, entry, "a symlink on its path points outside the rootfs")
                 current.pop()
                 continue
-            candidate = self.root.joinpath(*current, part)
+            candidate = os.path.join(self.root, *current, part)
             try:
-                info = candidate.lstat()
+                info = os.lstat(candidate)
             except FileNotFoundError:
                 current.append(part)  # created later (as a directory) by the caller
                 continue
@@ -106,92 +102,160 @@ class _Root:
                 pending = [p for p in target.split("/") if p] + pending
                 continue
             current.append(part)
-        return self.root.joinpath(*current)
+        return os.path.join(self.root, *current)
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    else:
+def resolve_inside(rootfs: Path, relative: str) -> Path:
+    """``relative`` as a container on ``rootfs`` sees it: symlinks followed, never out of the rootfs."""
+    parts = _clean_name("image", relative.lstrip("/")) or ()
+    return Path(_Root(str(rootfs), "image").walk(relative, parts))
+
+
+def _remove(path: str) -> bool:
+    """Delete whatever is at ``path``; True when it was a directory or a symlink (routes change)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(mode):
         shutil.rmtree(path)
+        return True
+    os.unlink(path)
+    return stat.S_ISLNK(mode)
 
 
-def _ensure_dirs(root: Path, path: Path) -> None:
+def _ensure_dirs(root: str, path: str) -> None:
     """Make missing parents; a non-directory in the way is replaced, as docker does."""
-    relative = path.relative_to(root)
     current = root
-    for part in relative.parts:
-        current = current / part
-        if current.is_symlink() or (current.exists() and not current.is_dir()):
-            current.unlink()
-        if not current.exists():
-            current.mkdir(mode=0o755)
+    for part in os.path.relpath(path, root).split("/"):
+        if part == ".":
+            continue
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            os.mkdir(current, 0o755)
+            continue
+        if not stat.S_ISDIR(mode):
+            os.unlink(current)
+            os.mkdir(current, 0o755)
 
 
 class LayerApplier:
     def __init__(self, rootfs: Path, layer: str) -> None:
-        self.rootfs = rootfs
-        self.root = _Root(rootfs, layer)
+        self.rootfs = str(rootfs)
+        self.root = _Root(self.rootfs, layer)
         self.layer = layer
         self.is_root = os.geteuid() == 0
-        self.created: set[Path] = set()  # paths this layer wrote, spared by its opaque markers
-        self.dir_times: list[tuple[Path, float]] = []
+        self.created: set[str] = set()  # paths this layer wrote, spared by its opaque markers
+        self.dir_times: list[tuple[str, float]] = []
+        # Parent path (as named in the tar) -> its real directory, known to exist. Most entries
+        # sit in a directory an earlier entry already resolved; anything that could change a
+        # route (a removal, a symlink, a directory replaced) empties it.
+        self.parents: dict[tuple[str, ...], str] = {}
 
     def apply(self, tar: tarfile.TarFile) -> None:
         for member in tar:
             self._entry(tar, member)
         for path, mtime in reversed(self.dir_times):  # children first changed their parents
-            if path.is_dir() and not path.is_symlink():
-                os.utime(path, (mtime, mtime), follow_symlinks=False)
+            try:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.utime(path, (mtime, mtime), follow_symlinks=False)
+            except FileNotFoundError:
+                pass  # removed by a later entry of this layer
+
+    def _parent(self, entry: str, parts: tuple[str, ...]) -> str:
+        """The real directory that will hold the entry, created if missing."""
+        key = parts[:-1]
+        parent = self.parents.get(key)
+        if parent is None:
+            parent = self.root.walk(entry, key)
+            _ensure_dirs(self.rootfs, parent)
+            self.parents[key] = parent
+        return parent
+
+    def _routes_changed(self) -> None:
+        self.parents.clear()
 
     def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        relative = _clean_name(self.layer, member.name)
-        if relative is None:
+        parts = _clean_name(self.layer, member.name)
+        if parts is None:
             return  # "./" itself: the rootfs's own metadata is not taken from layers
-        name = relative.name
+        name = parts[-1]
         if name == OPAQUE_MARKER:
-            directory = self.root.resolve_parent(member.name, relative)
-            parent = directory.parent
-            if parent.is_dir():
-                for child in list(parent.iterdir()):
-                    if child not in self.created:
-                        _remove(child)
+            directory = self.root.walk(member.name, parts[:-1])
+            if os.path.isdir(directory) and not os.path.islink(directory):
+                for child in os.listdir(directory):
+                    path = os.path.join(directory, child)
+                    if path not in self.created:
+                        _remove(path)
+            self._routes_changed()
             return
         if name.startswith(WHITEOUT_PREFIX):
-            hidden = relative.with_name(name[len(WHITEOUT_PREFIX) :])
-            target = self.root.resolve_parent(member.name, hidden)
-            if target.is_symlink() or target.exists():
-                _remove(target)
+            hidden = name[len(WHITEOUT_PREFIX) :]
+            if hidden in ("", ".", ".."):
+                raise UnsafeLayer(self.layer, member.name, "whiteout of no name, '.' or '..'")
+            target = os.path.join(self.root.walk(member.name, parts[:-1]), hidden)
+            _remove(target)
+            self._routes_changed()
             return
-        path = self.root.resolve_parent(member.name, relative)
-        _ensure_dirs(self.rootfs, path.parent)
+        path = os.path.join(self._parent(member.name, parts), name)
         if member.isdir():
-            if path.is_symlink() or (path.exists() and not path.is_dir()):
-                path.unlink()
-            if not path.exists():
-                path.mkdir(mode=0o700)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and not stat.S_ISDIR(mode):
+                os.unlink(path)
+                self._routes_changed()
+                mode = None
+            if mode is None:
+                os.mkdir(path, 0o700)
+            self._metadata(member, path)
+        elif member.isreg():
+            self._regular(tar, member, path)
         else:
-            if path.is_symlink() or path.exists():
-                _remove(path)
-            self._create(tar, member, path)
+            if _remove(path):
+                self._routes_changed()
+            self._create(member, path)
+            if member.issym():
+                self._routes_changed()
+            self._metadata(member, path)
         self.created.add(path)
-        self._metadata(member, path)
 
-    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
-        if member.isreg():
+    def _regular(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+        """Write a file and set its metadata through the open descriptor: no path is looked up twice."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            if _remove(path):
+                self._routes_changed()
+            fd = os.open(path, flags, 0o600)
+        with os.fdopen(fd, "wb") as out:
             source = tar.extractfile(member)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                assert source is not None
-                shutil.copyfileobj(source, out, COPY_BUFFER)
-        elif member.issym():
+            assert source is not None
+            shutil.copyfileobj(source, out, COPY_BUFFER)
+            out.flush()
+            if self.is_root:
+                os.fchown(fd, member.uid, member.gid)
+            self._xattrs(member, fd)
+            os.fchmod(fd, member.mode & 0o7777)
+            os.utime(fd, (member.mtime, member.mtime))
+
+    def _create(self, member: tarfile.TarInfo, path: str) -> None:
+        if member.issym():
             os.symlink(member.linkname, path)
         elif member.islnk():
             link = _clean_name(self.layer, member.linkname)
             if link is None:
                 raise UnsafeLayer(self.layer, member.name, "hardlink to the rootfs itself")
-            target = self.root.resolve(member.name, link)
-            if not target.is_symlink() and not target.is_file():
+            target = self.root.walk(member.name, link)
+            try:
+                mode = os.lstat(target).st_mode
+            except FileNotFoundError:
+                mode = 0
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                 raise UnsafeLayer(
                     self.layer, member.name, f"hardlink target {member.linkname!r} is not a file"
                 )
@@ -206,16 +270,12 @@ class LayerApplier:
         else:
             raise UnsafeLayer(self.layer, member.name, f"unsupported tar entry type {member.type!r}")
 
-    def _metadata(self, member: tarfile.TarInfo, path: Path) -> None:
-        if not path.exists() and not path.is_symlink():
-            return  # a skipped device node
-        if self.is_root:
-            os.lchown(path, member.uid, member.gid)
+    def _xattrs(self, member: tarfile.TarInfo, target: str | int) -> None:
         for key, value in (member.pax_headers or {}).items():
             if key.startswith("SCHILY.xattr."):
                 try:
                     os.setxattr(
-                        path,
+                        target,
                         key[len("SCHILY.xattr.") :],
                         value.encode("utf-8", "surrogateescape"),
                         follow_symlinks=False,
@@ -223,15 +283,26 @@ class LayerApplier:
                 except OSError as exc:
                     if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES):
                         raise
+
+    def _metadata(self, member: tarfile.TarInfo, path: str) -> None:
+        """Owner, xattrs, mode and mtime of a non-regular entry; never through a symlink."""
+        if not os.path.lexists(path):
+            return  # a skipped device node
+        if self.is_root:
+            os.lchown(path, member.uid, member.gid)
+        self._xattrs(member, path)
         if member.issym():
             os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
             return
-        if not member.islnk():
-            os.chmod(path, member.mode & 0o7777)
+        if member.islnk():
+            return  # the target's own entry set its metadata
+        os.chmod(
+            path, member.mode & 0o7777
+        )  # a directory, FIFO or device this layer just made: not a symlink
         if member.isdir():
             self.dir_times.append((path, member.mtime))
-        elif not member.islnk():
-            os.utime(path, (member.mtime, member.mtime))
+        else:
+            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
 
 
 def apply_layer(rootfs: Path, stream: BinaryIO, media_type: str, layer: str) -> None:
