@@ -14,37 +14,26 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .containers import ContainerError, Containers, is_running
+from .containers import Containers, is_running
 from .content_store import ContentStore
-from .credentials import CredentialsError, erase, lookup
+from .credentials import Credentials, CredentialsError, erase, lookup
 from .credentials import save as save_credentials
+from .errors import PierError
 from .gc import collect_garbage
 from .image import ImageError, is_index, load_image, local_digest, read_json, shareable
-from .layout import LayoutError, load, save
-from .platforms import Platform, PlatformError
-from .progress import transfer_progress
-from .pull import PullError, pull
-from .push import PushError, copy_remote, push_local
+from .layout import load, save
+from .platforms import Platform
 from .reference import Reference, ReferenceError, parse_reference
 from .rootfs import unpack_image
-from .run import RunError, RunOptions, run
-from .transport import Credentials, RegistryRequestError, Transport
-from .unpack import UnsafeLayer
+from .run import RunOptions, run
 
-FAILURES = (
-    ReferenceError,
-    PlatformError,
-    PullError,
-    PushError,
-    CredentialsError,
-    RunError,
-    UnsafeLayer,
-    ImageError,
-    LayoutError,
-    ContainerError,
-    RegistryRequestError,
-)
+if TYPE_CHECKING:
+    from .transport import Transport
+
+# httpx and rich take a third of a second to import: commands that move bytes import
+# them when they run, so local commands (images, unpack, ps) start at once.
 
 
 def _insecure(args: argparse.Namespace, host: str) -> bool:
@@ -54,6 +43,8 @@ def _insecure(args: argparse.Namespace, host: str) -> bool:
 
 
 def _transport(args: argparse.Namespace, reference: Reference) -> Transport:
+    from .transport import Transport
+
     return Transport(
         reference.api_host,
         insecure=_insecure(args, reference.domain),
@@ -76,6 +67,9 @@ def _local(store: ContentStore, text: str) -> tuple[Reference, str]:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from .progress import transfer_progress
+    from .pull import pull
+
     reference = parse_reference(args.reference)
     platform = _platform(args)
     with transfer_progress(args.quiet) as progress:
@@ -97,6 +91,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from .progress import transfer_progress
+    from .push import push_local
+
     store = ContentStore()
     reference, digest = _local(store, args.reference)
     transport = _transport(args, reference)
@@ -114,6 +111,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
+    from .progress import transfer_progress
+    from .push import copy_remote
+
     source, destination = parse_reference(args.source), parse_reference(args.destination)
     platform = Platform.parse(args.platform) if args.platform else None
     source_transport, destination_transport = _transport(args, source), _transport(args, destination)
@@ -249,6 +249,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    from .transport import Transport
+
     domain = parse_reference(f"{args.server}/probe").domain if args.server else "docker.io"
     username = args.username or input("Username: ")
     if args.password_stdin:
@@ -289,6 +291,8 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .pull import pull
+
     reference = parse_reference(args.reference)
     platform = _platform(args)
     store = ContentStore()
@@ -461,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
-    except FAILURES as exc:
+    except PierError as exc:
         print(f"pier: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,7 +12,6 @@ sits on an overlay), the tree is copied instead (reflinks where the filesystem h
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import os
 import re
@@ -22,12 +21,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import PierError
+
 MNT_DETACH = 2
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the C library this process already has loaded
 
 
-class ContainerError(Exception):
+class ContainerError(PierError):
     pass
 
 

@@ -13,14 +13,21 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-from .transport import Credentials
+from .errors import PierError
 
 DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 
 
-class CredentialsError(Exception):
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+class CredentialsError(PierError):
     pass
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .content_store import ContentStore
+from .errors import PierError
 from .platforms import Platform
 from .reference import Reference
 
@@ -29,11 +30,11 @@ MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 
 
-class ImageError(Exception):
+class ImageError(PierError):
     """An image the local store cannot provide; the message says what to do."""
 
 
-class InvalidDocument(ValueError):
+class InvalidDocument(PierError, ValueError):
     """A manifest or index that is not what the image-spec says it must be."""
 
 

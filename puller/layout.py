@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .content_store import ContentStore, DigestMismatch
+from .errors import PierError
 from .image import DIGEST, OCI_INDEX, InvalidDocument, check_document, is_index, media_type_of, reachable
 from .reference import Reference, ReferenceError, parse_reference
 
@@ -28,7 +29,7 @@ MAX_INDEX_SIZE = 4 * 1024 * 1024
 COPY_BLOCK = 1 << 20
 
 
-class LayoutError(Exception):
+class LayoutError(PierError):
     pass
 
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .content_store import ContentStore, DigestMismatch
+from .errors import PierError
 from .image import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -34,7 +35,7 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
 
 
-class PullError(Exception):
+class PullError(PierError):
     """A pull that cannot complete; the message is meant for the user as it is."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from .content_store import ContentStore
+from .errors import PierError
 from .image import is_index, media_type_of, reachable, shareable
 from .platforms import Platform
 from .pull import Progress, PullError, Remote
@@ -27,7 +28,7 @@ from .transport import RegistryRequestError, Transport, error_message
 CHUNK = 1 << 20
 
 
-class PushError(Exception):
+class PushError(PierError):
     """A push or copy that cannot complete; the message is meant for the user as it is."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import PierError
+
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
@@ -36,7 +38,7 @@ _REFERENCE = re.compile(
 _DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
 
 
-class ReferenceError(ValueError):
+class ReferenceError(PierError, ValueError):
     """A reference that docker would refuse too; the message says why."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .containers import ContainerError, Containers, ContainerState
 from .content_store import ContentStore
+from .errors import PierError
 from .image import Image
 from .rootfs import LayerProgress, RootfsCache
 from .unpack import UnsafeLayer, resolve_inside
@@ -32,7 +33,7 @@ CPU_PERIOD = 100_000
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-class RunError(Exception):
+class RunError(PierError):
     pass
 
 

@@ -14,23 +14,19 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import httpx
+
+from .credentials import Credentials
+from .errors import PierError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 Body = Callable[[], bytes | Iterable[bytes]]
 _CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]+))')
 
 
-class RegistryRequestError(Exception):
+class RegistryRequestError(PierError):
     """A registry answered with an error, or could not be reached; the message says which."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str
 
 
 def is_loopback(host: str) -> bool:

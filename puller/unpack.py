@@ -21,13 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import PierError
+
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 MAX_SYMLINK_HOPS = 40
 COPY_BUFFER = 1 << 20
 
 
-class UnsafeLayer(Exception):
+class UnsafeLayer(PierError):
     """A layer entry that would write outside the rootfs (or is otherwise refused)."""
 
     def __init__(self, layer: str, entry: str, reason: str) -> None:
