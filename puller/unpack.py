@@ -220,7 +220,7 @@ class LayerApplier:
             if _remove(path):
                 self._routes_changed()
             self._create(member, path)
-            if member.issym():
+            if member.issym() or member.islnk():  # a hardlink to a symlink is a new symlink
                 self._routes_changed()
             self._metadata(member, path)
         self.created.add(path)
@@ -252,7 +252,9 @@ class LayerApplier:
             link = _clean_name(self.layer, member.linkname)
             if link is None:
                 raise UnsafeLayer(self.layer, member.name, "hardlink to the rootfs itself")
-            target = self.root.walk(member.name, link)
+            # The target's own last component is not followed: a hardlink to a symlink links the
+            # symlink, as tar does (and os.link below is told not to follow it either).
+            target = os.path.join(self.root.walk(member.name, link[:-1]), link[-1])
             try:
                 mode = os.lstat(target).st_mode
             except FileNotFoundError:
