@@ -284,7 +284,8 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     target = Path(args.directory)
     if target.exists() and any(target.iterdir()):
         raise ImageError(f"{target} is not empty: unpack into a new directory")
-    unpack_image(store, image, target)
+    with store.lock():  # shared: rmi cannot delete the layers while they are read
+        unpack_image(store, image, target)
     if not args.quiet:
         print(f"Unpacked {len(image.layers)} layers into {target}")
     return 0

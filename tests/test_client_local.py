@@ -187,3 +187,14 @@ def test_login_checks_credentials_and_logout_forgets_them(token_registry, index,
     assert host not in json.loads(config.read_text()).get("auths", {})
     twice = pier_with_config(tmp_path, "logout", host)
     assert twice.returncode == 1 and "not logged in" in twice.stderr
+
+
+def test_unpack_writes_the_rootfs_into_a_new_directory(pulled, tmp_path) -> None:
+    home, reference = pulled
+    target = tmp_path / "rootfs"
+    result = run_pier(home, "unpack", reference, str(target))
+    assert result.returncode == 0, result.stderr
+    assert (target / "bin" / "busybox").is_file()
+    assert (target / "etc" / "platform").read_text() == "linux/amd64\n"
+    again = run_pier(home, "unpack", reference, str(target))
+    assert again.returncode == 1 and "is not empty" in again.stderr
