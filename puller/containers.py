@@ -11,6 +11,7 @@ sits on an overlay), the tree is copied instead (reflinks where the filesystem h
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -146,7 +147,8 @@ class Containers:
             raise ContainerError(f"no such container: {container_id}") from None
         if is_running(state) and not force:
             raise ContainerError(f"container {container_id} is running: stop it first or use --force")
-        subprocess.run([state.runtime, "delete", "--force", state.id], capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            subprocess.run([state.runtime, "delete", "--force", state.id], capture_output=True, check=False)
         container.unmount()
         doomed = self.root / f".removing-{container_id}"
         os.rename(container.directory, doomed)
@@ -157,7 +159,12 @@ def is_running(state: ContainerState) -> bool:
     """Ask the runtime: pier may have been killed without updating the state file."""
     if state.status != "running":
         return False
-    answer = subprocess.run([state.runtime, "state", state.id], capture_output=True, text=True, check=False)
+    try:
+        answer = subprocess.run(
+            [state.runtime, "state", state.id], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return False  # the runtime that started it is gone: so is the container
     if answer.returncode != 0:
         return False
     try:
