@@ -198,3 +198,16 @@ def test_unpack_writes_the_rootfs_into_a_new_directory(pulled, tmp_path) -> None
     assert (target / "etc" / "platform").read_text() == "linux/amd64\n"
     again = run_pier(home, "unpack", reference, str(target))
     assert again.returncode == 1 and "is not empty" in again.stderr
+
+
+def test_pier_pulls_and_runs_what_skopeo_pushed(registry, skopeo, tmp_path) -> None:
+    image = build_image(tmp_path / "layout", "v1", cmd=["cat", "/etc/motd"])
+    skopeo.push(tmp_path / "layout", "v1", "client/by-skopeo")
+    home = tmp_path / "home"
+    reference = f"{registry.host}/client/by-skopeo:v1"
+    pulled = run_pier(home, "pull", "-q", reference)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.strip() == image.digest
+    assert all(ContentStore(home).read(b.digest) == b.read() for b in image.blobs)
+    ran = run_pier(home, "run", "--rm", reference)
+    assert ran.returncode == 0 and ran.stdout == "built by pier tests\n", ran.stderr
