@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tarfile
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,11 +77,11 @@ class _Root:
 
     def walk(self, entry: str, parts: tuple[str, ...] | list[str]) -> str:
         """The real path of ``parts``, every symlink on the way followed inside the rootfs."""
-        pending = list(parts)
+        pending = deque(parts)  # a deque: each hop prepends up to PATH_MAX worth of components
         current: list[str] = []  # components below the rootfs, all real directories so far
         hops = 0
         while pending:
-            part = pending.pop(0)
+            part = pending.popleft()
             if part in ("", "."):
                 continue
             if part == "..":
@@ -91,7 +92,7 @@ class _Root:
             candidate = os.path.join(self.root, *current, part)
             try:
                 info = os.lstat(candidate)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # missing, or below a non-directory
                 current.append(part)  # created later (as a directory) by the caller
                 continue
             if stat.S_ISLNK(info.st_mode):
@@ -101,7 +102,7 @@ class _Root:
                 target = os.readlink(candidate)
                 if target.startswith("/"):
                     current = []  # the container sees absolute targets from its own root
-                pending = [p for p in target.split("/") if p] + pending
+                pending.extendleft(reversed([p for p in target.split("/") if p]))
                 continue
             current.append(part)
         return os.path.join(self.root, *current)
@@ -117,13 +118,30 @@ def _remove(path: str) -> bool:
     """Delete whatever is at ``path``; True when it was a directory or a symlink (routes change)."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     if stat.S_ISDIR(mode):
         shutil.rmtree(path)
         return True
     os.unlink(path)
     return stat.S_ISLNK(mode)
+
+
+def _is_real_dir(root: str, path: str) -> bool:
+    """Whether ``path`` is a directory reached from ``root`` through real directories only.
+
+    For paths remembered earlier in the layer: a later entry may have turned one of their
+    parents into a symlink (maybe out of the rootfs), which a plain ``lstat`` would follow.
+    """
+    current = root
+    for part in os.path.relpath(path, root).split("/"):
+        current = os.path.join(current, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except FileNotFoundError:
+            return False  # removed by a later entry of this layer
+    return True
 
 
 def _ensure_dirs(root: str, path: str) -> None:
@@ -160,11 +178,8 @@ class LayerApplier:
         for member in tar:
             self._entry(tar, member)
         for path, mtime in reversed(self.dir_times):  # children first changed their parents
-            try:
-                if stat.S_ISDIR(os.lstat(path).st_mode):
-                    os.utime(path, (mtime, mtime), follow_symlinks=False)
-            except FileNotFoundError:
-                pass  # removed by a later entry of this layer
+            if _is_real_dir(self.rootfs, path):
+                os.utime(path, (mtime, mtime), follow_symlinks=False)
 
     def _parent(self, entry: str, parts: tuple[str, ...]) -> str:
         """The real directory that will hold the entry, created if missing."""
@@ -257,7 +272,7 @@ class LayerApplier:
             target = os.path.join(self.root.walk(member.name, link[:-1]), link[-1])
             try:
                 mode = os.lstat(target).st_mode
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 mode = 0
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                 raise UnsafeLayer(
@@ -275,6 +290,8 @@ class LayerApplier:
             raise UnsafeLayer(self.layer, member.name, f"unsupported tar entry type {member.type!r}")
 
     def _xattrs(self, member: tarfile.TarInfo, target: str | int) -> None:
+        """The entry's ``SCHILY.xattr.*``, set on an open descriptor or on a path not followed."""
+        follow = isinstance(target, int)  # an fd refuses follow_symlinks=False; it is no symlink
         for key, value in (member.pax_headers or {}).items():
             if key.startswith("SCHILY.xattr."):
                 try:
@@ -282,7 +299,7 @@ class LayerApplier:
                         target,
                         key[len("SCHILY.xattr.") :],
                         value.encode("utf-8", "surrogateescape"),
-                        follow_symlinks=False,
+                        follow_symlinks=follow,
                     )
                 except OSError as exc:
                     if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES):
