@@ -138,7 +138,8 @@ class BlobDownload:
 class ContentStore:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_home()
-        self.root.mkdir(parents=True, exist_ok=True)
+        # 0700: unpacked trees may hold setuid files and device nodes, as the images do.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @contextmanager
     def lock(self, exclusive: bool = False) -> Iterator[None]:

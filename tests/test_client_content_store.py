@@ -95,3 +95,9 @@ def test_concurrent_processes_never_corrupt_a_blob(tmp_path) -> None:
         worker.join(60)
         assert worker.exitcode == 0
     assert ContentStore(tmp_path).read(digest_of(data)) == data
+
+
+def test_a_new_home_is_closed_to_other_users(tmp_path) -> None:
+    # Unpacked trees keep setuid bits and device nodes when root: others must not reach them.
+    store = ContentStore(tmp_path / "new-home")
+    assert store.root.stat().st_mode & 0o777 == 0o700
