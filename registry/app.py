@@ -20,6 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from storage_backends import StorageDriver
 
+from .auth import ANONYMOUS
+from .auth import build as build_authenticator
 from .config import Settings
 from .errors import RegistryError
 from .http import (
@@ -44,6 +46,24 @@ log = logging.getLogger("pier.registry")
 Handler = Callable[..., Awaitable[Response]]
 _API_VERSION = (API_VERSION_HEADER[0].encode(), API_VERSION_HEADER[1].encode())
 MAX_TAGS_PER_PUT = 100
+# What each handler needs the caller to be allowed; "registry": any authenticated caller;
+# "listing": anyone, the handler showing only what the caller may pull.
+_ACTIONS = {
+    "base": "registry",
+    "catalog": "listing",
+    "tags": "pull",
+    "get_manifest": "pull",
+    "get_blob": "pull",
+    "referrers": "pull",
+    "put_manifest": "push",
+    "start_upload": "push",
+    "upload_status": "push",
+    "patch_upload": "push",
+    "finish_upload": "push",
+    "cancel_upload": "push",
+    "delete_manifest": "delete",
+    "delete_blob": "delete",
+}
 
 
 class RegistryApp:
@@ -55,6 +75,7 @@ class RegistryApp:
             max_blob_size=settings.max_blob_size or None,
             session_timeout=settings.upload_timeout,
         )
+        self.auth = build_authenticator(settings.htpasswd, settings.acl)
         self._inflight = 0
         self._purger: asyncio.Task[None] | None = None
         n = r"(?P<name>.+)"
@@ -121,6 +142,8 @@ class RegistryApp:
                 if "name" in params:
                     validate_name(params["name"])
                 handler = methods.get(request.method)
+                if self.auth is not None:  # before anything else: a denial says nothing of what exists
+                    self._authorize(request, handler, params.get("name"))
                 if handler is None:
                     raise RegistryError(
                         "UNSUPPORTED",
@@ -138,6 +161,21 @@ class RegistryApp:
         return error_response(
             RegistryError("UNSUPPORTED", f"no endpoint at {path[:200]}", message="not found", status=404)
         )
+
+    def _authorize(self, request: Request, handler: Handler | None, name: str | None) -> None:
+        assert self.auth is not None
+        account = self.auth.account(request.headers.get("authorization"))
+        request.scope["pier.account"] = account
+        action = _ACTIONS.get(getattr(handler, "__name__", ""), "push")
+        if action == "registry":
+            self.auth.authorize(account, None, frozenset())
+        elif action != "listing":
+            self.auth.authorize(account, name, frozenset({action}))
+
+    def _may_pull(self, request: Request, name: str) -> bool:
+        if self.auth is None:
+            return True
+        return "pull" in self.auth.acl.allowed(request.scope.get("pier.account", ANONYMOUS), name)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -196,7 +234,8 @@ class RegistryApp:
 
     async def catalog(self, request: Request) -> Response:
         n = self._page_size(request, self.settings.catalog_page_size)
-        names, headers = self._paginate(await self.store.repositories(), request, n, "/v2/_catalog")
+        visible = [name for name in await self.store.repositories() if self._may_pull(request, name)]
+        names, headers = self._paginate(visible, request, n, "/v2/_catalog")
         return json_response({"repositories": names}, headers=headers)
 
     async def tags(self, request: Request, name: str) -> Response:
@@ -305,7 +344,13 @@ class RegistryApp:
         if "mount" in query:
             digest = Digest.parse(query["mount"])
             source = query.get("from")
-            if source and await self.store.mount_blob(name, validate_name(source), digest):
+            # A source the caller may not pull from is not mounted: a plain upload session
+            # answers instead, exactly as for a blob the source lacks.
+            if (
+                source
+                and self._may_pull(request, validate_name(source))
+                and await self.store.mount_blob(name, source, digest)
+            ):
                 return self._blob_created(name, digest)
         elif "digest" in query:
             digest = Digest.parse(query["digest"])

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import sys
 
+from .auth import AuthConfigError
+from .auth import build as build_authenticator
 from .config import ConfigError, Settings, load_settings
 
 _HELP = {
@@ -22,6 +24,8 @@ _HELP = {
     "workers": "server processes sharing the store (default 1)",
     "access_log": "log one line per request (default true)",
     "log_level": "debug, info, warning or error (default info)",
+    "htpasswd": "bcrypt htpasswd file (htpasswd -B): require Basic auth (default: open)",
+    "acl": "TOML file of ordered access rules (default with --htpasswd: users may do everything)",
 }
 
 
@@ -45,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
         try:
             settings = load_settings(flags, config_file=args.config)
-        except (ConfigError, OSError) as exc:
+            build_authenticator(settings.htpasswd, settings.acl)  # a bad auth setup fails here, once
+        except (ConfigError, AuthConfigError, OSError) as exc:
             print(f"pier: {exc}", file=sys.stderr)
             return 2
         from .server import serve

@@ -37,6 +37,8 @@ class Settings:
     workers: int = 1
     access_log: bool = True
     log_level: str = "info"
+    htpasswd: str = ""  # bcrypt htpasswd file: Basic auth on every request ("" = open registry)
+    acl: str = ""  # TOML file of ordered access rules (default with htpasswd: users may do all)
 
     @property
     def host(self) -> str:
