@@ -49,7 +49,13 @@ def _transport(args: argparse.Namespace, reference: Reference) -> Transport:
         reference.api_host,
         insecure=_insecure(args, reference.domain),
         credentials=lookup(reference.domain),
+        ca_cert=_ca_cert(args),
     )
+
+
+def _ca_cert(args: argparse.Namespace) -> str | None:
+    """A CA file to trust besides the system's: ``--ca-cert`` or ``PIER_CA_CERT``."""
+    return getattr(args, "ca_cert", None) or os.environ.get("PIER_CA_CERT") or None
 
 
 def _platform(args: argparse.Namespace) -> Platform:
@@ -79,6 +85,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
             platform,
             insecure=_insecure(args, reference.domain),
             credentials=lookup(reference.domain),
+            ca_cert=_ca_cert(args),
             parallel=args.parallel,
             progress=progress,
         )
@@ -259,7 +266,9 @@ def cmd_login(args: argparse.Namespace) -> int:
         password = args.password or getpass.getpass("Password: ")
     credentials = Credentials(username, password)
     host = "registry-1.docker.io" if domain == "docker.io" else domain
-    transport = Transport(host, insecure=_insecure(args, domain), credentials=credentials)
+    transport = Transport(
+        host, insecure=_insecure(args, domain), credentials=credentials, ca_cert=_ca_cert(args)
+    )
     try:
         transport.check_login()
     finally:
@@ -309,6 +318,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             platform,
             insecure=_insecure(args, reference.domain),
             credentials=lookup(reference.domain),
+            ca_cert=_ca_cert(args),
         )
         image = load_image(store, pulled.index_digest or pulled.digest, platform)
     options = RunOptions(
@@ -369,7 +379,10 @@ def _parser() -> argparse.ArgumentParser:
 
     def transfer_options(sub: argparse.ArgumentParser, platform_help: str) -> None:
         sub.add_argument("--platform", help=platform_help)
-        sub.add_argument("--insecure", action="store_true", help="plain HTTP (always used for loopback)")
+        sub.add_argument(
+            "--insecure", action="store_true", help="plain HTTP (default for loopback without a CA)"
+        )
+        sub.add_argument("--ca-cert", help="a CA certificate to trust besides the system's (or PIER_CA_CERT)")
         sub.add_argument("--parallel", type=int, default=4, help="blobs moved at once (default 4)")
         sub.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
 
@@ -422,6 +435,7 @@ def _parser() -> argparse.ArgumentParser:
             )
             sub.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
             sub.add_argument("--insecure", action="store_true", help="plain HTTP")
+            sub.add_argument("--ca-cert", help="a CA certificate to trust besides the system's")
 
     sub = command("unpack", cmd_unpack, "write a local image's root filesystem into a directory")
     sub.add_argument("reference")

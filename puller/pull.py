@@ -160,8 +160,9 @@ def pull(
     credentials: Credentials | None = None,
     parallel: int = 4,
     progress: Progress | None = None,
+    ca_cert: str | None = None,
 ) -> PulledImage:
-    transport = Transport(reference.api_host, insecure=insecure, credentials=credentials)
+    transport = Transport(reference.api_host, insecure=insecure, credentials=credentials, ca_cert=ca_cert)
     try:
         with store.lock():
             image = Puller(store, Remote(transport, reference), parallel).pull(platform, progress)

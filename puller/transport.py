@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -40,6 +43,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def certs_dir() -> Path:
+    """docker's per-registry CA folder: ``<dir>/<host:port>/*.crt`` (``PIER_CERTS_DIR`` overrides)."""
+    return Path(os.environ.get("PIER_CERTS_DIR") or "/etc/docker/certs.d")
+
+
+def registry_cas(host: str, ca_cert: str | None = None) -> list[str]:
+    """CA files to trust for ``host`` beyond the system store: ``--ca-cert`` and docker's certs.d."""
+    found = [ca_cert] if ca_cert else []
+    folder = certs_dir() / host
+    if folder.is_dir():
+        found += sorted(str(path) for path in folder.glob("*.crt") if not path.name.endswith(".cert"))
+    return found
+
+
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``Bearer realm="...",service="...",scope="..."`` -> ("bearer", {...})."""
     scheme, _, rest = header.strip().partition(" ")
@@ -56,12 +73,20 @@ class Transport:
         credentials: Credentials | None = None,
         retries: int = 4,
         timeout: float = 60.0,
+        ca_cert: str | None = None,
     ) -> None:
-        scheme = "http" if insecure or is_loopback(host) else "https"
-        self.base_url = f"{scheme}://{host}"
+        authorities = registry_cas(host, ca_cert)
+        # HTTPS unless told otherwise, or a loopback host nobody gave a CA for (docker's rule).
+        plain = insecure or (is_loopback(host) and not authorities)
+        self.base_url = f"{'http' if plain else 'https'}://{host}"
         self.credentials = credentials
         self.retries = retries
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, follow_redirects=True)
+        self._ssl = ssl.create_default_context()  # the system's trust store, not a bundled one
+        for authority in authorities:
+            self._ssl.load_verify_locations(cafile=authority)
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=timeout, follow_redirects=True, verify=self._ssl
+        )
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expiry)
         self._basic = False
 
@@ -92,7 +117,7 @@ class Transport:
         if self.credentials is not None:
             auth = (self.credentials.username, self.credentials.password)
         try:
-            answer = httpx.get(params["realm"], params=query, auth=auth, timeout=30)
+            answer = httpx.get(params["realm"], params=query, auth=auth, timeout=30, verify=self._ssl)
         except httpx.TransportError as exc:
             raise RegistryRequestError(f"token service {params['realm']} unreachable: {exc}") from None
         if answer.status_code != 200:

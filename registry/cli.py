@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ssl
 import sys
 
 from .auth import AuthConfigError
@@ -25,6 +26,8 @@ _HELP = {
     "access_log": "log one line per request (default true)",
     "log_level": "debug, info, warning or error (default info)",
     "htpasswd": "bcrypt htpasswd file (htpasswd -B): require Basic auth (default: open)",
+    "tls_cert": "PEM certificate (chain) to serve HTTPS with; needs --tls-key",
+    "tls_key": "PEM private key of --tls-cert",
     "acl": "TOML file of ordered access rules (default with --htpasswd: users may do everything)",
 }
 
@@ -50,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = load_settings(flags, config_file=args.config)
             build_authenticator(settings.htpasswd, settings.acl)  # a bad auth setup fails here, once
+            if settings.tls_cert:
+                try:
+                    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(f"tls_cert/tls_key unusable: {exc}") from None
         except (ConfigError, AuthConfigError, OSError) as exc:
             print(f"pier: {exc}", file=sys.stderr)
             return 2

@@ -38,6 +38,8 @@ class Settings:
     access_log: bool = True
     log_level: str = "info"
     htpasswd: str = ""  # bcrypt htpasswd file: Basic auth on every request ("" = open registry)
+    tls_cert: str = ""  # PEM certificate chain: serve HTTPS (with tls_key)
+    tls_key: str = ""  # PEM private key of tls_cert
     acl: str = ""  # TOML file of ordered access rules (default with htpasswd: users may do all)
 
     @property
@@ -153,6 +155,8 @@ def load_settings(
             values[name] = _coerce(name, value)
     settings = Settings(**values)
     split_addr(settings.addr)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("tls_cert and tls_key go together: give both, or neither for plain HTTP")
     return settings
 
 

@@ -35,6 +35,8 @@ def serve(settings: Settings) -> None:
         timeout_keep_alive=30,
         timeout_graceful_shutdown=30,
     )
+    if settings.tls_cert:
+        options.update(ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     if settings.workers > 1:
         os.environ.update(to_environ(settings))
         os.environ.pop("PIER_CONFIG", None)  # already merged into the variables above

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,8 +16,14 @@ from .images import Blob, ImageIndex
 from .servers import REPO_ROOT
 
 
-def push_blob(base: str, repo: str, blob: Blob, headers: dict[str, str] | None = None) -> None:
-    with httpx.Client(base_url=base, headers=headers) as http:
+def push_blob(
+    base: str,
+    repo: str,
+    blob: Blob,
+    headers: dict[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    with httpx.Client(base_url=base, headers=headers, verify=verify) as http:
         if http.head(f"/v2/{repo}/blobs/{blob.digest}").status_code == 200:
             return
         location = http.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
@@ -26,12 +33,18 @@ def push_blob(base: str, repo: str, blob: Blob, headers: dict[str, str] | None =
 
 
 def push_manifest(
-    base: str, repo: str, reference: str, blob: Blob, headers: dict[str, str] | None = None
+    base: str,
+    repo: str,
+    reference: str,
+    blob: Blob,
+    headers: dict[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> None:
     response = httpx.put(
         f"{base}/v2/{repo}/manifests/{reference}",
         content=blob.read(),
         headers={"Content-Type": blob.media_type, **(headers or {})},
+        verify=verify,
     )
     assert response.status_code == 201, response.text
 

@@ -1,0 +1,85 @@
+"""HTTPS: pier serves with --tls-cert/--tls-key; the client verifies against a CA it is given."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from .helpers import push_blob, push_manifest
+from .images import build_image
+from .servers import REPO_ROOT
+from .tls import make_certificates
+
+
+@pytest.fixture
+def tls_registry(start_registry, tmp_path):  # type: ignore[no-untyped-def]
+    certificates = make_certificates(tmp_path / "pki")
+    server = start_registry("--tls-cert", str(certificates.cert), "--tls-key", str(certificates.key))
+    image = build_image(tmp_path / "image", "v1")
+    trusted = ssl.create_default_context(cafile=str(certificates.ca))
+    with httpx.Client(verify=trusted) as http:
+        assert http.get(f"{server.url}/v2/").status_code == 200  # really HTTPS, with our CA
+    for blob in image.blobs:
+        push_blob(server.url, "secure/app", blob, verify=trusted)
+    push_manifest(server.url, "secure/app", "v1", image.manifest, verify=trusted)
+    return server, certificates, image
+
+
+def pier(tmp_path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PIER_HOME": str(tmp_path / "home"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "puller", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+def test_the_client_verifies_the_registry_certificate(tls_registry, tmp_path) -> None:
+    server, certificates, image = tls_registry
+    reference = f"{server.host}/secure/app:v1"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/v2/")  # an unknown CA is refused, also by plain httpx
+
+    flagged = pier(tmp_path, "pull", "-q", "--ca-cert", str(certificates.ca), reference)
+    assert flagged.returncode == 0, flagged.stderr
+    assert flagged.stdout.strip() == image.digest
+
+    certs_d = tmp_path / "certs.d" / server.host
+    certs_d.mkdir(parents=True)
+    (certs_d / "ca.crt").write_bytes(certificates.ca.read_bytes())
+    docker_layout = pier(
+        tmp_path / "second", "pull", "-q", reference, env={"PIER_CERTS_DIR": str(tmp_path / "certs.d")}
+    )
+    assert docker_layout.returncode == 0, docker_layout.stderr
+
+
+def test_a_certificate_from_an_unknown_ca_is_refused(tls_registry, tmp_path) -> None:
+    server, _, _ = tls_registry
+    other = make_certificates(tmp_path / "other-pki")
+    refused = pier(tmp_path, "pull", "-q", "--ca-cert", str(other.ca), f"{server.host}/secure/app:v1")
+    assert refused.returncode == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_serve_refuses_half_or_broken_tls_settings(tmp_path) -> None:
+    certificates = make_certificates(tmp_path / "pki")
+    for args, message in (
+        (["--tls-cert", str(certificates.cert)], "go together"),
+        (["--tls-cert", str(certificates.key), "--tls-key", str(certificates.key)], "unusable"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "registry", "serve", "--root", str(tmp_path / "d"), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+        )
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
