@@ -34,20 +34,17 @@ import pstats
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from servers import REPO_ROOT, Server, start_distribution  # bench/servers.py
+
 CACHE_ROOT = REPO_ROOT / "bench" / ".cache"
 CACHE = CACHE_ROOT / "pull_unpack"
 BUILD_VERSION = "1"  # bump when the image recipe changes: a new cache folder is built
@@ -381,77 +378,21 @@ def cached_image(rebuild: bool) -> tuple[ImageInfo, bool]:
 # -- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def log_offset(registry: Server) -> int:
+    return registry.log_path.stat().st_size
 
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class Registry:
-    """Debian's docker-registry with filesystem storage and its access log on stdout."""
-
-    def __init__(self, work: Path) -> None:
-        self.port = free_port()
-        self.log_path = work / "distribution.log"
-        config = work / "distribution.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: error\n  accesslog:\n    disabled: false\n"
-            "storage:\n  cache:\n    blobdescriptor: inmemory\n"
-            f"  filesystem:\n    rootdirectory: {work / 'distribution-data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-        )
-        self.command = [shutil.which("docker-registry") or "/usr/bin/docker-registry", "serve", str(config)]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> Registry:
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                self.command, stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=REPO_ROOT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited ({self.process.returncode}); see {self.log_path}")
-            try:
-                with _NO_PROXY.open(f"http://{self.host}/v2/", timeout=1.0) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-        raise RuntimeError(f"docker-registry did not answer within {timeout}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def log_offset(self) -> int:
-        return self.log_path.stat().st_size
-
-    def requests_since(self, offset: int) -> list[tuple[str, str, int, int]]:
-        """(method, path, status, response bytes) of the access-log lines after ``offset``."""
-        time.sleep(0.3)  # the log line is written just after the last byte is sent
-        with open(self.log_path, "rb") as handle:
-            handle.seek(offset)
-            text = handle.read().decode(errors="replace")
-        found = []
-        for match in re.finditer(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (\d+|-)', text):
-            method, path, status, size = match.groups()
-            found.append((method, path, int(status), 0 if size == "-" else int(size)))
-        return found
+def requests_since(registry: Server, offset: int) -> list[tuple[str, str, int, int]]:
+    """(method, path, status, response bytes) of the registry's access-log lines after ``offset``."""
+    time.sleep(0.3)  # the log line is written just after the last byte is sent
+    with open(registry.log_path, "rb") as handle:
+        handle.seek(offset)
+        text = handle.read().decode(errors="replace")
+    found = []
+    for match in re.finditer(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (\d+|-)', text):
+        method, path, status, size = match.groups()
+        found.append((method, path, int(status), 0 if size == "-" else int(size)))
+    return found
 
 
 @dataclasses.dataclass
@@ -672,13 +613,14 @@ def main() -> int:
         os.sync()
         time.sleep(settle)
     work = Path(tempfile.mkdtemp(prefix="pier-bench-pull-", dir=args.tmpdir))
-    registry = Registry(work)
+    registry: Server | None = None
     results: dict = {"image": image.to_json()}
     try:
-        registry.start()
-        ref = f"{registry.host}/{REPO}:{TAG}"
+        registry = start_distribution(work, access_log=True)
+        host = f"127.0.0.1:{registry.port}"
+        ref = f"{host}/{REPO}:{TAG}"
         skopeo = Skopeo(work / "skopeo-home")
-        log(f"pushing the image to docker-registry at {registry.host} with skopeo")
+        log(f"pushing the image to docker-registry at {host} with skopeo")
         run_checked(
             skopeo.argv("--dest-tls-verify=false", f"oci:{image.layout}:{TAG}", f"docker://{ref}"),
             env=skopeo.env,
@@ -748,12 +690,12 @@ def main() -> int:
         # A second pull into the same PIER_HOME: what crosses the wire?
         with fresh(work, "second-pull") as place:
             env = pier_env(place / "pier-home")
-            mark = registry.log_offset()
+            mark = log_offset(registry)
             first = timed([str(PIER), "pull", ref, "-q"], env)
-            first_gets, first_bytes, first_requests = blob_bytes(registry.requests_since(mark))
-            mark = registry.log_offset()
+            first_gets, first_bytes, first_requests = blob_bytes(requests_since(registry, mark))
+            mark = log_offset(registry)
             second = timed([str(PIER), "pull", ref, "-q"], env)
-            second_gets, second_bytes, second_requests = blob_bytes(registry.requests_since(mark))
+            second_gets, second_bytes, second_requests = blob_bytes(requests_since(registry, mark))
         expected = image.compressed + image.config_size
         print(
             f"\nfirst pull into a fresh PIER_HOME: {first_gets} blob GETs, {first_bytes:,} blob bytes "
@@ -791,7 +733,8 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     finally:
         with contextlib.suppress(Exception):
-            registry.stop()
+            if registry is not None:
+                registry.stop()
         if args.keep_work:
             print(f"kept {work}")
         else:
