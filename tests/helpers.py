@@ -57,13 +57,16 @@ def push_index(base: str, repo: str, index: ImageIndex, headers: dict[str, str] 
     push_manifest(base, repo, index.tag, index.index, headers)
 
 
-def run_pier(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PIER_HOME": str(home)}
+def run_pier(
+    home: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``pier ARGS`` as its own process, with ``home`` as PIER_HOME and ``env`` added."""
     return subprocess.run(
         [sys.executable, "-m", "puller", *args],
+        input=stdin,
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PIER_HOME": str(home), **(env or {})},
         cwd=REPO_ROOT,
         timeout=120,
     )

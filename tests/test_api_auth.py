@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import bcrypt
 import httpx
 import pytest
 
-from .helpers import push_blob, push_manifest
+from .helpers import push_blob, push_manifest, run_pier
 from .images import build_image
 from .servers import REPO_ROOT
 
@@ -160,17 +159,10 @@ def test_no_mount_from_a_repository_the_caller_may_not_pull(secured) -> None:
 
 def test_pier_client_logs_in_pushes_and_is_refused_where_it_may_not(secured, tmp_path) -> None:
     server, _ = secured
-    env = {**os.environ, "PIER_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(tmp_path / "docker")}
 
     def pier(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "puller", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO_ROOT,
-            timeout=120,
+        return run_pier(
+            tmp_path / "home", *args, env={"DOCKER_CONFIG": str(tmp_path / "docker")}, stdin=stdin
         )
 
     wrong = pier("login", server.host, "-u", "bob", "--password-stdin", stdin="nope\n")

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +14,6 @@ from puller.content_store import ContentStore
 
 from .helpers import push_index, run_pier
 from .images import ImageIndex, build_image, build_index, random_files, sample_layers
-from .servers import REPO_ROOT
 
 
 @pytest.fixture
@@ -150,16 +148,7 @@ def test_load_what_skopeo_wrote_and_refuse_a_tampered_layout(registry, index, sk
 
 
 def pier_with_config(tmp_path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PIER_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(tmp_path / "docker")}
-    return subprocess.run(
-        [sys.executable, "-m", "puller", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
+    return run_pier(tmp_path / "home", *args, env={"DOCKER_CONFIG": str(tmp_path / "docker")}, stdin=stdin)
 
 
 def test_login_checks_credentials_and_logout_forgets_them(token_registry, index, tmp_path) -> None:

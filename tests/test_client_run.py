@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from .helpers import push_blob, push_manifest
+from .helpers import push_blob, push_manifest, run_pier
 from .images import build_image
-from .servers import REPO_ROOT
 
 
 @pytest.fixture
@@ -28,15 +26,7 @@ def image_ref(registry, tmp_path) -> str:
 
 
 def pier(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PIER_HOME": str(tmp_path / "home")}
-    return subprocess.run(
-        [sys.executable, "-m", "puller", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
+    return run_pier(tmp_path / "home", *args)
 
 
 def test_run_uses_the_image_cmd_and_env(image_ref, tmp_path) -> None:

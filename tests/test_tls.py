@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from .helpers import push_blob, push_manifest
+from .helpers import push_blob, push_manifest, run_pier
 from .images import build_image
 from .servers import REPO_ROOT
 from .tls import make_certificates
@@ -31,15 +30,7 @@ def tls_registry(start_registry, tmp_path):  # type: ignore[no-untyped-def]
 
 
 def pier(tmp_path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PIER_HOME": str(tmp_path / "home"), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "puller", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
+    return run_pier(tmp_path / "home", *args, env=env)
 
 
 def test_the_client_verifies_the_registry_certificate(tls_registry, tmp_path) -> None:
