@@ -182,10 +182,15 @@ def cmd_images(args: argparse.Namespace) -> int:
     table = [("REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED")]
     for repository, tag, digest in rows:
         table.append((repository, tag, digest[:19], _human(_size(store, digest)), _created(store, digest)))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _print_table(table)
     return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell, as docker prints its lists."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _human(size: int) -> str:
@@ -351,9 +356,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         created = datetime.datetime.fromtimestamp(state.created).strftime("%Y-%m-%d %H:%M:%S")
         command = " ".join(state.command)[:40]
         table.append((state.id, state.image, command, created, status))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _print_table(table)
     return 0
 
 

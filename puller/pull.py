@@ -12,7 +12,10 @@ import hashlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+
+import httpx
 
 from .content_store import ContentStore, DigestMismatch
 from .errors import PierError
@@ -89,14 +92,18 @@ class Remote:
             raise PullError(f"manifest digest mismatch: expected {identifier}, got {digest}")
         return body, media_type, digest
 
+    def blob(
+        self, digest: str, headers: dict[str, str] | None = None
+    ) -> AbstractContextManager[httpx.Response]:
+        """The response to ``GET`` of a blob, its body left to stream."""
+        return self.transport.stream("GET", f"/v2/{self.reference.path}/blobs/{digest}", self.scope, headers)
+
 
 class Puller:
     def __init__(self, store: ContentStore, remote: Remote, parallel: int = 4):
         self.store = store
         self.remote = remote
-        self.transport = remote.transport
         self.reference = remote.reference
-        self.scope = remote.scope
         self.parallel = max(1, parallel)
 
     def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
@@ -126,8 +133,7 @@ class Puller:
                 report(digest, "exists", size, size)
                 return
             headers = {"Range": f"bytes={download.offset}-"} if download.offset else {}
-            path = f"/v2/{self.reference.path}/blobs/{digest}"
-            with self.transport.stream("GET", path, self.scope, headers) as response:
+            with self.remote.blob(digest, headers) as response:
                 if response.status_code == 200 and download.offset:
                     download.restart()  # the registry ignored the Range: start over
                 elif response.status_code == 206 and not response.headers.get("content-range", "").startswith(

@@ -53,8 +53,7 @@ def remote_source(remote: Remote, mount_from: str | None) -> BlobSource:
     """Blobs streamed from another registry; ``mount_from`` when it is the same registry."""
 
     def read(digest: str) -> Iterator[bytes]:
-        path = f"/v2/{remote.reference.path}/blobs/{digest}"
-        with remote.transport.stream("GET", path, remote.scope) as response:
+        with remote.blob(digest) as response:
             if response.status_code != 200:
                 raise PushError(f"source blob {digest}: {error_message(response)}")
             yield from response.iter_bytes(CHUNK)
