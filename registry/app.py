@@ -74,6 +74,7 @@ class RegistryApp:
             self.store,
             max_blob_size=settings.max_blob_size or None,
             session_timeout=settings.upload_timeout,
+            max_sessions=settings.max_upload_sessions,
         )
         self.auth = build_authenticator(settings.htpasswd, settings.acl)
         self._inflight = 0

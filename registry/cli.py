@@ -29,6 +29,11 @@ _HELP = {
     "tls_cert": "PEM certificate (chain) to serve HTTPS with; needs --tls-key",
     "tls_key": "PEM private key of --tls-cert",
     "acl": "TOML file of ordered access rules (default with --htpasswd: users may do everything)",
+    "max_header_size": "largest request line plus headers, else 431 (default 64KiB)",
+    "max_headers": "most header fields in one request, else 431 (default 100)",
+    "header_timeout": "time a client has to send a request's headers (default 30s)",
+    "idle_timeout": "close a request whose body or response stalls this long (default 60s)",
+    "max_upload_sessions": "open upload sessions per repository, else 429 (default 100)",
 }
 
 

@@ -41,6 +41,11 @@ class Settings:
     tls_cert: str = ""  # PEM certificate chain: serve HTTPS (with tls_key)
     tls_key: str = ""  # PEM private key of tls_cert
     acl: str = ""  # TOML file of ordered access rules (default with htpasswd: users may do all)
+    max_header_size: int = 64 * 1024  # request line plus headers; beyond it: 431
+    max_headers: int = 100
+    header_timeout: float = 30.0  # from a request's first byte to the end of its headers
+    idle_timeout: float = 60.0  # a request body, or the reading of a response, stalled this long
+    max_upload_sessions: int = 100  # open upload sessions per repository; beyond it: 429
 
     @property
     def host(self) -> str:
@@ -56,6 +61,9 @@ FIELD_TYPES: dict[str, str] = {
     "max_blob_size": "size",
     "chunk_min_length": "size",
     "upload_timeout": "duration",
+    "max_header_size": "size",
+    "header_timeout": "duration",
+    "idle_timeout": "duration",
 }
 
 

@@ -9,6 +9,8 @@
     repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
                                                    descriptor (JSON) of a manifest whose subject
                                                    is <alg>:<hex>
+    repositories/<name>/_uploads/<id>              marker of an open upload session (counted
+                                                   against the per-repository limit)
     _uploads/<id>/data                             bytes of an open upload session
     _uploads/<id>/info                             its repository and start time (JSON)
 
@@ -72,3 +74,11 @@ def upload_data(upload_id: str) -> str:
 
 def upload_info(upload_id: str) -> str:
     return f"{UPLOADS}/{upload_id}/info"
+
+
+def upload_markers(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_uploads"
+
+
+def upload_marker(name: str, upload_id: str) -> str:
+    return f"{REPOSITORIES}/{name}/_uploads/{upload_id}"

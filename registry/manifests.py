@@ -19,6 +19,10 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = IMAGE_TYPES | INDEX_TYPES
 
 
+# Real manifests nest 5 levels deep (index > manifests > descriptor > platform > features).
+MAX_JSON_DEPTH = 32
+
+
 @dataclass
 class Descriptor:
     media_type: str
@@ -65,12 +69,30 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     return Descriptor(media_type, parsed, size, urls, artifact_type)
 
 
+def _depth(document: Any) -> int:
+    """How deeply arrays and objects nest, without recursion (the input is hostile)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((item, depth + 1) for item in value if isinstance(item, dict | list))
+    return deepest
+
+
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     """Validate a pushed manifest; the media type comes from the header or the body."""
     try:
         document = json.loads(body)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise _invalid(f"manifest JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
         raise _invalid(f"manifest is not valid JSON: {str(exc)[:200]}") from None
+    if _depth(document) > MAX_JSON_DEPTH:
+        raise _invalid(f"manifest JSON nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(document, dict):
         raise _invalid("manifest must be a JSON object")
     if document.get("schemaVersion") != 2:

@@ -8,11 +8,15 @@ import uvicorn
 
 from storage_backends import open_storage
 
+from . import protocol
 from .app import RegistryApp
 from .config import Settings, load_settings, to_environ
 
 
 def create_app(settings: Settings) -> RegistryApp:
+    protocol.configure(
+        settings.max_header_size, settings.max_headers, settings.header_timeout, settings.idle_timeout
+    )
     return RegistryApp(settings, open_storage(settings.root, fsync=settings.fsync))
 
 
@@ -29,7 +33,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
-        http="httptools",
+        http="registry.protocol:BoundedHttpToolsProtocol",
         loop="uvloop",
         server_header=False,
         timeout_keep_alive=30,

@@ -72,7 +72,9 @@ class Uploads:
         *,
         max_blob_size: int | None,
         session_timeout: float,
+        max_sessions: int = 0,
     ) -> None:
+        self.max_sessions = max_sessions  # per repository; 0: unlimited
         self.store = store
         self.driver: StorageDriver = store.driver
         self.max_blob_size = max_blob_size
@@ -87,11 +89,38 @@ class Uploads:
     async def start(self, name: str, algorithm: str = "sha256") -> UploadSession:
         if algorithm not in ALGORITHMS:
             raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {algorithm}")
+        if self.max_sessions:
+            await self._check_session_limit(name)
         upload_id = uuid.uuid4().hex
         info = {"name": name, "algorithm": algorithm, "started": time.time()}
+        await self.driver.put_content(layout.upload_marker(name, upload_id), b"")
         await self.driver.put_content(layout.upload_data(upload_id), b"")
         await self.driver.put_content(layout.upload_info(upload_id), json.dumps(info).encode())
         return UploadSession(upload_id, name, algorithm, 0)
+
+    async def _check_session_limit(self, name: str) -> None:
+        """Count the repository's markers; only at the limit are stale ones looked for.
+
+        Replicas count the same markers, so the limit holds across them, give or take the
+        sessions that start at the same instant.
+        """
+        markers = await self.driver.list(layout.upload_markers(name))
+        if len(markers) < self.max_sessions:
+            return
+        open_sessions = 0
+        for upload_id in markers:
+            try:
+                await self.get(name, upload_id)
+                open_sessions += 1
+            except RegistryError:  # expired or gone: its marker outlived it
+                await self.driver.delete(layout.upload_marker(name, upload_id))
+        if open_sessions >= self.max_sessions:
+            raise RegistryError(
+                "TOOMANYREQUESTS",
+                f"{open_sessions} upload sessions are open for this repository, the limit is "
+                f"{self.max_sessions}: finish or cancel one first",
+                headers={"Retry-After": "10"},
+            )
 
     async def get(self, name: str, upload_id: str) -> UploadSession:
         unknown = RegistryError("BLOB_UPLOAD_UNKNOWN", f"unknown upload: {upload_id[:64]!r}")
@@ -105,16 +134,24 @@ class Uploads:
         if info.get("name") != name:
             raise unknown
         if time.time() - data.mtime > self.session_timeout:
-            await self.cancel_id(upload_id)
+            await self.cancel_id(upload_id, name)
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload session expired")
         return UploadSession(upload_id, name, info.get("algorithm", "sha256"), data.size)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self.get(name, upload_id)
-        await self.cancel_id(upload_id)
+        await self.cancel_id(upload_id, name)
 
-    async def cancel_id(self, upload_id: str) -> None:
+    async def cancel_id(self, upload_id: str, name: str | None = None) -> None:
+        """Forget a session: its bytes, its info, and its repository's marker."""
         self._hashes.drop(upload_id)
+        if name is None:
+            try:
+                name = json.loads(await self.driver.get_content(layout.upload_info(upload_id))).get("name")
+            except (PathNotFound, ValueError):
+                name = None
+        if isinstance(name, str) and name:
+            await self.driver.delete(layout.upload_marker(name, upload_id))
         await self.driver.delete(layout.upload_dir(upload_id))
 
     async def purge_expired(self) -> int:
@@ -225,7 +262,7 @@ class Uploads:
             actual = await self._digest_of(session, digest.algorithm)
             if actual != digest:
                 await writer.commit()
-                await self.cancel_id(session.id)
+                await self.cancel_id(session.id, session.name)
                 raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}")
             # Still holding the upload's lock: no append can slip in before the move.
             if await self.store.has_content(digest):
@@ -236,7 +273,7 @@ class Uploads:
             await self.store.link_blob(session.name, digest)
         finally:
             await writer.commit()
-        await self.cancel_id(session.id)
+        await self.cancel_id(session.id, session.name)
 
     async def _digest_of(self, session: UploadSession, algorithm: str) -> Digest:
         hasher = self._hashes.take(session.id, algorithm, session.size)

@@ -1,0 +1,185 @@
+"""uvicorn's httptools protocol with the limits it lacks: header size, and stalled peers.
+
+httptools keeps appending URL and header bytes for as long as a client sends them, and
+uvicorn waits forever for the first byte of a new connection, for the rest of a header
+block, and for a body that stops arriving. Each connection here has a budget of header
+bytes and a watchdog: headers must be complete within ``header_timeout`` of the
+request's first byte (or of the connection, for the first request), and a request whose
+body stalls, or whose client stops reading the response, for ``idle_timeout`` is
+closed. Time the server spends working (reading paused, the app busy) never counts
+against the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("pier.registry")
+
+_TOO_LARGE = b"431 Request Header Fields Too Large"
+_TIMEOUT = b"408 Request Timeout"
+
+
+class HeaderLimitExceeded(Exception):
+    pass
+
+
+def _error(status: bytes, code: str, message: str) -> bytes:
+    body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
+    return b"".join(
+        [
+            b"HTTP/1.1 ",
+            status,
+            b"\r\ncontent-type: application/json\r\ncontent-length: ",
+            str(len(body)).encode(),
+            b"\r\nconnection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn makes one per connection; the limits are class attributes set by ``configure``."""
+
+    max_header_size = 64 * 1024
+    max_headers = 100
+    header_timeout = 30.0
+    idle_timeout = 60.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_bytes = 0
+        self._raw_header_bytes = 0
+        self._header_count = 0
+        self._limit_hit = False
+        self._reading_headers = True  # from a request's first byte (or the connection) to its headers' end
+        self._in_body = False  # from the end of the headers to the end of the body
+        self._headers_deadline = self.loop.time() + self.header_timeout
+        self._last_activity = self.loop.time()
+        self._write_paused_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._arm_watchdog()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self.loop.time()
+        was_reading_headers = self._reading_headers
+        super().data_received(data)
+        # httptools buffers a header until it is complete, so an endless one is caught here.
+        if was_reading_headers and self._reading_headers and not self.transport.is_closing():
+            self._raw_header_bytes += len(data)
+            if self._raw_header_bytes > self.max_header_size:
+                self._limit_hit = True
+                self.send_400_response("")
+
+    # -- header budget --------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        self._raw_header_bytes = 0
+        self._header_count = 0
+        self._reading_headers = True
+        self._headers_deadline = self.loop.time() + self.header_timeout
+
+    def _spend(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.max_header_size or self._header_count > self.max_headers:
+            self._limit_hit = True
+            raise HeaderLimitExceeded  # stops the parser; uvicorn then calls send_400_response
+
+    def on_url(self, url: bytes) -> None:
+        self._spend(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._spend(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._limit_hit:
+            super().send_400_response(msg)
+            return
+        log.warning("%s: request headers over the limit; connection closed", self._peer())
+        detail = (
+            f"request line and headers are limited to {self.max_header_size} bytes, {self.max_headers} fields"
+        )
+        self.transport.write(_error(_TOO_LARGE, "SIZE_INVALID", detail))
+        self.transport.close()
+
+    # -- stalled peers -----------------------------------------------------------
+    def _arm_watchdog(self) -> None:
+        interval = max(0.05, min(self.header_timeout, self.idle_timeout) / 4)
+        self._watchdog = self.loop.call_later(interval, self._check_stalled)
+
+    def _check_stalled(self) -> None:
+        self._watchdog = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        cycle: Any = self.cycle
+        if self._reading_headers:
+            if now > self._headers_deadline:
+                self._close(
+                    "request headers took too long",
+                    _error(_TIMEOUT, "TIMEOUT", "request headers took too long"),
+                )
+                return
+        elif self._in_body and not self.flow.read_paused:  # the client's turn to send
+            if now - self._last_activity > self.idle_timeout:
+                self._close("request body stalled")
+                return
+        elif cycle is not None and not cycle.response_complete:
+            self._last_activity = now  # the server's turn: its time never counts against the client
+        elif now - self._last_activity > self.timeout_keep_alive + self.idle_timeout:
+            # Idle between requests: uvicorn's keep-alive timer normally closes it first.
+            self._close("idle between requests")
+            return
+        if self._write_paused_since is not None and now - self._write_paused_since > self.idle_timeout:
+            self._close("client stopped reading the response")
+            return
+        self._arm_watchdog()
+
+    def pause_writing(self) -> None:
+        self._write_paused_since = self.loop.time()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_paused_since = None
+        super().resume_writing()
+
+    def _close(self, reason: str, reply: bytes = b"") -> None:
+        log.warning("%s: %s; connection closed", self._peer(), reason)
+        if reply:
+            self.transport.write(reply)
+        self.transport.close()
+
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "client"
+
+
+def configure(max_header_size: int, max_headers: int, header_timeout: float, idle_timeout: float) -> None:
+    """Set the limits for this process (worker processes call it from the app factory)."""
+    BoundedHttpToolsProtocol.max_header_size = max_header_size
+    BoundedHttpToolsProtocol.max_headers = max_headers
+    BoundedHttpToolsProtocol.header_timeout = header_timeout
+    BoundedHttpToolsProtocol.idle_timeout = idle_timeout
