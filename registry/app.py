@@ -20,8 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from storage_backends import StorageDriver
 
-from .auth import ANONYMOUS
-from .auth import build as build_authenticator
+from .access import build as build_security
+from .auth import ANONYMOUS, Caller
 from .config import Settings
 from .errors import RegistryError
 from .http import (
@@ -76,7 +76,9 @@ class RegistryApp:
             session_timeout=settings.upload_timeout,
             max_sessions=settings.max_upload_sessions,
         )
-        self.auth = build_authenticator(settings.htpasswd, settings.acl)
+        security = build_security(settings)
+        self.auth = security.access
+        self.token_server = security.token_server
         self._inflight = 0
         self._purger: asyncio.Task[None] | None = None
         n = r"(?P<name>.+)"
@@ -134,7 +136,10 @@ class RegistryApp:
 
     async def _dispatch(self, request: Request) -> Response:
         path = request.scope["path"]  # decoded, as uvicorn gave it (URL() would strip newlines)
-        for pattern, methods in self.routes:
+        if self.token_server is not None and path == "/auth/token":
+            return await self.token_server(request)
+        routes = [] if self.settings.token_only else self.routes
+        for pattern, methods in routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
@@ -144,7 +149,7 @@ class RegistryApp:
                     validate_name(params["name"])
                 handler = methods.get(request.method)
                 if self.auth is not None:  # before anything else: a denial says nothing of what exists
-                    self._authorize(request, handler, params.get("name"))
+                    await self._authorize(request, handler, params.get("name"))
                 if handler is None:
                     raise RegistryError(
                         "UNSUPPORTED",
@@ -163,20 +168,27 @@ class RegistryApp:
             RegistryError("UNSUPPORTED", f"no endpoint at {path[:200]}", message="not found", status=404)
         )
 
-    def _authorize(self, request: Request, handler: Handler | None, name: str | None) -> None:
+    async def _authorize(self, request: Request, handler: Handler | None, name: str | None) -> None:
         assert self.auth is not None
-        account = self.auth.account(request.headers.get("authorization"))
-        request.scope["pier.account"] = account
+        caller = await self.auth.identify(request.headers.get("authorization"), _base_url(request))
+        request.scope["pier.caller"] = caller
         action = _ACTIONS.get(getattr(handler, "__name__", ""), "push")
         if action == "registry":
-            self.auth.authorize(account, None, frozenset())
-        elif action != "listing":
-            self.auth.authorize(account, name, frozenset({action}))
+            self.auth.check_base(caller)
+        elif action == "listing":
+            self.auth.check_catalog(caller)
+        else:
+            assert name is not None
+            self.auth.authorize(caller, name, frozenset({action}))
+
+    def _caller(self, request: Request) -> Caller:
+        return request.scope.get("pier.caller") or Caller(ANONYMOUS)
 
     def _may_pull(self, request: Request, name: str) -> bool:
-        if self.auth is None:
-            return True
-        return "pull" in self.auth.acl.allowed(request.scope.get("pier.account", ANONYMOUS), name)
+        return self.auth is None or self.auth.may_pull(self._caller(request), name)
+
+    def _visible(self, request: Request, name: str) -> bool:
+        return self.auth is None or self.auth.visible_in_catalog(self._caller(request), name)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -235,7 +247,7 @@ class RegistryApp:
 
     async def catalog(self, request: Request) -> Response:
         n = self._page_size(request, self.settings.catalog_page_size)
-        visible = [name for name in await self.store.repositories() if self._may_pull(request, name)]
+        visible = [name for name in await self.store.repositories() if self._visible(request, name)]
         names, headers = self._paginate(visible, request, n, "/v2/_catalog")
         return json_response({"repositories": names}, headers=headers)
 
@@ -403,6 +415,18 @@ class RegistryApp:
         index = await self.store.referrers(name, subject, artifact_type)
         headers = {"oci-filters-applied": "artifactType"} if artifact_type else None
         return json_response(index, headers=headers, media_type=OCI_INDEX)
+
+
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
+def _base_url(request: Request) -> str:
+    """This server as the client reached it, for a token realm on it; a strange Host is not echoed."""
+    host = request.headers.get("host", "")
+    if not _HOST.fullmatch(host):
+        server = request.scope.get("server") or ("127.0.0.1", 5000)
+        host = f"{server[0]}:{server[1]}"
+    return f"{request.url.scheme}://{host}"
 
 
 def _accepted_types(request: Request) -> set[str]:

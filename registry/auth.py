@@ -1,23 +1,29 @@
-"""Who may do what: Basic authentication against an htpasswd file, and an ordered ACL.
+"""Who may do what: users from an htpasswd file, an ordered ACL, and the two ways to prove it.
 
 Every request is checked before its handler runs, with the same answers whether or not the
-repository exists: 401 ``UNAUTHORIZED`` (with a ``WWW-Authenticate`` challenge) when the
-caller has not proven who they are and would need to, 403 ``DENIED`` when they have and may
-not. The htpasswd file is the one ``htpasswd -B`` writes; only bcrypt entries are accepted,
-checked at the cost they were written with. bcrypt is slow on purpose, so a verified
-(user, password) pair is remembered for a minute under an HMAC with a per-process key:
-the password itself is never kept, logged or echoed.
+repository exists. With ``htpasswd`` auth the caller sends Basic credentials on every
+request: 401 ``UNAUTHORIZED`` (with a ``WWW-Authenticate`` challenge) when they have not
+proven who they are and would need to, 403 ``DENIED`` when they have and may not. With
+``token`` auth the caller sends a bearer token from the token server named in the
+challenge, and the token alone says what it may do: 401 with the scope to ask for when it
+does not cover the request.
+
+The htpasswd file is the one ``htpasswd -B`` writes; only bcrypt entries are accepted,
+checked at the cost they were written with. bcrypt is slow on purpose, so it runs off the
+event loop, and a verified (user, password) pair is remembered for a minute under an HMAC
+with a per-process key: the password itself is never kept, logged or echoed. Verified
+tokens are remembered the same way until they expire.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import fnmatch
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
 import tomllib
@@ -27,6 +33,7 @@ from pathlib import Path
 import bcrypt
 
 from .errors import RegistryError
+from .tokens import Claims, TokenError, TokenVerifier
 
 log = logging.getLogger("pier.auth")
 
@@ -36,6 +43,7 @@ REALM = "pier"
 CACHE_SECONDS = 60.0
 MAX_CACHED = 4096
 MAX_HEADER = 4096
+MAX_BEARER = 16 * 1024
 # A real bcrypt hash for users who do not exist, so both paths cost the same time.
 _DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
 
@@ -71,12 +79,20 @@ class Htpasswd:
             users[user] = hashed.encode()
         self._users, self._stamp = users, stamp
 
-    def verify(self, user: str, password: str) -> bool:
+    def _current(self) -> dict[str, bytes]:
         try:
             self._load()
         except (OSError, AuthConfigError) as exc:
             log.error("htpasswd file unusable, keeping the last good copy: %s", exc)
-        hashed = self._users.get(user)
+        return self._users
+
+    def fingerprint(self, user: str) -> str | None:
+        """A short digest of the user's stored hash: it changes when the password does."""
+        hashed = self._current().get(user)
+        return hashlib.sha256(hashed).hexdigest()[:16] if hashed else None
+
+    def verify(self, user: str, password: str) -> bool:
+        hashed = self._current().get(user)
         matched = bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH)
         return matched and hashed is not None
 
@@ -138,61 +154,181 @@ class Acl:
         return frozenset()
 
 
-class Authenticator:
-    def __init__(self, htpasswd: Htpasswd, acl: Acl) -> None:
+def parse_basic(value: str) -> tuple[str, str]:
+    """The (user, password) of a Basic credential; ValueError when it is not one."""
+    if len(value) > MAX_HEADER:
+        raise ValueError("credentials too long")
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("malformed Basic credentials") from None
+    if not sep or not user or user == ANONYMOUS:
+        raise ValueError("malformed Basic credentials")
+    return user, password
+
+
+class Logins:
+    """Checks passwords against the htpasswd file, remembering good ones for a minute."""
+
+    def __init__(self, htpasswd: Htpasswd) -> None:
         self.htpasswd = htpasswd
-        self.acl = acl
         self._key = secrets.token_bytes(32)
         self._verified: dict[bytes, float] = {}
 
-    def account(self, authorization: str | None) -> str:
-        """The caller's account from a Basic header; ``anonymous`` without one."""
-        if not authorization:
-            return ANONYMOUS
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() != "basic" or len(value) > MAX_HEADER:
-            raise self.challenge("unsupported authorization scheme")
-        try:
-            user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise self.challenge("malformed Basic credentials") from None
-        if not sep or not user or user == ANONYMOUS:
-            raise self.challenge("malformed Basic credentials")
+    async def check(self, user: str, password: str) -> bool:
         key = hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
         now = time.monotonic()
         if self._verified.get(key, 0.0) > now:
-            return user
-        if not self.htpasswd.verify(user, password):
-            raise self.challenge("invalid username or password")
+            return True
+        if not await asyncio.to_thread(self.htpasswd.verify, user, password):
+            return False
         if len(self._verified) >= MAX_CACHED:
             self._verified.clear()
         self._verified[key] = now + CACHE_SECONDS
-        return user
+        return True
+
+
+@dataclass(frozen=True)
+class Caller:
+    account: str  # a user name, or "anonymous"
+    claims: Claims | None = None  # token auth: what the caller's token grants
+    base_url: str = ""  # where the request came in, for a token realm on this server
+
+
+class BasicAccess:
+    """``htpasswd`` auth: Basic credentials on every request, the ACL decides."""
+
+    def __init__(self, logins: Logins, acl: Acl) -> None:
+        self.logins = logins
+        self.acl = acl
+
+    async def identify(self, authorization: str | None, base_url: str) -> Caller:
+        if not authorization:
+            return Caller(ANONYMOUS)
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "basic":
+            raise self.challenge("unsupported authorization scheme")
+        try:
+            user, password = parse_basic(value)
+        except ValueError as exc:
+            raise self.challenge(str(exc)) from None
+        if not await self.logins.check(user, password):
+            raise self.challenge("invalid username or password")
+        return Caller(user)
 
     def challenge(self, detail: str) -> RegistryError:
         return RegistryError(
             "UNAUTHORIZED", detail, headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
         )
 
-    def authorize(self, account: str, repository: str | None, needed: frozenset[str]) -> None:
-        """Raise unless ``account`` may do ``needed`` on ``repository`` (None: the registry itself)."""
-        if repository is None:  # GET /v2/: clients probe it to learn how to log in, as with distribution
-            if account == ANONYMOUS:
-                raise self.challenge("authentication required")
-            return
-        if needed <= self.acl.allowed(account, repository):
-            return
-        if account == ANONYMOUS:
+    def check_base(self, caller: Caller) -> None:
+        # GET /v2/: clients probe it to learn how to log in; as with distribution, it needs one.
+        if caller.account == ANONYMOUS:
             raise self.challenge("authentication required")
-        raise RegistryError("DENIED", f"{account} may not {','.join(sorted(needed))} here")
+
+    def check_catalog(self, caller: Caller) -> None:
+        pass  # anyone may ask; the listing shows only what the caller may pull
+
+    def authorize(self, caller: Caller, repository: str, needed: frozenset[str]) -> None:
+        if needed <= self.acl.allowed(caller.account, repository):
+            return
+        if caller.account == ANONYMOUS:
+            raise self.challenge("authentication required")
+        raise RegistryError("DENIED", f"{caller.account} may not {','.join(sorted(needed))} here")
+
+    def may_pull(self, caller: Caller, repository: str) -> bool:
+        return "pull" in self.acl.allowed(caller.account, repository)
+
+    visible_in_catalog = may_pull
 
 
-def build(htpasswd: str, acl: str) -> Authenticator | None:
-    """The authenticator the settings ask for; None when the registry is open (the default)."""
-    if not htpasswd:
-        if acl:
-            raise AuthConfigError("acl needs htpasswd: without users there is nobody to grant to")
-        return None
-    if not os.path.isfile(htpasswd):
-        raise AuthConfigError(f"htpasswd file {htpasswd} does not exist")
-    return Authenticator(Htpasswd(htpasswd), Acl.load(acl) if acl else Acl.default())
+class BearerAccess:
+    """``token`` auth: a bearer token on every request, from the token server in the challenge.
+
+    ``realm`` is the token server's URL; empty means this server's own ``/auth/token``.
+    ``acl`` is given when this server is also the token server: the catalog is then
+    filtered by what the token's subject may pull, as with Basic auth.
+    """
+
+    def __init__(self, verifier: TokenVerifier, realm: str, service: str, acl: Acl | None) -> None:
+        self.verifier = verifier
+        self.realm = realm
+        self.service = service
+        self.acl = acl
+        self._key = secrets.token_bytes(32)
+        self._verified: dict[bytes, Claims] = {}
+
+    async def identify(self, authorization: str | None, base_url: str) -> Caller:
+        if not authorization:
+            return Caller(ANONYMOUS, None, base_url)
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise self.challenge(Caller(ANONYMOUS, None, base_url), None, "a bearer token is required")
+        token = token.strip()
+        if len(token) > MAX_BEARER:
+            raise self.challenge(Caller(ANONYMOUS, None, base_url), None, "token too long", "invalid_token")
+        key = hmac.new(self._key, token.encode(), hashlib.sha256).digest()
+        claims = self._verified.get(key)
+        if claims is None or claims.expires < time.time():
+            try:
+                claims = self.verifier.verify(token)
+            except TokenError as exc:
+                raise self.challenge(
+                    Caller(ANONYMOUS, None, base_url), None, str(exc), "invalid_token"
+                ) from None
+            if len(self._verified) >= MAX_CACHED:
+                self._verified.clear()
+            self._verified[key] = claims
+        return Caller(claims.subject or ANONYMOUS, claims, base_url)
+
+    def challenge(
+        self, caller: Caller, scope: str | None, detail: str, error: str | None = None
+    ) -> RegistryError:
+        realm = self.realm or f"{caller.base_url}/auth/token"
+        parts = [f'realm="{realm}"', f'service="{self.service}"']
+        if scope:
+            parts.append(f'scope="{scope}"')
+        if error:
+            parts.append(f'error="{error}"')
+        return RegistryError(
+            "UNAUTHORIZED", detail, headers={"WWW-Authenticate": "Bearer " + ",".join(parts)}
+        )
+
+    def _granted(self, caller: Caller, kind: str, name: str) -> frozenset[str]:
+        if caller.claims is None:
+            return frozenset()
+        actions = caller.claims.grants.get((kind, name), frozenset())
+        return ACTIONS | {"*"} if "*" in actions else actions
+
+    def check_base(self, caller: Caller) -> None:
+        if caller.claims is None:
+            raise self.challenge(caller, None, "authentication required")
+
+    def check_catalog(self, caller: Caller) -> None:
+        if "*" not in self._granted(caller, "registry", "catalog"):
+            raise self.challenge(caller, "registry:catalog:*", "the token does not grant the catalog")
+
+    def authorize(self, caller: Caller, repository: str, needed: frozenset[str]) -> None:
+        if needed <= self._granted(caller, "repository", repository):
+            return
+        # Ask for pull too when pushing, as distribution does: clients then get one token for both.
+        wanted = sorted(
+            needed | ({"pull"} if "push" in needed else set()), key=["pull", "push", "delete"].index
+        )
+        raise self.challenge(
+            caller,
+            f"repository:{repository}:{','.join(wanted)}",
+            "the token does not grant this" if caller.claims else "authentication required",
+            "insufficient_scope" if caller.claims else None,
+        )
+
+    def may_pull(self, caller: Caller, repository: str) -> bool:
+        return "pull" in self._granted(caller, "repository", repository)
+
+    def visible_in_catalog(self, caller: Caller, repository: str) -> bool:
+        if self.acl is None:
+            return True  # the issuer granted the catalog; it knows its policy, this server does not
+        return "pull" in self.acl.allowed(caller.account, repository)
+
+
+Access = BasicAccess | BearerAccess

@@ -7,8 +7,8 @@ import dataclasses
 import ssl
 import sys
 
+from .access import build as build_security
 from .auth import AuthConfigError
-from .auth import build as build_authenticator
 from .config import ConfigError, Settings, load_settings
 
 _HELP = {
@@ -25,7 +25,17 @@ _HELP = {
     "workers": "server processes sharing the store (default 1)",
     "access_log": "log one line per request (default true)",
     "log_level": "debug, info, warning or error (default info)",
-    "htpasswd": "bcrypt htpasswd file (htpasswd -B): require Basic auth (default: open)",
+    "auth": "none, htpasswd or token (default: token with --token-key/--token-trust, "
+    "htpasswd with --htpasswd, else none)",
+    "htpasswd": "bcrypt htpasswd file (htpasswd -B): the users; Basic auth unless --auth token",
+    "token_key": "PEM private key (RSA or EC P-256/P-384): serve tokens at /auth/token, signed by it",
+    "token_trust": "PEM certificates/public keys (comma-separated files) of trusted token issuers",
+    "token_realm": "token server URL put in challenges (default: this server's /auth/token)",
+    "token_service": "the registry's service name, the tokens' audience (default pier)",
+    "token_issuer": "issuer of the tokens, minted and expected (default pier)",
+    "token_lifetime": "lifetime of access tokens (default 5m)",
+    "token_refresh_lifetime": "lifetime of refresh tokens (default 30d)",
+    "token_only": "serve only the token endpoint, for other registries (true/false)",
     "tls_cert": "PEM certificate (chain) to serve HTTPS with; needs --tls-key",
     "tls_key": "PEM private key of --tls-cert",
     "acl": "TOML file of ordered access rules (default with --htpasswd: users may do everything)",
@@ -57,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
         try:
             settings = load_settings(flags, config_file=args.config)
-            build_authenticator(settings.htpasswd, settings.acl)  # a bad auth setup fails here, once
+            build_security(settings)  # a bad auth setup fails here, once
             if settings.tls_cert:
                 try:
                     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -37,10 +37,19 @@ class Settings:
     workers: int = 1
     access_log: bool = True
     log_level: str = "info"
-    htpasswd: str = ""  # bcrypt htpasswd file: Basic auth on every request ("" = open registry)
+    auth: str = ""  # none, htpasswd or token ("": token with token_key/trust, htpasswd with htpasswd)
+    htpasswd: str = ""  # bcrypt htpasswd file: the users (Basic auth, or the token server's logins)
     tls_cert: str = ""  # PEM certificate chain: serve HTTPS (with tls_key)
     tls_key: str = ""  # PEM private key of tls_cert
     acl: str = ""  # TOML file of ordered access rules (default with htpasswd: users may do all)
+    token_key: str = ""  # PEM private key (RSA, EC P-256/P-384): serve tokens at /auth/token
+    token_trust: str = ""  # PEM files (comma-separated) of certificates/public keys of token issuers
+    token_realm: str = ""  # the token server's URL in challenges ("": this server's /auth/token)
+    token_service: str = "pier"  # the registry's name: the tokens' audience
+    token_issuer: str = "pier"  # the tokens' issuer, minted and expected
+    token_lifetime: float = 300.0
+    token_refresh_lifetime: float = 30 * 86400.0
+    token_only: bool = False  # serve only /auth/token (a token server for other registries)
     max_header_size: int = 64 * 1024  # request line plus headers; beyond it: 431
     max_headers: int = 100
     header_timeout: float = 30.0  # from a request's first byte to the end of its headers
@@ -62,6 +71,8 @@ FIELD_TYPES: dict[str, str] = {
     "chunk_min_length": "size",
     "upload_timeout": "duration",
     "max_header_size": "size",
+    "token_lifetime": "duration",
+    "token_refresh_lifetime": "duration",
     "header_timeout": "duration",
     "idle_timeout": "duration",
 }

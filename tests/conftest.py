@@ -83,7 +83,7 @@ def token_registry(tmp_path):  # type: ignore[no-untyped-def]
     tokens = TokenService(tmp_path, users={"alice": "wonderland"}).start()
     port = free_port()
     config = tmp_path / "distribution-token.yml"
-    config.write_text(distribution_token_config(tmp_path / "distribution", port, tokens))
+    config.write_text(distribution_token_config(tmp_path / "distribution", port, tokens.realm, tokens.bundle))
     process = subprocess.Popen(
         [shutil.which("docker-registry") or "docker-registry", "serve", str(config)],
         stdout=subprocess.DEVNULL,

@@ -118,3 +118,15 @@ class TamperingProxy:
     def __exit__(self, *exc_info: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
+    """An htpasswd file as ``htpasswd -B -C 5`` writes it: "$2y$" bcrypt entries at cost 5."""
+    import bcrypt
+
+    lines = [
+        f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(5)).decode().replace('$2b$', '$2y$', 1)}"
+        for user, password in users.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -7,11 +7,10 @@ import json
 import subprocess
 import sys
 
-import bcrypt
 import httpx
 import pytest
 
-from .helpers import push_blob, push_manifest, run_pier
+from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
 from .images import build_image
 from .servers import REPO_ROOT
 
@@ -43,13 +42,7 @@ def secured(tmp_path_factory):  # type: ignore[no-untyped-def]
     from .servers import PierServer
 
     base = tmp_path_factory.mktemp("auth")
-    htpasswd = base / "htpasswd"
-    # "$2y$" and cost 5, as `htpasswd -B -C 5` writes them.
-    lines = [
-        f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode().replace('$2b$', '$2y$', 1)}"
-        for u, p in USERS.items()
-    ]
-    htpasswd.write_text("\n".join(lines) + "\n")
+    htpasswd = write_htpasswd(base / "htpasswd", USERS)
     acl = base / "acl.toml"
     acl.write_text(ACL)
     server = PierServer(base / "data", "--htpasswd", str(htpasswd), "--acl", str(acl)).start()

@@ -121,8 +121,7 @@ def test_a_stalled_upload_is_closed_and_the_session_survives(strict) -> None:
         assert httpx.patch(f"{strict.url}{location}", content=first).status_code == 202
         with socket.create_connection(("127.0.0.1", strict.port)) as sock:
             sock.sendall(
-                f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".encode()
-                + b"partial"
+                f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".encode() + b"partial"
             )
             closed, _, took = closed_within(sock, 6)
         assert closed and took < 5

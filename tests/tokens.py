@@ -22,11 +22,41 @@ from urllib.parse import parse_qs, urlparse
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 ISSUER = "pier-test-issuer"
 SERVICE = "pier-test-registry"
+
+
+def write_signing_key(folder: Path, kind: str = "ec") -> tuple[Path, Path]:
+    """A token-signing key (EC P-256 or RSA 2048) and a self-signed certificate of it, as PEM files.
+
+    pier's token server signs with the key; distribution's ``rootcertbundle`` takes the
+    certificate (it finds the key by the libtrust ``kid`` of the certificate's public key).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pier token signer ({kind})")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = folder / f"token-{kind}.key", folder / f"token-{kind}.crt"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
 
 
 class TokenService:
@@ -117,11 +147,13 @@ class TokenService:
         return Handler
 
 
-def distribution_token_config(root: Path, port: int, tokens: TokenService) -> str:
+def distribution_token_config(
+    root: Path, port: int, realm: str, bundle: Path, service: str = SERVICE, issuer: str = ISSUER
+) -> str:
     return (
         "version: 0.1\nlog: {level: error}\n"
         f"storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\n"
-        f"auth: {{token: {{realm: {tokens.realm}, service: {SERVICE}, issuer: {ISSUER}, "
-        f"rootcertbundle: {tokens.bundle}}}}}\n"
+        f"auth: {{token: {{realm: {realm}, service: {service}, issuer: {issuer}, "
+        f"rootcertbundle: {bundle}}}}}\n"
     )
