@@ -391,7 +391,7 @@ def push_chunked(port: int, name: str, blob: BlobFile, digest: str, chunk: int) 
     return elapsed
 
 
-def pull_curl(url: str, size: int) -> float:
+def pull_curl(url: str, size: int, headers: dict[str, str] | None = None) -> float:
     result = subprocess.run(
         [
             "curl",
@@ -402,6 +402,7 @@ def pull_curl(url: str, size: int) -> float:
             "/dev/null",
             "-w",
             "%{http_code} %{size_download} %{time_total}",
+            *[arg for key, value in (headers or {}).items() for arg in ("-H", f"{key}: {value}")],
             url,
         ],
         capture_output=True,
@@ -410,7 +411,7 @@ def pull_curl(url: str, size: int) -> float:
         check=False,
     )
     code, downloaded, total = result.stdout.split()
-    if code != "200" or int(downloaded) != size:
+    if code != "200" or (size >= 0 and int(downloaded) != size):
         raise RuntimeError(f"pull {url}: HTTP {code}, {downloaded} bytes (expected 200, {size})")
     return float(total)
 
@@ -485,10 +486,19 @@ def probe_single_post(port: int) -> tuple[bool, str]:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
-def run_wrk(url: str, method: str, seconds: float, connections: int, lua_dir: Path) -> dict[str, float]:
+def run_wrk(
+    url: str,
+    method: str,
+    seconds: float,
+    connections: int,
+    lua_dir: Path,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
     """``wrk -t1``: one client thread, since client and server share the machine's cores."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
     command += ["-H", f"Accept: {OCI_MANIFEST}"]
+    for key, value in (headers or {}).items():
+        command += ["-H", f"{key}: {value}"]
     if method == "HEAD":
         script = lua_dir / "head.lua"
         script.write_text('wrk.method = "HEAD"\n')
@@ -539,9 +549,18 @@ def run_hey(url: str, method: str, seconds: float, connections: int, lua_dir: Pa
     return stats
 
 
-def run_builtin(url: str, method: str, seconds: float, connections: int, lua_dir: Path) -> dict[str, float]:
+def run_builtin(
+    url: str,
+    method: str,
+    seconds: float,
+    connections: int,
+    lua_dir: Path,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
     """This file's own load generator (one uvloop process), for HEAD where wrk cannot."""
     command = [sys.executable, __file__, "--load-generator", method, url, f"{seconds:g}", str(connections)]
+    for key, value in (headers or {}).items():
+        command += ["--load-header", f"{key}: {value}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"load generator failed ({result.returncode}): {result.stdout}{result.stderr}")
@@ -615,14 +634,17 @@ class _LoadConnection:
         return None
 
 
-def load_generator_main(method: str, url: str, seconds: float, connections: int) -> None:
+def load_generator_main(
+    method: str, url: str, seconds: float, connections: int, headers: list[str] | None = None
+) -> None:
     import asyncio
 
     import uvloop
 
     parts = urlsplit(url)
+    extra = "".join(f"{header}\r\n" for header in headers or [])
     request = (
-        f"{method} {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: {OCI_MANIFEST}\r\n\r\n"
+        f"{method} {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: {OCI_MANIFEST}\r\n{extra}\r\n"
     ).encode()
     state: dict = {"stop": False, "request": request, "head": method == "HEAD", "latencies": [], "errors": 0}
 
@@ -849,6 +871,7 @@ def main() -> int:
     parser.add_argument("--sink", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--canned", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load-generator", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--load-header", action="append", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink:
         sink_main(int(args.sink[0]), args.sink[1])
@@ -858,7 +881,7 @@ def main() -> int:
         return 0
     if args.load_generator:
         method, url, seconds, connections = args.load_generator
-        load_generator_main(method, url, float(seconds), int(connections))
+        load_generator_main(method, url, float(seconds), int(connections), args.load_header)
         return 0
 
     quick = args.quick

@@ -83,6 +83,10 @@ class Server:
                 with _NO_PROXY.open(f"{self.url}/v2/", timeout=1.0) as response:
                     if response.status == 200:
                         return self
+            except urllib.error.HTTPError as error:
+                if error.code == 401:  # up, and asking for credentials
+                    return self
+                time.sleep(0.05)
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
         raise RuntimeError(f"{self.label} did not answer within {timeout}s; see {self.log_path}")

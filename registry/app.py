@@ -426,7 +426,7 @@ def _base_url(request: Request) -> str:
     if not _HOST.fullmatch(host):
         server = request.scope.get("server") or ("127.0.0.1", 5000)
         host = f"{server[0]}:{server[1]}"
-    return f"{request.url.scheme}://{host}"
+    return f"{request.scope.get('scheme', 'http')}://{host}"
 
 
 def _accepted_types(request: Request) -> set[str]:

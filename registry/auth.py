@@ -10,8 +10,8 @@ does not cover the request.
 
 The htpasswd file is the one ``htpasswd -B`` writes; only bcrypt entries are accepted,
 checked at the cost they were written with. bcrypt is slow on purpose, so it runs off the
-event loop, and a verified (user, password) pair is remembered for a minute under an HMAC
-with a per-process key: the password itself is never kept, logged or echoed. Verified
+event loop, and a verified (user, password) pair is remembered for a minute under a keyed hash
+(BLAKE2b, a per-process key): the password itself is never kept, logged or echoed. Verified
 tokens are remembered the same way until they expire.
 """
 
@@ -22,7 +22,6 @@ import base64
 import binascii
 import fnmatch
 import hashlib
-import hmac
 import logging
 import secrets
 import time
@@ -118,6 +117,8 @@ class Acl:
     """Ordered rules: the first rule matching the caller and the repository decides."""
 
     rules: list[Rule] = field(default_factory=list)
+    # The rules never change once loaded, so decisions are remembered (a bounded memo).
+    _decided: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def default(cls) -> Acl:
@@ -147,11 +148,16 @@ class Acl:
         return cls(rules)
 
     def allowed(self, account: str, repository: str) -> frozenset[str]:
-        for rule in self.rules:
-            granted = rule.grants(account, repository)
-            if granted is not None:
-                return granted
-        return frozenset()
+        decided = self._decided.get((account, repository))
+        if decided is None:
+            decided = next(
+                (g for g in (rule.grants(account, repository) for rule in self.rules) if g is not None),
+                frozenset(),
+            )
+            if len(self._decided) >= MAX_CACHED:
+                self._decided.clear()
+            self._decided[(account, repository)] = decided
+        return decided
 
 
 def parse_basic(value: str) -> tuple[str, str]:
@@ -174,17 +180,24 @@ class Logins:
         self.htpasswd = htpasswd
         self._key = secrets.token_bytes(32)
         self._verified: dict[bytes, float] = {}
+        self._pending: dict[bytes, asyncio.Future[bool]] = {}
 
     async def check(self, user: str, password: str) -> bool:
-        key = hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        key = hashlib.blake2b(f"{user}\0{password}".encode(), key=self._key, digest_size=32).digest()
         now = time.monotonic()
         if self._verified.get(key, 0.0) > now:
             return True
-        if not await asyncio.to_thread(self.htpasswd.verify, user, password):
+        # Sixteen connections arriving with the same new credentials share one bcrypt.
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self.htpasswd.verify, user, password))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        if not await asyncio.shield(pending):
             return False
         if len(self._verified) >= MAX_CACHED:
             self._verified.clear()
-        self._verified[key] = now + CACHE_SECONDS
+        self._verified[key] = time.monotonic() + CACHE_SECONDS
         return True
 
 
@@ -267,7 +280,7 @@ class BearerAccess:
         token = token.strip()
         if len(token) > MAX_BEARER:
             raise self.challenge(Caller(ANONYMOUS, None, base_url), None, "token too long", "invalid_token")
-        key = hmac.new(self._key, token.encode(), hashlib.sha256).digest()
+        key = hashlib.blake2b(token.encode(), key=self._key, digest_size=32).digest()
         claims = self._verified.get(key)
         if claims is None or claims.expires < time.time():
             try:
