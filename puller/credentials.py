@@ -25,6 +25,9 @@ DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io"
 class Credentials:
     username: str
     password: str
+    # A refresh token (docker's "identitytoken"): exchanged for access tokens with the
+    # OAuth2 refresh grant instead of sending a password.
+    identity_token: str | None = None
 
 
 class CredentialsError(PierError):
@@ -50,6 +53,8 @@ def _from_helper(helper: str, server: str) -> Credentials | None:
     if result.returncode != 0:
         return None  # the helper has nothing for this server
     answer = json.loads(result.stdout)
+    if answer.get("Username") == "<token>":  # docker's convention for an identity token
+        return Credentials("<token>", "", identity_token=answer.get("Secret", ""))
     return Credentials(answer.get("Username", ""), answer.get("Secret", ""))
 
 
@@ -72,6 +77,8 @@ def lookup(domain: str) -> Credentials | None:
         entry = auths.get(key)
         if not entry:
             continue
+        if entry.get("identitytoken"):
+            return Credentials(entry.get("username", ""), "", identity_token=str(entry["identitytoken"]))
         if entry.get("auth"):
             try:
                 username, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")

@@ -112,19 +112,35 @@ class Transport:
         if scheme != "bearer" or "realm" not in params:
             raise RegistryRequestError(f"{self.base_url} asked for unsupported auth: {challenge[:100]}")
         scopes = sorted(set(params.get("scope", "").split()) | set(scope.split()))
-        query: dict[str, str | list[str]] = {"service": params.get("service", ""), "scope": scopes}
-        auth = None
-        if self.credentials is not None:
-            auth = (self.credentials.username, self.credentials.password)
+        service = params.get("service", "")
+        credentials = self.credentials
         try:
-            answer = httpx.get(params["realm"], params=query, auth=auth, timeout=30, verify=self._ssl)
+            if credentials is not None and credentials.identity_token:
+                # docker's way with an identity token: the OAuth2 refresh grant, by POST.
+                form = {
+                    "grant_type": "refresh_token",
+                    "refresh_token": credentials.identity_token,
+                    "service": service,
+                    "scope": " ".join(scopes),
+                    "client_id": "pier",
+                }
+                answer = httpx.post(params["realm"], data=form, timeout=30, verify=self._ssl)
+            else:
+                query: dict[str, str | list[str]] = {"service": service, "scope": scopes}
+                auth = (credentials.username, credentials.password) if credentials is not None else None
+                answer = httpx.get(params["realm"], params=query, auth=auth, timeout=30, verify=self._ssl)
         except httpx.TransportError as exc:
             raise RegistryRequestError(f"token service {params['realm']} unreachable: {exc}") from None
         if answer.status_code != 200:
             raise RegistryRequestError(
                 f"token service {params['realm']} refused: {answer.status_code} {answer.text[:200]}"
             )
-        body = answer.json()
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise RegistryRequestError(f"token service {params['realm']} answered something other than JSON")
         token = body.get("token") or body.get("access_token")
         if not token:
             raise RegistryRequestError(f"token service {params['realm']} sent no token")

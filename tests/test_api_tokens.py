@@ -340,3 +340,30 @@ def test_inconsistent_auth_settings_stop_serve_with_one_line(tmp_path, args, mes
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_pier_client_uses_a_docker_identity_token(tokened, tmp_path) -> None:
+    """docker stores a refresh token as "identitytoken"; pier redeems it with the OAuth2 refresh grant."""
+    server, *_ = tokened
+    refresh = get_token(server, auth=basic("alice", "wonderland"), offline_token="true", client_id="docker")
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    auth = base64.b64encode(b"alice:").decode()
+    entry = {"auth": auth, "identitytoken": refresh["refresh_token"]}
+    (docker / "config.json").write_text(json.dumps({"auths": {server.host: entry}}))
+    pulled = run_pier(
+        tmp_path / "home", "pull", "-q", f"{server.host}/alice/private:v1", env={"DOCKER_CONFIG": str(docker)}
+    )
+    assert pulled.returncode == 0, pulled.stderr
+
+    entry["identitytoken"] = "not.a.token"
+    (docker / "config.json").write_text(json.dumps({"auths": {server.host: entry}}))
+    refused = run_pier(
+        tmp_path / "home2",
+        "pull",
+        "-q",
+        f"{server.host}/alice/private:v1",
+        env={"DOCKER_CONFIG": str(docker)},
+    )
+    assert refused.returncode == 1 and "invalid_grant" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
