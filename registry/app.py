@@ -66,6 +66,9 @@ _ACTIONS = {
 }
 
 
+_NEEDED = {action: frozenset({action}) for action in ("pull", "push", "delete")}
+
+
 class RegistryApp:
     def __init__(self, settings: Settings, driver: StorageDriver) -> None:
         self.settings = settings
@@ -170,7 +173,10 @@ class RegistryApp:
 
     async def _authorize(self, request: Request, handler: Handler | None, name: str | None) -> None:
         assert self.auth is not None
-        caller = await self.auth.identify(request.headers.get("authorization"), _base_url(request))
+        authorization = next((v for k, v in request.scope["headers"] if k == b"authorization"), None)
+        caller = await self.auth.identify(
+            authorization.decode("latin-1") if authorization is not None else None, lambda: _base_url(request)
+        )
         request.scope["pier.caller"] = caller
         action = _ACTIONS.get(getattr(handler, "__name__", ""), "push")
         if action == "registry":
@@ -179,7 +185,7 @@ class RegistryApp:
             self.auth.check_catalog(caller)
         else:
             assert name is not None
-            self.auth.authorize(caller, name, frozenset({action}))
+            self.auth.authorize(caller, name, _NEEDED[action])
 
     def _caller(self, request: Request) -> Caller:
         return request.scope.get("pier.caller") or Caller(ANONYMOUS)

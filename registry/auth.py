@@ -26,6 +26,7 @@ import logging
 import secrets
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,11 +202,11 @@ class Logins:
         return True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Caller:
     account: str  # a user name, or "anonymous"
     claims: Claims | None = None  # token auth: what the caller's token grants
-    base_url: str = ""  # where the request came in, for a token realm on this server
+    base_url: Callable[[], str] = str  # where the request came in (for a realm on this server), on demand
 
 
 class BasicAccess:
@@ -214,10 +215,17 @@ class BasicAccess:
     def __init__(self, logins: Logins, acl: Acl) -> None:
         self.logins = logins
         self.acl = acl
+        self._key = secrets.token_bytes(32)
+        self._known: dict[bytes, tuple[str, float]] = {}  # keyed hash of the header -> user, until
 
-    async def identify(self, authorization: str | None, base_url: str) -> Caller:
+    async def identify(self, authorization: str | None, base_url: Callable[[], str]) -> Caller:
         if not authorization:
             return Caller(ANONYMOUS)
+        # The same header again (the common case): no decoding, no bcrypt, one keyed hash.
+        key = hashlib.blake2b(authorization.encode(), key=self._key, digest_size=32).digest()
+        known = self._known.get(key)
+        if known is not None and known[1] > time.monotonic():
+            return Caller(known[0])
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "basic":
             raise self.challenge("unsupported authorization scheme")
@@ -227,6 +235,9 @@ class BasicAccess:
             raise self.challenge(str(exc)) from None
         if not await self.logins.check(user, password):
             raise self.challenge("invalid username or password")
+        if len(self._known) >= MAX_CACHED:
+            self._known.clear()
+        self._known[key] = (user, time.monotonic() + CACHE_SECONDS)
         return Caller(user)
 
     def challenge(self, detail: str) -> RegistryError:
@@ -271,7 +282,7 @@ class BearerAccess:
         self._key = secrets.token_bytes(32)
         self._verified: dict[bytes, Claims] = {}
 
-    async def identify(self, authorization: str | None, base_url: str) -> Caller:
+    async def identify(self, authorization: str | None, base_url: Callable[[], str]) -> Caller:
         if not authorization:
             return Caller(ANONYMOUS, None, base_url)
         scheme, _, token = authorization.partition(" ")
@@ -297,7 +308,7 @@ class BearerAccess:
     def challenge(
         self, caller: Caller, scope: str | None, detail: str, error: str | None = None
     ) -> RegistryError:
-        realm = self.realm or f"{caller.base_url}/auth/token"
+        realm = self.realm or f"{caller.base_url()}/auth/token"
         parts = [f'realm="{realm}"', f'service="{self.service}"']
         if scope:
             parts.append(f'scope="{scope}"')
