@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import fnmatch
 import hashlib
 import logging
+import re
 import secrets
 import time
 import tomllib
@@ -44,8 +46,22 @@ CACHE_SECONDS = 60.0
 MAX_CACHED = 4096
 MAX_HEADER = 4096
 MAX_BEARER = 16 * 1024
-# A real bcrypt hash for users who do not exist, so both paths cost the same time.
-_DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
+MAX_PENDING_LOGINS = 64
+# bcrypt gets threads of its own: a flood of logins must not starve storage I/O of the default pool.
+_BCRYPT = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="bcrypt")
+_DUMMIES: dict[int, bytes] = {}
+
+
+def _dummy_hash(like: bytes) -> bytes:
+    """A real bcrypt hash at the cost of ``like``: an unknown user takes as long as a known one."""
+    try:
+        cost = int(like[4:6])
+    except ValueError:
+        cost = 10
+    cost = min(max(cost, 4), 31)
+    if cost not in _DUMMIES:
+        _DUMMIES[cost] = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost))
+    return _DUMMIES[cost]
 
 
 class AuthConfigError(ValueError):
@@ -57,13 +73,13 @@ class Htpasswd:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._users: dict[str, bytes] = {}
         self._load()
 
     def _load(self) -> None:
         info = self.path.stat()
-        stamp = (info.st_mtime_ns, info.st_size)
+        stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_size)
         if stamp == self._stamp:
             return
         users = {}
@@ -92,8 +108,11 @@ class Htpasswd:
         return hashlib.sha256(hashed).hexdigest()[:16] if hashed else None
 
     def verify(self, user: str, password: str) -> bool:
-        hashed = self._current().get(user)
-        matched = bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH)
+        users = self._current()
+        hashed = users.get(user)
+        # bcrypt reads 72 bytes (htpasswd stored no more); an unknown user costs what a known one does.
+        secret = password.encode()[:72]
+        matched = bcrypt.checkpw(secret, hashed or _dummy_hash(next(iter(users.values()), b"$2y$10$")))
         return matched and hashed is not None
 
 
@@ -109,7 +128,7 @@ class Rule:
                 return None
         elif self.account != account:
             return None
-        pattern = self.repository.replace("${account}", account)
+        pattern = self.repository.replace("${account}", re.sub(r"([*?\[])", r"[\1]", account))
         return self.actions if fnmatch.fnmatchcase(repository, pattern) else None
 
 
@@ -184,14 +203,21 @@ class Logins:
         self._pending: dict[bytes, asyncio.Future[bool]] = {}
 
     async def check(self, user: str, password: str) -> bool:
-        key = hashlib.blake2b(f"{user}\0{password}".encode(), key=self._key, digest_size=32).digest()
+        key = hashlib.blake2b(
+            f"{len(user)}:{user}:{password}".encode(), key=self._key, digest_size=32
+        ).digest()
         now = time.monotonic()
         if self._verified.get(key, 0.0) > now:
             return True
         # Sixteen connections arriving with the same new credentials share one bcrypt.
         pending = self._pending.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(asyncio.to_thread(self.htpasswd.verify, user, password))
+            if len(self._pending) >= MAX_PENDING_LOGINS:  # a flood of guesses: refuse, do not queue
+                raise RegistryError(
+                    "TOOMANYREQUESTS", "too many logins at once", headers={"Retry-After": "1"}
+                )
+            loop = asyncio.get_running_loop()
+            pending = loop.run_in_executor(_BCRYPT, self.htpasswd.verify, user, password)
             self._pending[key] = pending
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         if not await asyncio.shield(pending):

@@ -62,6 +62,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._headers_deadline = self.loop.time() + self.header_timeout
         self._last_activity = self.loop.time()
         self._write_paused_since: float | None = None
+        self._write_buffered = 0  # bytes waiting for the client at the last check
+        self._fed_body = 0  # body bytes httptools delivered during the current feed
+        self._framing_run = 0  # bytes of a body message that were not body since the last body bytes
         self._watchdog: asyncio.TimerHandle | None = None
         self._arm_watchdog()
 
@@ -74,7 +77,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._last_activity = self.loop.time()
         was_reading_headers = self._reading_headers
+        was_in_body = self._in_body
+        self._fed_body = 0
         super().data_received(data)
+        # Chunk framing is a few bytes per chunk; a long run of anything else (chunked
+        # trailers, which httptools buffers until complete) is held to the header budget.
+        if was_in_body and self._in_body and not self._fed_body and not self.transport.is_closing():
+            self._framing_run += len(data)
+            if self._framing_run > self.max_header_size:
+                self._limit_hit = True
+                self.send_400_response("")
+                return
         # httptools buffers a header until it is complete, so an endless one is caught here.
         if was_reading_headers and self._reading_headers and not self.transport.is_closing():
             self._raw_header_bytes += len(data)
@@ -110,6 +123,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = False
         self._in_body = True
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._fed_body += len(body)
+        self._framing_run = 0
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -154,6 +172,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # Idle between requests: uvicorn's keep-alive timer normally closes it first.
             self._close("idle between requests")
             return
+        buffered = self.transport.get_write_buffer_size()
+        if self._write_paused_since is not None and buffered < self._write_buffered:
+            self._write_paused_since = now  # slow, but reading: only a client making no progress is cut
+        self._write_buffered = buffered
         if self._write_paused_since is not None and now - self._write_paused_since > self.idle_timeout:
             self._close("client stopped reading the response")
             return

@@ -202,6 +202,9 @@ class TokenServer:
         return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     def _refresh_token(self, user: str) -> str:
+        fingerprint = self.htpasswd.fingerprint(user)
+        if fingerprint is None:  # removed since the (cached) login: nothing to refresh for
+            raise TokenRequestError(400, "invalid_grant", "unknown user")
         now = int(time.time())
         return self.key.sign(
             {
@@ -211,7 +214,7 @@ class TokenServer:
                 "iat": now,
                 "exp": now + int(self.refresh_lifetime),
                 "jti": uuid.uuid4().hex,
-                "pwd": self.htpasswd.fingerprint(user),
+                "pwd": fingerprint,
             }
         )
 
@@ -233,6 +236,7 @@ class TokenServer:
             raise invalid from None
         user = claims["sub"]
         # Removed users and changed passwords revoke every refresh token issued before.
-        if not isinstance(user, str) or self.htpasswd.fingerprint(user) != claims.get("pwd"):
+        fingerprint = self.htpasswd.fingerprint(user) if isinstance(user, str) else None
+        if fingerprint is None or fingerprint != claims.get("pwd"):
             raise invalid
         return user

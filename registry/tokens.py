@@ -181,10 +181,17 @@ class TrustedKeys:
 
 
 def _check_issued_by(child: x509.Certificate, parent: x509.Certificate) -> None:
+    """``parent`` signed ``child``, and is a certificate authority valid now."""
     try:
         child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
+        constraints = parent.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         raise TokenError("the token's certificate chain does not verify") from None
+    if not constraints.ca:
+        raise TokenError("a certificate that is not a CA signed the token's certificate")
+    now = datetime.datetime.now(datetime.UTC)
+    if not parent.not_valid_before_utc <= now <= parent.not_valid_after_utc:
+        raise TokenError("a certificate of the token's chain is not valid now")
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:

@@ -89,6 +89,24 @@ def test_an_endless_header_is_refused_before_it_ends(strict) -> None:
     assert sent < 40 * 1024 * 1024  # at most what the kernel's socket buffers hold (tcp_rmem + tcp_wmem)
 
 
+def test_endless_chunked_trailers_are_cut_off(strict) -> None:
+    with socket.create_connection(("127.0.0.1", strict.port)) as sock:
+        sock.sendall(
+            b"PATCH /v2/limits/trailers/blobs/uploads/0123 HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: "
+        )
+        sent = 0
+        try:
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(b"a" * 4096)
+                sent += 4096
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        closed, _, _ = closed_within(sock, 5)
+    assert closed
+    assert sent < 40 * 1024 * 1024
+
+
 def test_headers_at_the_limit_are_fine(strict) -> None:
     headers = {f"x-h{i}": "v" for i in range(10)}  # httpx adds five of its own
     headers["x-pad"] = "p" * 6000

@@ -367,3 +367,24 @@ def test_pier_client_uses_a_docker_identity_token(tokened, tmp_path) -> None:
     )
     assert refused.returncode == 1 and "invalid_grant" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_no_refresh_token_for_a_removed_user_and_long_passwords_are_no_crash(tokened) -> None:
+    server, _, _, htpasswd = tokened
+    assert get_token(server, auth=basic("bob", "builder")).get("token")  # bob's login is now cached
+    original = htpasswd.read_text()
+    try:
+        write_htpasswd(htpasswd, {"alice": USERS["alice"]})
+        reply = httpx.get(
+            f"{server.url}/auth/token",
+            params={"service": "pier", "offline_token": "true", "client_id": "t"},
+            headers=basic("bob", "builder"),
+        )
+        assert reply.status_code == 400 and reply.json()["error"] == "invalid_grant"
+    finally:
+        htpasswd.write_text(original)
+    long = httpx.post(
+        f"{server.url}/auth/token",
+        data={"grant_type": "password", "username": "alice", "password": "a" * 100, "client_id": "t"},
+    )
+    assert long.status_code == 400 and long.json()["error"] == "invalid_grant"
