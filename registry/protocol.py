@@ -54,8 +54,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_bytes = 0
-        self._raw_header_bytes = 0
         self._header_count = 0
+        self._unparsed = 0  # bytes fed since the parser last made progress (ended headers, gave body)
+        self._progressed = False
         self._limit_hit = False
         self._reading_headers = True  # from a request's first byte (or the connection) to its headers' end
         self._in_body = False  # from the end of the headers to the end of the body
@@ -63,8 +64,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._last_activity = self.loop.time()
         self._write_paused_since: float | None = None
         self._write_buffered = 0  # bytes waiting for the client at the last check
-        self._fed_body = 0  # body bytes httptools delivered during the current feed
-        self._framing_run = 0  # bytes of a body message that were not body since the last body bytes
         self._watchdog: asyncio.TimerHandle | None = None
         self._arm_watchdog()
 
@@ -76,30 +75,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self.loop.time()
-        was_reading_headers = self._reading_headers
-        was_in_body = self._in_body
-        self._fed_body = 0
+        self._progressed = False
         super().data_received(data)
-        # Chunk framing is a few bytes per chunk; a long run of anything else (chunked
-        # trailers, which httptools buffers until complete) is held to the header budget.
-        if was_in_body and self._in_body and not self._fed_body and not self.transport.is_closing():
-            self._framing_run += len(data)
-            if self._framing_run > self.max_header_size:
-                self._limit_hit = True
-                self.send_400_response("")
-                return
-        # httptools buffers a header until it is complete, so an endless one is caught here.
-        if was_reading_headers and self._reading_headers and not self.transport.is_closing():
-            self._raw_header_bytes += len(data)
-            if self._raw_header_bytes > self.max_header_size:
-                self._limit_hit = True
-                self.send_400_response("")
+        # httptools buffers a header, or a chunked trailer, until it is complete: bytes that
+        # moved the parser no further are held to the header budget here, so an endless one
+        # is cut off before it ends.
+        if self._progressed or not (self._reading_headers or self._in_body) or self.transport.is_closing():
+            return
+        self._unparsed += len(data)
+        if self._unparsed > self.max_header_size:
+            self._limit_hit = True
+            self.send_400_response("")
+
+    def _progress(self) -> None:
+        self._progressed = True
+        self._unparsed = 0
 
     # -- header budget --------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        self._raw_header_bytes = 0
         self._header_count = 0
         self._reading_headers = True
         self._headers_deadline = self.loop.time() + self.header_timeout
@@ -122,15 +117,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_headers = False
         self._in_body = True
+        self._progress()
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        self._fed_body += len(body)
-        self._framing_run = 0
+        self._progress()
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._progress()
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
