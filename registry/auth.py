@@ -194,21 +194,26 @@ def parse_basic(value: str) -> tuple[str, str]:
 
 
 class Logins:
-    """Checks passwords against the htpasswd file, remembering good ones for a minute."""
+    """Checks passwords against the htpasswd file, remembering good ones for a minute.
+
+    Entries are keyed by the Basic credential as sent (its base64), so the common case, the
+    same header again, costs one keyed hash: no decoding, no bcrypt.
+    """
 
     def __init__(self, htpasswd: Htpasswd) -> None:
         self.htpasswd = htpasswd
         self._key = secrets.token_bytes(32)
-        self._verified: dict[bytes, float] = {}
+        self._verified: dict[bytes, tuple[str, float]] = {}  # keyed hash -> (user, until)
         self._pending: dict[bytes, asyncio.Future[bool]] = {}
 
-    async def check(self, user: str, password: str) -> bool:
-        key = hashlib.blake2b(
-            f"{len(user)}:{user}:{password}".encode(), key=self._key, digest_size=32
-        ).digest()
-        now = time.monotonic()
-        if self._verified.get(key, 0.0) > now:
-            return True
+    async def user_of(self, credentials: str) -> str | None:
+        """The user a Basic credential (``base64(user:password)``) proves; None for a wrong
+        password, ValueError for something that is not a Basic credential."""
+        key = hashlib.blake2b(credentials.encode(), key=self._key, digest_size=32).digest()
+        known = self._verified.get(key)
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
+        user, password = parse_basic(credentials)
         # Sixteen connections arriving with the same new credentials share one bcrypt.
         pending = self._pending.get(key)
         if pending is None:
@@ -221,11 +226,19 @@ class Logins:
             self._pending[key] = pending
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         if not await asyncio.shield(pending):
-            return False
+            return None
         if len(self._verified) >= MAX_CACHED:
             self._verified.clear()
-        self._verified[key] = time.monotonic() + CACHE_SECONDS
-        return True
+        self._verified[key] = (user, time.monotonic() + CACHE_SECONDS)
+        return user
+
+    async def check(self, user: str, password: str) -> bool:
+        """The same check for a user and password that came some other way (an OAuth2 form)."""
+        credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+        try:
+            return await self.user_of(credentials) == user
+        except ValueError:
+            return False
 
 
 @dataclass(slots=True)
@@ -241,29 +254,19 @@ class BasicAccess:
     def __init__(self, logins: Logins, acl: Acl) -> None:
         self.logins = logins
         self.acl = acl
-        self._key = secrets.token_bytes(32)
-        self._known: dict[bytes, tuple[str, float]] = {}  # keyed hash of the header -> user, until
 
     async def identify(self, authorization: str | None, base_url: Callable[[], str]) -> Caller:
         if not authorization:
             return Caller(ANONYMOUS)
-        # The same header again (the common case): no decoding, no bcrypt, one keyed hash.
-        key = hashlib.blake2b(authorization.encode(), key=self._key, digest_size=32).digest()
-        known = self._known.get(key)
-        if known is not None and known[1] > time.monotonic():
-            return Caller(known[0])
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "basic":
             raise self.challenge("unsupported authorization scheme")
         try:
-            user, password = parse_basic(value)
+            user = await self.logins.user_of(value.strip())
         except ValueError as exc:
             raise self.challenge(str(exc)) from None
-        if not await self.logins.check(user, password):
+        if user is None:
             raise self.challenge("invalid username or password")
-        if len(self._known) >= MAX_CACHED:
-            self._known.clear()
-        self._known[key] = (user, time.monotonic() + CACHE_SECONDS)
         return Caller(user)
 
     def challenge(self, detail: str) -> RegistryError:
