@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .servers import PierServer, free_port, stop_process, wait_http
+from .servers import PierServer, free_port, run_distribution
 from .skopeo import Skopeo
 from .tokens import TokenService, distribution_token_config
 
@@ -56,9 +55,6 @@ def repo(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def distribution(tmp_path):  # type: ignore[no-untyped-def]
     """Debian's docker-registry (distribution 2.8), the reference registry, on loopback."""
-    executable = shutil.which("docker-registry")
-    if executable is None:
-        pytest.fail("docker-registry is not installed (Debian: apt-get install docker-registry)")
     port = free_port()
     config = tmp_path / "distribution.yml"
     root = tmp_path / "distribution"
@@ -67,14 +63,8 @@ def distribution(tmp_path):  # type: ignore[no-untyped-def]
         f"storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\n"
     )
-    process = subprocess.Popen(
-        [executable, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v2/", process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_process(process)
+    with run_distribution(config, port) as host:
+        yield host
 
 
 @pytest.fixture
@@ -84,16 +74,10 @@ def token_registry(tmp_path):  # type: ignore[no-untyped-def]
     port = free_port()
     config = tmp_path / "distribution-token.yml"
     config.write_text(distribution_token_config(tmp_path / "distribution", port, tokens.realm, tokens.bundle))
-    process = subprocess.Popen(
-        [shutil.which("docker-registry") or "docker-registry", "serve", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        wait_http(f"http://127.0.0.1:{port}/v2/", process)
-        yield f"127.0.0.1:{port}", tokens
+        with run_distribution(config, port) as host:
+            yield host, tokens
     finally:
-        stop_process(process)
         tokens.stop()
 
 

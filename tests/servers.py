@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -97,3 +100,32 @@ class PierServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def run_distribution(config: Path, port: int) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.8) serving ``config`` on ``port``; yields HOST:PORT."""
+    import pytest
+
+    executable = shutil.which("docker-registry")
+    if executable is None:
+        pytest.fail("docker-registry is not installed (Debian: apt-get install docker-registry)")
+    process = subprocess.Popen(
+        [executable, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/", process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(process)
+
+
+def serve_refused(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pier serve ARGS`` expected to refuse its settings and exit at once."""
+    return subprocess.run(
+        [sys.executable, "-m", "registry", "serve", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )

@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 
 import httpx
 import pytest
 
 from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
 from .images import build_image
-from .servers import REPO_ROOT
+from .servers import serve_refused
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 ACL = """
@@ -178,20 +177,5 @@ def test_pier_client_logs_in_pushes_and_is_refused_where_it_may_not(secured, tmp
 def test_a_bad_htpasswd_file_stops_serve_with_one_line(tmp_path, content, message) -> None:
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(content)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "registry",
-            "serve",
-            "--root",
-            str(tmp_path / "d"),
-            "--htpasswd",
-            str(htpasswd),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
+    result = serve_refused(tmp_path / "d", "--htpasswd", str(htpasswd))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import time
 
 import httpx
@@ -18,7 +17,7 @@ from registry.tokens import key_id
 
 from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
 from .images import build_image
-from .servers import REPO_ROOT, PierServer
+from .servers import PierServer, serve_refused
 from .test_api_auth import ACL, USERS, basic
 from .tokens import write_signing_key
 
@@ -330,13 +329,7 @@ def test_inconsistent_auth_settings_stop_serve_with_one_line(tmp_path, args, mes
     htpasswd = write_htpasswd(tmp_path / "htpasswd", USERS)
     files = {"HTPASSWD": str(htpasswd), "KEY": str(key), "CERT": str(cert)}
     args = [files.get(a, a) for a in args]
-    result = subprocess.run(
-        [sys.executable, "-m", "registry", "serve", "--root", str(tmp_path / "d"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
+    result = serve_refused(tmp_path / "d", *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

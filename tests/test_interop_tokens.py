@@ -15,7 +15,7 @@ from registry.tokens import key_id
 
 from .helpers import run_pier, write_htpasswd
 from .images import build_image
-from .servers import PierServer, free_port, stop_process, wait_http
+from .servers import PierServer, free_port, run_distribution
 from .skopeo import COPY_FLAGS, Skopeo
 from .test_api_auth import ACL, USERS
 from .tokens import ISSUER, SERVICE, TokenService, distribution_token_config, write_signing_key
@@ -65,17 +65,10 @@ def distribution_behind_pier_tokens(tmp_path):  # type: ignore[no-untyped-def]
             issuer="pier-tokens",
         )
     )
-    executable = shutil.which("docker-registry")
-    if executable is None:
-        pytest.fail("docker-registry is not installed (Debian: apt-get install docker-registry)")
-    process = subprocess.Popen(
-        [executable, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     try:
-        wait_http(f"http://127.0.0.1:{port}/v2/", process)
-        yield f"127.0.0.1:{port}", tokens
+        with run_distribution(config, port) as host:
+            yield host, tokens
     finally:
-        stop_process(process)
         tokens.stop()
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import sys
 
 import httpx
 import pytest
 
 from .helpers import push_blob, push_manifest, run_pier
 from .images import build_image
-from .servers import REPO_ROOT
+from .servers import serve_refused
 from .tls import make_certificates
 
 
@@ -66,11 +65,5 @@ def test_serve_refuses_half_or_broken_tls_settings(tmp_path) -> None:
         (["--tls-cert", str(certificates.cert)], "go together"),
         (["--tls-cert", str(certificates.key), "--tls-key", str(certificates.key)], "unusable"),
     ):
-        result = subprocess.run(
-            [sys.executable, "-m", "registry", "serve", "--root", str(tmp_path / "d"), *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=60,
-        )
+        result = serve_refused(tmp_path / "d", *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
