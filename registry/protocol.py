@@ -64,6 +64,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._last_activity = self.loop.time()
         self._write_paused_since: float | None = None
         self._write_buffered = 0  # bytes waiting for the client at the last check
+        self._reply_then_close: bytes | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._arm_watchdog()
 
@@ -133,12 +134,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self._limit_hit:
             super().send_400_response(msg)
             return
-        log.warning("%s: request headers over the limit; connection closed", self._peer())
         detail = (
             f"request line and headers are limited to {self.max_header_size} bytes, {self.max_headers} fields"
         )
-        self.transport.write(_error(_TOO_LARGE, "SIZE_INVALID", detail))
-        self.transport.close()
+        self._close("request headers over the limit", _error(_TOO_LARGE, "SIZE_INVALID", detail))
 
     # -- stalled peers -----------------------------------------------------------
     def _arm_watchdog(self) -> None:
@@ -158,7 +157,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     _error(_TIMEOUT, "TIMEOUT", "request headers took too long"),
                 )
                 return
-        elif self._in_body and not self.flow.read_paused:  # the client's turn to send
+        elif self._in_body and not self.flow.read_paused and not getattr(cycle, "expect_100_continue", False):
+            # The client's turn to send (one waiting for "100 Continue" is waiting for the server).
             if now - self._last_activity > self.idle_timeout:
                 self._close("request body stalled")
                 return
@@ -187,9 +187,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _close(self, reason: str, reply: bytes = b"") -> None:
         log.warning("%s: %s; connection closed", self._peer(), reason)
+        cycle: Any = self.cycle
+        if reply and cycle is not None and not cycle.response_complete:
+            # A pipelined request went wrong while the one before it is still answered:
+            # finish that answer, then send this one and close (never one inside the other).
+            self._reply_then_close = reply
+            self.flow.pause_reading()
+            return
         if reply:
             self.transport.write(reply)
         self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._reply_then_close is not None and not self.transport.is_closing():
+            self.transport.write(self._reply_then_close)
+            self.transport.close()
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "client"

@@ -105,6 +105,17 @@ def test_an_endless_header_is_cut_off_before_it_ends(registry, preamble: bytes) 
     assert sent < 40 * 1024 * 1024  # at most what the kernel's socket buffers hold (tcp_rmem + tcp_wmem)
 
 
+def test_a_pipelined_oversized_request_is_answered_after_the_one_before(strict) -> None:
+    reply = exchange(
+        strict.port,
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    )
+    first, _, rest = reply.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert rest.startswith(b"{}HTTP/1.1 431"), rest[:200]  # the 200's body, then the 431
+
+
 def test_headers_at_the_limit_are_fine(strict) -> None:
     headers = {f"x-h{i}": "v" for i in range(10)}  # httpx adds five of its own
     headers["x-pad"] = "p" * 6000
