@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from storage_backends import StorageDriver
 
 from .access import build as build_security
-from .auth import ANONYMOUS, Caller
+from .auth import ACTION_ORDER, ANONYMOUS, Caller
 from .config import Settings
 from .errors import RegistryError
 from .http import (
@@ -66,7 +66,7 @@ _ACTIONS = {
 }
 
 
-_NEEDED = {action: frozenset({action}) for action in ("pull", "push", "delete")}
+_NEEDED = {action: frozenset({action}) for action in ACTION_ORDER}
 
 
 class RegistryApp:

@@ -40,7 +40,8 @@ from .tokens import Claims, TokenError, TokenVerifier
 log = logging.getLogger("pier.auth")
 
 ANONYMOUS = "anonymous"
-ACTIONS = frozenset({"pull", "push", "delete"})
+ACTION_ORDER = ("pull", "push", "delete")  # the order scopes list them in
+ACTIONS = frozenset(ACTION_ORDER)
 REALM = "pier"
 CACHE_SECONDS = 60.0
 MAX_CACHED = 4096
@@ -365,9 +366,7 @@ class BearerAccess:
         if needed <= self._granted(caller, "repository", repository):
             return
         # Ask for pull too when pushing, as distribution does: clients then get one token for both.
-        wanted = sorted(
-            needed | ({"pull"} if "push" in needed else set()), key=["pull", "push", "delete"].index
-        )
+        wanted = [a for a in ACTION_ORDER if a in needed or (a == "pull" and "push" in needed)]
         raise self.challenge(
             caller,
             f"repository:{repository}:{','.join(wanted)}",

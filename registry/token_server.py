@@ -20,7 +20,7 @@ import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .auth import ACTIONS, ANONYMOUS, REALM, Acl, Htpasswd, Logins
+from .auth import ACTION_ORDER, ACTIONS, ANONYMOUS, REALM, Acl, Htpasswd, Logins
 from .errors import RegistryError
 from .http import error_response, read_limited
 from .references import validate_name
@@ -30,7 +30,6 @@ log = logging.getLogger("pier.tokens")
 
 MAX_SCOPES = 32
 MAX_FORM = 64 * 1024
-_ORDER = ("pull", "push", "delete")
 
 
 class TokenRequestError(Exception):
@@ -172,7 +171,7 @@ class TokenServer:
             wanted = ACTIONS if "*" in asked else asked & ACTIONS
             allowed = wanted & self.acl.allowed(account, name)
             if allowed:
-                grants.append(Grant("repository", name, tuple(a for a in _ORDER if a in allowed)))
+                grants.append(Grant("repository", name, tuple(a for a in ACTION_ORDER if a in allowed)))
         return grants
 
     def _answer(
