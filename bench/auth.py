@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -120,12 +121,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each request-rate burst")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to cores")
     args = parser.parse_args()
     for tool in ("curl", "wrk"):
         if shutil.which(tool) is None:
             print(f"bench/auth.py needs {tool} (scripts/dev-setup installs it)", file=sys.stderr)
             return 1
 
+    # With two or more cores, servers run on core 1 and every client (this process's
+    # children) on core 0, so the two never take turns on one core.
+    pinned = len(os.sched_getaffinity(0)) >= 2 and not args.no_pin
+    if pinned:
+        os.sched_setaffinity(0, {0})
     work = Path(tempfile.mkdtemp(prefix="pier-bench-auth-"))
     try:
         htpasswd, key = write_credentials(work)
@@ -154,6 +161,9 @@ def main() -> int:
         for mode, extra in modes.items():
             (work / f"{mode}-data").symlink_to(work / "shared-data")
             servers[mode] = start_pier(mode, work, ["--max-inflight-requests", "4096", *extra])
+            if pinned:
+                for thread in os.listdir(f"/proc/{servers[mode].pid}/task"):
+                    os.sched_setaffinity(int(thread), {1})
         headers["open"] = {}
         headers["basic"] = {
             "Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
