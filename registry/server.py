@@ -6,10 +6,9 @@ import os
 
 import uvicorn
 
-from storage_backends import open_storage
-
 from . import protocol
 from .app import RegistryApp
+from .backend import open_driver
 from .config import Settings, load_settings, to_environ
 
 
@@ -17,7 +16,7 @@ def create_app(settings: Settings) -> RegistryApp:
     protocol.configure(
         settings.max_header_size, settings.max_headers, settings.header_timeout, settings.idle_timeout
     )
-    return RegistryApp(settings, open_storage(settings.root, fsync=settings.fsync))
+    return RegistryApp(settings, open_driver(settings))
 
 
 def app_from_environ() -> RegistryApp:
