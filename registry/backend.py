@@ -9,4 +9,16 @@ from .config import Settings
 
 def open_driver(settings: Settings) -> StorageDriver:
     """A local folder, or ``s3://BUCKET/PREFIX`` with boto3's standard settings."""
-    return open_storage(settings.root, fsync=settings.fsync)
+    if not settings.root.startswith("s3://"):
+        return open_storage(settings.root, fsync=settings.fsync)
+    if settings.s3_addressing_style not in ("auto", "path", "virtual"):
+        raise ValueError(
+            f"s3_addressing_style must be auto, path or virtual, not {settings.s3_addressing_style!r}"
+        )
+    return open_storage(
+        settings.root,
+        endpoint_url=settings.s3_endpoint_url or None,
+        region=settings.s3_region or None,
+        addressing_style=settings.s3_addressing_style,
+        part_size=settings.s3_part_size,
+    )

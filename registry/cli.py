@@ -44,6 +44,12 @@ _HELP = {
     "header_timeout": "time a client has to send a request's headers (default 30s)",
     "idle_timeout": "close a request whose body or response stalls this long (default 60s)",
     "max_upload_sessions": "open upload sessions per repository, else 429 (default 100)",
+    "s3_endpoint_url": "S3-compatible endpoint for --root s3://BUCKET/PREFIX (default: AWS_ENDPOINT_URL)",
+    "s3_region": "S3 region (default: AWS_DEFAULT_REGION or ~/.aws/config)",
+    "s3_addressing_style": "auto, path or virtual bucket addressing (default auto)",
+    "s3_part_size": "S3 multipart part size, at least 5MiB (default 8MiB)",
+    "redirect": "send blob GETs to a presigned storage URL with 307, on S3 (default false)",
+    "redirect_expiry": "lifetime of those presigned URLs (default 20m)",
 }
 
 

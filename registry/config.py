@@ -55,6 +55,12 @@ class Settings:
     header_timeout: float = 30.0  # from a request's first byte to the end of its headers
     idle_timeout: float = 60.0  # a request body, or the reading of a response, stalled this long
     max_upload_sessions: int = 100  # open upload sessions per repository; beyond it: 429
+    s3_endpoint_url: str = ""  # S3-compatible store ("": AWS_ENDPOINT_URL, else AWS)
+    s3_region: str = ""  # ("": AWS_DEFAULT_REGION / ~/.aws)
+    s3_addressing_style: str = "auto"  # auto, path or virtual
+    s3_part_size: int = 8 * 1024 * 1024  # multipart part size; memory per upload is ~5 parts
+    redirect: bool = False  # answer blob GETs with 307 to a presigned URL (S3)
+    redirect_expiry: float = 1200.0  # lifetime of those URLs
 
     @property
     def host(self) -> str:
@@ -75,6 +81,8 @@ FIELD_TYPES: dict[str, str] = {
     "token_refresh_lifetime": "duration",
     "header_timeout": "duration",
     "idle_timeout": "duration",
+    "s3_part_size": "size",
+    "redirect_expiry": "duration",
 }
 
 

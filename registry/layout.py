@@ -13,6 +13,13 @@
                                                    against the per-repository limit)
     _uploads/<id>/data                             bytes of an open upload session
     _uploads/<id>/info                             its repository and start time (JSON)
+    _gc/doomed/<alg>-<hex>                         written by ``pier gc`` before it deletes
+                                                   <alg>:<hex>; a manifest PUT referencing it
+                                                   (marker younger than DOOMED_MARKER_LIFETIME)
+                                                   is refused, so the client pushes it again
+    _quarantine/<alg>/<hex>/data                   a corrupt blob moved aside by ``pier fsck
+                                                   --repair``, never served again
+    _quarantine/<alg>/<hex>/note.json              its actual digest and when it was moved
 
 A repository exists once it has a ``_manifests`` or ``_layers`` folder. Every file is
 written atomically by the backend; content is immutable once committed. Names, tags,
@@ -26,10 +33,18 @@ from .references import Digest
 BLOBS = "blobs"
 REPOSITORIES = "repositories"
 UPLOADS = "_uploads"
+GC_DOOMED = "_gc/doomed"
+QUARANTINE = "_quarantine"
+# A doomed marker older than this is a leftover of a crashed GC: servers ignore it, GC removes it.
+DOOMED_MARKER_LIFETIME = 3600.0
 
 
 def blob_data(digest: Digest) -> str:
     return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+
+
+def blob_dir(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
 
 
 def repository(name: str) -> str:
@@ -38,6 +53,18 @@ def repository(name: str) -> str:
 
 def layer_link(name: str, digest: Digest) -> str:
     return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}/link"
+
+
+def layers_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_layers"
+
+
+def revisions_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/revisions"
+
+
+def referrers_root(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_referrers"
 
 
 def revision_link(name: str, digest: Digest) -> str:
@@ -82,3 +109,23 @@ def upload_markers(name: str) -> str:
 
 def upload_marker(name: str, upload_id: str) -> str:
     return f"{REPOSITORIES}/{name}/_uploads/{upload_id}"
+
+
+def doomed_marker_name(digest: Digest) -> str:
+    return f"{digest.algorithm}-{digest.hex}"
+
+
+def doomed_marker(digest: Digest) -> str:
+    return f"{GC_DOOMED}/{doomed_marker_name(digest)}"
+
+
+def quarantine_dir(digest: Digest) -> str:
+    return f"{QUARANTINE}/{digest.algorithm}/{digest.hex}"
+
+
+def quarantine_data(digest: Digest) -> str:
+    return f"{quarantine_dir(digest)}/data"
+
+
+def quarantine_note(digest: Digest) -> str:
+    return f"{quarantine_dir(digest)}/note.json"

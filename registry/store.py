@@ -156,7 +156,9 @@ class RegistryStore:
         if not await self.has_content(digest):
             await self.driver.put_content(layout.blob_data(digest), body)
         link = {"mediaType": manifest.media_type, "size": len(body)}
-        await self.driver.put_content(layout.revision_link(name, digest), json.dumps(link).encode())
+        revision = layout.revision_link(name, digest)
+        existed = await self.driver.exists(revision)
+        await self.driver.put_content(revision, json.dumps(link).encode())
         if manifest.subject is not None:
             descriptor = {"mediaType": manifest.media_type, "digest": str(digest), "size": len(body)}
             if manifest.artifact_type:
@@ -167,6 +169,30 @@ class RegistryStore:
                 layout.referrer_entry(name, manifest.subject.digest, digest),
                 json.dumps(descriptor).encode(),
             )
+        # The server's half of GC's handshake (see registry.gc): the revision link is written,
+        # now look for doomed markers. Either GC's second mark sees this link, or we see its
+        # marker and refuse, so the client pushes the blob again. One list, empty normally.
+        markers = await self.driver.list(layout.GC_DOOMED)
+        if markers:
+            import time
+
+            referenced = {digest, *(d.digest for d in manifest.blobs), *(d.digest for d in manifest.children)}
+            names = {layout.doomed_marker_name(d): d for d in referenced}
+            for marker in set(markers) & names.keys():
+                try:
+                    info = await self.driver.stat(f"{layout.GC_DOOMED}/{marker}")
+                except PathNotFound:
+                    continue
+                if time.time() - info.mtime >= layout.DOOMED_MARKER_LIFETIME:
+                    continue  # left by a crashed GC
+                if not existed:  # an older revision link is someone else's: GC's mark saw it
+                    if manifest.subject is not None:
+                        await self.driver.delete(layout.referrer_entry(name, manifest.subject.digest, digest))
+                    await self.driver.delete(revision.rsplit("/", 1)[0])
+                raise RegistryError(
+                    "MANIFEST_BLOB_UNKNOWN",
+                    f"{names[marker]} is being garbage-collected: push it again",
+                )
         for tag in tags:
             await self.driver.put_content(layout.tag_link(name, tag), str(digest).encode())
         self._manifests.put(digest, body)

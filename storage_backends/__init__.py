@@ -1,5 +1,7 @@
 """Storage backends for pier: one small interface, one implementation per medium."""
 
+from typing import Any
+
 from .base import (
     FileInfo,
     FileWriter,
@@ -24,8 +26,21 @@ __all__ = [
 ]
 
 
-def open_storage(location: str, *, fsync: bool = True) -> StorageDriver:
-    """Pick the backend for a ``--root`` value (a local folder for now)."""
+def open_storage(location: str, *, fsync: bool = True, **s3_options: Any) -> StorageDriver:
+    """Pick the backend for a ``--root`` value: a local folder, or ``s3://BUCKET/PREFIX``.
+
+    ``s3_options`` go to ``S3Driver`` (endpoint_url, region, addressing_style, part_size);
+    what they leave unset comes from boto3's own chain (``AWS_*`` variables, ~/.aws).
+    """
+    if location.startswith("s3://"):
+        from .s3 import S3Driver  # boto3 takes a while to import: only when asked for
+
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"no bucket in {location!r}: use s3://BUCKET or s3://BUCKET/PREFIX")
+        driver = S3Driver(bucket, prefix, **s3_options)
+        driver.check_bucket()
+        return driver
     if "://" in location and not location.startswith("file://"):
         scheme = location.split("://", 1)[0]
         raise ValueError(f"unsupported storage location {location!r}: no {scheme!r} backend")

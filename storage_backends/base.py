@@ -134,5 +134,13 @@ class StorageDriver(ABC):
             return False
         return True
 
+    async def url_for(self, path: str, expires: float) -> str | None:
+        """A URL a client may fetch ``path`` from directly, or None where there is none."""
+        return None
+
+    async def purge_incomplete(self, older_than: float) -> int:
+        """Remove invisible leftovers of writers that died before ``older_than`` (epoch seconds)."""
+        return 0
+
     async def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release clients and pools; the filesystem backend has none."""

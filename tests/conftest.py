@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .seaweed import SeaweedS3
 from .servers import PierServer, free_port, run_distribution
 from .skopeo import Skopeo
 from .tokens import TokenService, distribution_token_config
@@ -19,6 +20,14 @@ _names = itertools.count()
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PierServer]:
     """One pier server shared by the tests that only need the default settings."""
     server = PierServer(tmp_path_factory.mktemp("registry") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One real S3 server (SeaweedFS) for the session; each user takes a bucket of its own."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
     yield server
     server.stop()
 

@@ -1,0 +1,200 @@
+"""The storage contract, on every backend: the filesystem and S3 (a real SeaweedFS server)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import pytest
+
+from storage_backends import InvalidPath, PathNotFound, StorageDriver, WriterBusy, open_storage
+from storage_backends.s3 import MIN_PART, S3Driver
+
+from .seaweed import SeaweedS3
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+async def driver(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+    if request.param == "filesystem":
+        backend = open_storage(str(tmp_path / "root"))
+    else:
+        seaweed: SeaweedS3 = request.getfixturevalue("seaweed")
+        backend = s3_driver(seaweed, seaweed.new_bucket())
+    yield backend
+    await backend.close()
+
+
+def s3_driver(seaweed: SeaweedS3, bucket: str, **options) -> S3Driver:  # type: ignore[no-untyped-def]
+    os.environ.update(seaweed.env)
+    return open_storage(f"s3://{bucket}/some/prefix", addressing_style="path", **options)  # type: ignore[return-value]
+
+
+async def read_all(driver: StorageDriver, path: str, offset: int = 0, length: int | None = None) -> bytes:
+    return b"".join([chunk async for chunk in driver.reader(path, offset, length)])
+
+
+async def test_put_get_stat_list_delete(driver: StorageDriver) -> None:
+    await driver.put_content("a/b/c", b"hello")
+    await driver.put_content("a/b2", b"x")
+    assert await driver.get_content("a/b/c") == b"hello"
+    info = await driver.stat("a/b/c")
+    assert (info.size, info.is_dir) == (5, False)
+    assert abs(info.mtime - time.time()) < 120
+    assert (await driver.stat("a/b")).is_dir
+    assert await driver.list("a") == ["b", "b2"]
+    assert await driver.list("a/b") == ["c"]
+    assert await driver.list("missing") == []
+    await driver.delete("a/b")
+    assert await driver.list("a") == ["b2"]  # a sibling sharing the prefix survives
+    with pytest.raises(PathNotFound):
+        await driver.get_content("a/b/c")
+    with pytest.raises(PathNotFound):
+        await driver.stat("a/b")
+    await driver.delete("a/b")  # deleting what is gone is fine
+
+
+async def test_ranged_reads(driver: StorageDriver) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    await driver.put_content("blob", data)
+    assert await read_all(driver, "blob") == data
+    assert await read_all(driver, "blob", 1000, 2_000_000) == data[1000:2_001_000]
+    assert await read_all(driver, "blob", len(data) - 3) == data[-3:]
+    with pytest.raises(PathNotFound):
+        await read_all(driver, "nothing")
+
+
+async def test_writer_is_invisible_until_commit(driver: StorageDriver) -> None:
+    data = os.urandom(20 * 1024 * 1024 + 7)  # several multipart parts on S3
+    writer = await driver.writer("x/data")
+    for start in range(0, len(data), 3_000_000):
+        await writer.write(data[start : start + 3_000_000])
+    assert writer.size == len(data)
+    assert not await driver.exists("x/data")
+    assert await driver.list("x") == []
+    await writer.commit()
+    assert await read_all(driver, "x/data") == data
+
+    cancelled = await driver.writer("y/data")
+    await cancelled.write(os.urandom(9 * 1024 * 1024))
+    await cancelled.cancel()
+    assert not await driver.exists("y/data")
+    assert await driver.purge_incomplete(time.time() + 60) == 0  # the cancel left nothing behind
+
+
+async def test_append_is_exclusive_and_rolls_back(driver: StorageDriver) -> None:
+    await driver.put_content("up/data", b"")
+    first = await driver.writer("up/data", append=True)
+    with pytest.raises(WriterBusy):
+        await driver.writer("up/data", append=True)
+    await first.write(b"abc")
+    await first.commit()
+    second = await driver.writer("up/data", append=True)
+    assert second.size == 3
+    await second.write(b"never")
+    await second.cancel()
+    assert await driver.get_content("up/data") == b"abc"
+    assert (await driver.stat("up/data")).size == 3
+    with pytest.raises(PathNotFound):
+        await driver.writer("nothing/data", append=True)
+
+
+async def test_appends_of_any_size_add_up(driver: StorageDriver) -> None:
+    """Small chunks below S3's 5 MiB part minimum, big ones, and one that straddles it."""
+    await driver.put_content("up/data", b"")
+    expected = b""
+    for size in (1, 1_000_000, 3_000_000, 2_000_000, 7_000_000, 10, 6_000_000):
+        chunk = os.urandom(size)
+        writer = await driver.writer("up/data", append=True)
+        await writer.write(chunk)
+        await writer.commit()
+        expected += chunk
+        assert (await driver.stat("up/data")).size == len(expected)
+    assert await read_all(driver, "up/data") == expected
+    assert await read_all(driver, "up/data", 4_000_000, 5_000_000) == expected[4_000_000:9_000_000]
+    await driver.move("up/data", "blob/data")
+    assert await read_all(driver, "blob/data") == expected
+    assert not await driver.exists("up/data")
+
+
+async def test_synced_append_is_readable_before_commit(driver: StorageDriver) -> None:
+    await driver.put_content("up/data", b"")
+    writer = await driver.writer("up/data", append=True)
+    await writer.write(b"hello")
+    await writer.sync()
+    assert await driver.get_content("up/data") == b"hello"
+    await driver.move("up/data", "done/data")  # committing a blob while still holding the upload
+    await writer.commit()
+    assert await driver.get_content("done/data") == b"hello"
+    assert not await driver.exists("up/data")
+
+
+async def test_move_replaces_atomically(driver: StorageDriver) -> None:
+    await driver.put_content("src", b"new")
+    await driver.put_content("dst", b"old")
+    await driver.move("src", "dst")
+    assert await driver.get_content("dst") == b"new"
+    assert not await driver.exists("src")
+    with pytest.raises(PathNotFound):
+        await driver.move("src", "elsewhere")
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "", "a/\x00", ".hidden"])
+async def test_paths_that_could_escape_are_refused(driver: StorageDriver, path: str) -> None:
+    with pytest.raises(InvalidPath):
+        await driver.put_content(path, b"x")
+    with pytest.raises(InvalidPath):
+        await driver.stat(path)
+
+
+# -- S3 only ---------------------------------------------------------------------------
+
+
+async def test_s3_append_lock_of_a_dead_writer_expires(seaweed: SeaweedS3, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from storage_backends import s3
+
+    driver = s3_driver(seaweed, seaweed.new_bucket())
+    await driver.put_content("up/data", b"")
+    await driver.writer("up/data", append=True)  # never committed: its process "died"
+    with pytest.raises(WriterBusy):
+        await driver.writer("up/data", append=True)
+    monkeypatch.setattr(s3, "LOCK_LEASE", 0.0)
+    writer = await driver.writer("up/data", append=True)
+    await writer.write(b"ok")
+    await writer.commit()
+    assert await driver.get_content("up/data") == b"ok"
+
+
+async def test_s3_purge_aborts_multipart_uploads_of_dead_writers(seaweed: SeaweedS3) -> None:
+    driver = s3_driver(seaweed, seaweed.new_bucket())
+    writer = await driver.writer("big/data")
+    await writer.write(os.urandom(MIN_PART * 2))  # parts sent; the writer never commits
+    await asyncio_sleep_until_parts_done(writer)
+    client = seaweed.client()
+    assert client.list_multipart_uploads(Bucket=driver.bucket).get("Uploads")
+    assert await driver.purge_incomplete(time.time() - 3600) == 0  # too young to be a leftover
+    assert await driver.purge_incomplete(time.time() + 1) == 1
+    assert not client.list_multipart_uploads(Bucket=driver.bucket).get("Uploads")
+
+
+async def asyncio_sleep_until_parts_done(writer) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    await asyncio.gather(*writer._parts)
+
+
+async def test_s3_presigned_url_serves_the_object_and_only_with_its_signature(seaweed: SeaweedS3) -> None:
+    driver = s3_driver(seaweed, seaweed.new_bucket())
+    await driver.put_content("blobs/x/data", b"payload")
+    url = await driver.url_for("blobs/x/data", 60)
+    assert url is not None and url.startswith(seaweed.endpoint)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url)).content == b"payload"
+        tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        assert (await http.get(tampered)).status_code == 403
+
+
+async def test_s3_missing_bucket_fails_in_one_line(seaweed: SeaweedS3) -> None:
+    os.environ.update(seaweed.env)
+    with pytest.raises(ValueError, match="bucket 'no-such-bucket' does not exist"):
+        open_storage("s3://no-such-bucket/x", addressing_style="path")
