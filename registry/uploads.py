@@ -259,6 +259,9 @@ class Uploads:
         try:
             if body is not None:
                 await self._append(session, writer, body, content_range, content_length)
+            # Durable, and readable at the upload's path (S3 publishes its segment list here),
+            # before the digest may be derived from storage and the bytes become a blob.
+            await writer.sync()
             actual = await self._digest_of(session, digest.algorithm)
             if actual != digest:
                 await writer.commit()
@@ -268,7 +271,6 @@ class Uploads:
             if await self.store.has_content(digest):
                 await self.driver.delete(layout.upload_data(session.id))
             else:
-                await writer.sync()  # durable before it becomes visible
                 await self.driver.move(layout.upload_data(session.id), layout.blob_data(digest))
             await self.store.link_blob(session.name, digest)
         finally:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -11,15 +11,51 @@ import pytest
 from .seaweed import SeaweedS3
 from .servers import PierServer, free_port, run_distribution
 from .skopeo import Skopeo
+from .storeview import LocalStorage, S3Storage, Storage
 from .tokens import TokenService, distribution_token_config
 
 _names = itertools.count()
 
 
+# The registry's own suites run on every storage backend; the client's only on the default.
+STORAGE_SUITES = ("test_api_", "test_interop_skopeo", "test_replicas", "test_gc", "test_fsck")
+BACKENDS = ("filesystem", "s3")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        backends = BACKENDS if module.startswith(STORAGE_SUITES) else BACKENDS[:1]
+        metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PierServer]:
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def new_storage(request: pytest.FixtureRequest, backend: str) -> Callable[[Path], Storage]:
+    """Fresh storage on this run's backend; one folder names one store (replicas share it)."""
+    buckets: dict[Path, Storage] = {}
+
+    def make(folder: Path) -> Storage:
+        if backend == "filesystem":
+            return LocalStorage(str(folder))
+        if folder not in buckets:
+            seaweed: SeaweedS3 = request.getfixturevalue("seaweed")
+            location = f"s3://{seaweed.new_bucket()}/pier"
+            buckets[folder] = S3Storage(location, seaweed.env, seaweed.client())
+        return buckets[folder]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory, new_storage) -> Iterator[PierServer]:  # type: ignore[no-untyped-def]
     """One pier server shared by the tests that only need the default settings."""
-    server = PierServer(tmp_path_factory.mktemp("registry") / "data").start()
+    folder = tmp_path_factory.mktemp("registry") / "data"
+    server = PierServer(folder, storage=new_storage(folder)).start()
     yield server
     server.stop()
 
@@ -33,12 +69,16 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture
-def start_registry(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
-    """Start pier servers with their own settings; all of them stop after the test."""
+def start_registry(tmp_path, new_storage) -> Iterator:  # type: ignore[no-untyped-def]
+    """Start pier servers with their own settings; all of them stop after the test.
+
+    Servers given the same ``root`` share one store (on S3: one bucket).
+    """
     started: list[PierServer] = []
 
     def start(*args: str, root=None, env=None) -> PierServer:  # type: ignore[no-untyped-def]
-        server = PierServer(root or tmp_path / f"data{len(started)}", *args, env=env)
+        folder = root or tmp_path / f"data{len(started)}"
+        server = PierServer(folder, *args, env=env, storage=new_storage(folder))
         started.append(server)
         return server.start()
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from .storeview import LocalStorage, Storage
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,11 +52,20 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
 class PierServer:
     """``pier serve`` in its own process, with a log file to read when a test fails."""
 
-    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        storage: Storage | None = None,
+    ):
+        """``root`` is the data folder, unless ``storage`` puts the data elsewhere (S3)."""
         self.root = Path(root)
+        self.storage = storage or LocalStorage(str(self.root))
         self.port = port or free_port()
         self.args = args
-        self.env = env or {}
+        self.env = {**self.storage.env, **(env or {})}
         self.log_path = self.root.parent / f"pier-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
@@ -78,7 +89,7 @@ class PierServer:
             "--addr",
             self.host,
             "--root",
-            str(self.root),
+            self.storage.location,
             "--access-log",
             "false",
             *self.args,

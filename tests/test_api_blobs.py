@@ -5,16 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from pathlib import Path
 
 import httpx
 
 from .oci import error_codes, push_blob, sha256
-
-
-def blob_path(root: Path, digest: str) -> Path:
-    algorithm, hexpart = digest.split(":")
-    return root / "blobs" / algorithm / hexpart[:2] / hexpart / "data"
+from .storeview import blob_data_path
 
 
 async def test_base_endpoint_announces_api_version(client: httpx.AsyncClient) -> None:
@@ -86,8 +81,8 @@ async def test_digest_mismatch_stores_nothing(client: httpx.AsyncClient, registr
     assert response.status_code == 400
     assert error_codes(response) == ["DIGEST_INVALID"]
     assert (await client.head(f"/v2/{repo}/blobs/{claimed}")).status_code == 404
-    assert not blob_path(registry.root, claimed).exists()
-    assert not blob_path(registry.root, sha256(b"other bytes")).exists()
+    assert not registry.storage.exists(blob_data_path(claimed))
+    assert not registry.storage.exists(blob_data_path(sha256(b"other bytes")))
 
 
 async def test_malformed_and_unsupported_digests(client: httpx.AsyncClient, repo: str) -> None:
@@ -124,7 +119,7 @@ async def test_body_shorter_than_content_length_stores_nothing(
         reply = sock.recv(4096)
     assert not reply.startswith(b"HTTP/1.1 201")
     assert (await client.head(f"/v2/{repo}/blobs/{sha256(data)}")).status_code == 404
-    assert not blob_path(registry.root, sha256(data)).exists()
+    assert not registry.storage.exists(blob_data_path(sha256(data)))
 
 
 async def test_blob_is_stored_once_across_repositories(
@@ -133,9 +128,9 @@ async def test_blob_is_stored_once_across_repositories(
     data = os.urandom(10_000)
     digest = await push_blob(client, f"{repo}/one", data)
     await push_blob(client, f"{repo}/two", data)
-    assert blob_path(registry.root, digest).read_bytes() == data
-    copies = [p for p in registry.root.rglob("*") if p.is_file() and p.stat().st_size == len(data)]
-    assert copies == [blob_path(registry.root, digest)]
+    assert registry.storage.read(blob_data_path(digest)) == data
+    copies = [path for path, size in registry.storage.files().items() if size == len(data)]
+    assert copies == [blob_data_path(digest)]
 
 
 async def test_repository_reads_only_its_own_blobs(client: httpx.AsyncClient, repo: str) -> None:

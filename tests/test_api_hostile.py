@@ -62,6 +62,7 @@ async def test_traversal_through_encoded_paths_is_impossible(registry, client: h
         status, reply = raw_request(registry.port, path.encode())
         assert status in (400, 404), (path, reply[:200])
     assert not (registry.root.parent / "etc").exists()
+    assert all(path.startswith(("blobs/", "repositories/", "_uploads/")) for path in registry.storage.files())
 
 
 async def test_longest_valid_name_works(client: httpx.AsyncClient) -> None:
@@ -168,8 +169,8 @@ async def test_storage_failure_answers_in_the_spec_format(start_registry) -> Non
         image = make_image(layer_sizes=(10,))
         await push_image(http, "broken/store", image)
         # The stored manifest link is replaced by garbage: the server must not crash or leak a trace.
-        link = next((server.root / "repositories/broken/store/_manifests/revisions").rglob("link"))
-        link.write_bytes(b"\x00not json")
+        links = server.storage.files("repositories/broken/store/_manifests/revisions")
+        server.storage.write(next(path for path in links if path.endswith("/link")), b"\x00not json")
         response = await http.get("/v2/broken/store/manifests/latest")
         assert response.status_code == 500
         assert error_codes(response) == ["UNKNOWN"]

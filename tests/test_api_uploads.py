@@ -10,6 +10,7 @@ import socket
 import httpx
 
 from .oci import error_codes, push_blob, sha256
+from .storeview import blob_data_path
 
 
 async def start_session(client: httpx.AsyncClient, repo: str, **params: str) -> str:
@@ -129,12 +130,18 @@ async def test_truncated_chunk_leaves_session_intact(registry, client: httpx.Asy
         await asyncio.sleep(0.05)
     assert status.headers["range"] == "0-99"
     rest = b"c" * 50
-    done = await client.put(
-        location,
-        params={"digest": sha256(b"a" * 100 + rest)},
-        content=rest,
-        headers={"Content-Range": "100-149"},
-    )
+    for _ in range(50):
+        done = await client.put(
+            location,
+            params={"digest": sha256(b"a" * 100 + rest)},
+            content=rest,
+            headers={"Content-Range": "100-149"},
+        )
+        # Until the server notices the hang-up, the broken request still holds the session
+        # (on S3 its stored size never showed the 10 bytes): 416, and the client tries again.
+        if done.status_code != 416:
+            break
+        await asyncio.sleep(0.05)
     assert done.status_code == 201, done.text
 
 
@@ -270,7 +277,7 @@ async def test_abandoned_sessions_expire(start_registry) -> None:
         response = await http.get(location)
         assert response.status_code == 404
         assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
-    assert list((server.root / "_uploads").iterdir()) == []
+    assert server.storage.files("_uploads") == {}
 
 
 async def test_killed_server_leaves_no_partial_blob(start_registry, tmp_path) -> None:
@@ -289,8 +296,9 @@ async def test_killed_server_leaves_no_partial_blob(start_registry, tmp_path) ->
     again = start_registry(root=root)
     async with httpx.AsyncClient(base_url=again.url) as http:
         assert (await http.head(f"/v2/crash/repo/blobs/{digest}")).status_code == 404
-    visible = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
-    assert not any(p.name == "data" and p.parent.name == digest.split(":")[1] for p in visible)
+    assert not again.storage.exists(blob_data_path(digest))
+    leftovers = [p for p in again.storage.files("blobs") if not p.rsplit("/", 1)[-1].startswith(".tmp-")]
+    assert leftovers == []  # at most a hidden temporary file on disk; nothing at all on S3
 
 
 async def test_worker_processes_share_uploads(start_registry) -> None:

@@ -34,6 +34,7 @@ from .images import (
 )
 from .servers import PierServer
 from .skopeo import COPY_FLAGS, TIMEOUT, Skopeo
+from .storeview import Storage
 
 
 @pytest.fixture
@@ -205,13 +206,15 @@ def test_delete_removes_the_manifest(
     assert b"manifest unknown" in missing.stderr.lower()
 
 
-def _stored_blobs(root: Path) -> dict[str, Path]:
-    """digest -> data file, read from pier's layout ``blobs/<alg>/<hex[:2]>/<hex>/data``."""
+def _stored_blobs(storage: Storage) -> dict[str, str]:
+    """digest -> data path, read from pier's layout ``blobs/<alg>/<hex[:2]>/<hex>/data``."""
     found = {}
-    for data in (root / "blobs").glob("*/*/*/data"):
-        algorithm, prefix, hex_ = data.parts[-4:-1]
-        assert hex_.startswith(prefix), data
-        found[f"{algorithm}:{hex_}"] = data
+    for path in storage.files("blobs"):
+        parts = path.split("/")
+        if len(parts) == 5 and parts[4] == "data":
+            algorithm, prefix, hex_ = parts[1:4]
+            assert hex_.startswith(prefix), path
+            found[f"{algorithm}:{hex_}"] = path
     return found
 
 
@@ -229,18 +232,20 @@ def test_a_base_layer_shared_by_two_repositories_is_stored_once(
     skopeo.push(first.layout, "v1", repo, server=server)
     skopeo.push(second.layout, "v1", other_repo, server=server)
 
-    stored = _stored_blobs(server.root)
+    stored = _stored_blobs(server.storage)
     expected = {image.digest for image in (first, second)} | {b.digest for b in (*first.blobs, *second.blobs)}
     assert sorted(stored) == sorted(expected), "blob storage holds exactly the distinct digests"
     for digest, data in stored.items():
         algorithm, hex_ = digest.split(":")
-        assert hashlib.new(algorithm, data.read_bytes()).hexdigest() == hex_, f"{data} is not {digest}"
-    same_size = [p for p in server.root.rglob("*") if p.is_file() and p.stat().st_size == base.size]
-    copies = [p for p in same_size if p.read_bytes() == base.read()]
+        assert hashlib.new(algorithm, server.storage.read(data)).hexdigest() == hex_, (
+            f"{data} is not {digest}"
+        )
+    same_size = [p for p, size in server.storage.files().items() if size == base.size]
+    copies = [p for p in same_size if server.storage.read(p) == base.read()]
     assert copies == [stored[base.digest]], "the base layer's bytes exist once in the whole storage"
     for name in (repo, other_repo):
-        link = server.root / "repositories" / name / "_layers" / "sha256" / base.digest.split(":")[1] / "link"
-        assert link.is_file(), f"{name} does not link the shared base layer"
+        link = f"repositories/{name}/_layers/sha256/{base.digest.split(':')[1]}/link"
+        assert server.storage.exists(link), f"{name} does not link the shared base layer"
 
     # Each repository serves the shared layer: pulling the second image back gives it whole.
     skopeo.pull(other_repo, "v1", tmp_path / "out", server=server)
