@@ -333,6 +333,15 @@ class RegistryApp:
         headers["content-length"] = str(length)
         if request.method == "HEAD":
             return Response(b"", status, headers)
+        if self.settings.redirect:
+            url = await self.store.blob_url(parsed, self.settings.redirect_expiry)
+            if url is not None:  # the client fetches (and ranges) straight from the storage
+                redirect = {
+                    "location": url,
+                    "docker-content-digest": str(parsed),
+                    "cache-control": "no-store",
+                }
+                return Response(b"", 307, redirect)
         return StreamingResponse(self.store.read_blob(parsed, offset, length), status, headers)
 
     async def delete_blob(self, request: Request, name: str, digest: str) -> Response:

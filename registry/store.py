@@ -85,6 +85,10 @@ class RegistryStore:
     def read_blob(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.driver.reader(layout.blob_data(digest), offset, length)
 
+    async def blob_url(self, digest: Digest, expires: float) -> str | None:
+        """A short-lived URL of the blob's bytes in the storage itself, where it has one (S3)."""
+        return await self.driver.url_for(layout.blob_data(digest), expires)
+
     async def has_content(self, digest: Digest) -> bool:
         return await self.driver.exists(layout.blob_data(digest))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from unittest import mock
 
 import httpx
 import pytest
@@ -26,8 +27,9 @@ async def driver(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-u
 
 
 def s3_driver(seaweed: SeaweedS3, bucket: str, **options) -> S3Driver:  # type: ignore[no-untyped-def]
-    os.environ.update(seaweed.env)
-    return open_storage(f"s3://{bucket}/some/prefix", addressing_style="path", **options)  # type: ignore[return-value]
+    """Configured as a server would be: through boto3's standard environment variables."""
+    with mock.patch.dict(os.environ, seaweed.env):
+        return open_storage(f"s3://{bucket}/some/prefix", addressing_style="path", **options)  # type: ignore[return-value]
 
 
 async def read_all(driver: StorageDriver, path: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -139,7 +141,9 @@ async def test_move_replaces_atomically(driver: StorageDriver) -> None:
         await driver.move("src", "elsewhere")
 
 
-@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "", "a/\x00", ".hidden"])
+@pytest.mark.parametrize(
+    "path", ["../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "", "a/\x00", ".hidden"]
+)
 async def test_paths_that_could_escape_are_refused(driver: StorageDriver, path: str) -> None:
     with pytest.raises(InvalidPath):
         await driver.put_content(path, b"x")
@@ -194,7 +198,13 @@ async def test_s3_presigned_url_serves_the_object_and_only_with_its_signature(se
         assert (await http.get(tampered)).status_code == 403
 
 
-async def test_s3_missing_bucket_fails_in_one_line(seaweed: SeaweedS3) -> None:
-    os.environ.update(seaweed.env)
+async def test_s3_missing_bucket_or_wrong_secret_fails_in_one_line(seaweed: SeaweedS3) -> None:
     with pytest.raises(ValueError, match="bucket 'no-such-bucket' does not exist"):
-        open_storage("s3://no-such-bucket/x", addressing_style="path")
+        s3_driver(seaweed, "no-such-bucket")
+    bucket = seaweed.new_bucket()
+    wrong = {**seaweed.env, "AWS_SECRET_ACCESS_KEY": "wrong"}
+    with (
+        mock.patch.dict(os.environ, wrong),
+        pytest.raises(ValueError, match=f"bucket '{bucket}' is not usable"),
+    ):
+        open_storage(f"s3://{bucket}", addressing_style="path")
