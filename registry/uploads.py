@@ -155,7 +155,8 @@ class Uploads:
         await self.driver.delete(layout.upload_dir(upload_id))
 
     async def purge_expired(self) -> int:
-        """Delete sessions idle for longer than the timeout; returns how many."""
+        """Delete sessions idle for longer than the timeout, and invisible leftovers of dead
+        writers as old; returns how many."""
         purged = 0
         now = time.time()
         for upload_id in await self.driver.list(layout.UPLOADS):
@@ -170,6 +171,8 @@ class Uploads:
             if idle > self.session_timeout:
                 await self.cancel_id(upload_id)
                 purged += 1
+        # Writes of processes that died mid-request (S3: multipart uploads, billed until aborted).
+        purged += await self.driver.purge_incomplete(now - self.session_timeout)
         return purged
 
     # -- appending ---------------------------------------------------------------

@@ -300,3 +300,27 @@ class FilesystemDriver(StorageDriver):
 
     async def delete(self, path: str) -> None:
         await asyncio.to_thread(self._delete, path)
+
+    def _purge_incomplete(self, older_than: float) -> int:
+        removed = 0
+        for folder, dirs, files in os.walk(self.root):
+            for name in [*files, *dirs]:
+                if not name.startswith(".tmp-"):
+                    continue
+                full = os.path.join(folder, name)
+                try:
+                    if os.lstat(full).st_mtime >= older_than:
+                        continue
+                    if name in dirs:
+                        shutil.rmtree(full, ignore_errors=True)
+                    else:
+                        os.unlink(full)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+            dirs[:] = [d for d in dirs if not d.startswith(".tmp-")]
+        return removed
+
+    async def purge_incomplete(self, older_than: float) -> int:
+        """Remove temporary files of writers killed mid-write (``.tmp-*``) older than the cutoff."""
+        return await asyncio.to_thread(self._purge_incomplete, older_than)

@@ -29,6 +29,10 @@ class Storage:
     def exists(self, path: str) -> bool:
         return path in self.files(path)
 
+    def incomplete_writes(self) -> list[str]:
+        """What writers killed mid-write left behind, invisible to readers."""
+        raise NotImplementedError
+
 
 class LocalStorage(Storage):
     @property
@@ -45,6 +49,9 @@ class LocalStorage(Storage):
 
     def read(self, path: str) -> bytes:
         return (self.root / path).read_bytes()
+
+    def incomplete_writes(self) -> list[str]:
+        return [path for path in self.files() if path.rsplit("/", 1)[-1].startswith(".tmp-")]
 
     def write(self, path: str, data: bytes) -> None:
         (self.root / path).write_bytes(data)
@@ -67,6 +74,10 @@ class S3Storage(Storage):
                 if not under or path == under or path.startswith(under.rstrip("/") + "/"):
                     found[path] = item["Size"]
         return found
+
+    def incomplete_writes(self) -> list[str]:
+        uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
+        return [upload["Key"] for upload in uploads.get("Uploads", [])]
 
     def read(self, path: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self.prefix + path)["Body"].read()
