@@ -140,3 +140,45 @@ def serve_refused(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=REPO_ROOT,
         timeout=60,
     )
+
+
+@contextlib.contextmanager
+def run_round_robin(upstreams: list[str], folder: Path) -> Iterator[str]:
+    """Debian's nginx balancing requests (not connections) over ``upstreams``; yields HOST:PORT.
+
+    No keep-alive to the upstreams and no buffering, so consecutive requests of one client
+    land on alternating replicas and bodies stream through as they arrive.
+    """
+    import pytest
+
+    executable = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(executable):
+        pytest.fail("nginx is not installed (Debian: apt-get install nginx-light); the replica tests need it")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    servers = "".join(f"server {upstream};" for upstream in upstreams)
+    temp = "".join(f"{name}_temp_path {folder / name}; " for name in ("fastcgi", "uwsgi", "scgi", "proxy"))
+    config = folder / "nginx.conf"
+    config.write_text(
+        f"daemon off; master_process on; worker_processes 1; user root root;\n"
+        f"pid {folder / 'nginx.pid'}; error_log {folder / 'error.log'} warn;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        f"  access_log off; client_body_temp_path {folder / 'body'}; {temp}\n"
+        f"  upstream replicas {{ {servers} }}\n"
+        f"  server {{ listen 127.0.0.1:{port};\n"
+        "    client_max_body_size 0; proxy_request_buffering off; proxy_buffering off;\n"
+        "    proxy_http_version 1.1; proxy_set_header Host $http_host; proxy_next_upstream off;\n"
+        "    location / { proxy_pass http://replicas; } }\n"
+        "}\n"
+    )
+    process = subprocess.Popen(
+        [executable, "-c", str(config), "-p", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/", process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(process)
