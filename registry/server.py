@@ -11,12 +11,14 @@ from .app import RegistryApp
 from .backend import open_driver
 from .config import Settings, load_settings, to_environ
 
+S3_START_WAIT = 20.0  # seconds a starting server waits for its S3 store to answer
+
 
 def create_app(settings: Settings) -> RegistryApp:
     protocol.configure(
         settings.max_header_size, settings.max_headers, settings.header_timeout, settings.idle_timeout
     )
-    return RegistryApp(settings, open_driver(settings))
+    return RegistryApp(settings, open_driver(settings, wait=S3_START_WAIT))
 
 
 def app_from_environ() -> RegistryApp:

@@ -38,8 +38,9 @@ def open_storage(location: str, *, fsync: bool = True, **s3_options: Any) -> Sto
         bucket, _, prefix = location.removeprefix("s3://").partition("/")
         if not bucket:
             raise ValueError(f"no bucket in {location!r}: use s3://BUCKET or s3://BUCKET/PREFIX")
+        wait = s3_options.pop("wait", 0.0)
         driver = S3Driver(bucket, prefix, **s3_options)
-        driver.check_bucket()
+        driver.check_bucket(wait)
         return driver
     if "://" in location and not location.startswith("file://"):
         scheme = location.split("://", 1)[0]

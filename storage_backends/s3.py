@@ -97,16 +97,30 @@ class S3Driver(StorageDriver):
         )
         self._pool = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="pier-s3")
 
-    def check_bucket(self) -> None:
-        """Fail at start, in one line, when the bucket is missing or the credentials are wrong."""
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            code = _code(exc)
-            reason = "does not exist" if code in _MISSING | {"NoSuchBucket"} else f"is not usable ({code})"
-            raise ValueError(f"S3 bucket {self.bucket!r} {reason}") from None
-        except BotoCoreError as exc:
-            raise ValueError(f"S3 is not reachable: {exc}") from None
+    def check_bucket(self, wait: float = 0.0) -> None:
+        """Fail at start, in one line, when the bucket is missing or the credentials are wrong.
+
+        S3 that is not answering yet, or a bucket not there yet, is waited for up to ``wait``
+        seconds: a registry often starts beside its store (compose, a pod, a quickstart).
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+                return
+            except ClientError as exc:
+                code = _code(exc)
+                missing = code in _MISSING | {"NoSuchBucket"}
+                if missing and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                reason = "does not exist" if missing else f"is not usable ({code})"
+                raise ValueError(f"S3 bucket {self.bucket!r} {reason}") from None
+            except BotoCoreError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                raise ValueError(f"S3 is not reachable: {exc}") from None
 
     # -- plumbing ------------------------------------------------------------------
     def key(self, path: str) -> str:
