@@ -190,8 +190,24 @@ class S3Driver(StorageDriver):
         return _Segments(body), response["ETag"]
 
     # -- small files ---------------------------------------------------------------
+    def _get_whole(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise StorageError(f"S3 GET {key}: {exc}") from None
+        with contextlib.closing(response["Body"]) as body:
+            return body.read(), response["Metadata"]
+
     async def get_content(self, path: str) -> bytes:
-        return b"".join([chunk async for chunk in self.reader(path)])
+        # One trip to the thread pool for the request and the body: links and tags are tiny.
+        found = await self._call(self._get_whole, key=self.key(path))
+        if found is None:
+            raise PathNotFound(path)
+        if found[1].get(APPEND_MARK) == "1":
+            return b"".join([chunk async for chunk in self.reader(path)])
+        return found[0]
 
     async def put_content(self, path: str, data: bytes) -> None:
         await self._put(self.key(path), data)
