@@ -129,16 +129,22 @@ class S3Driver(StorageDriver):
     def _dir_prefix(self, path: str) -> str:
         return self.key(path) + "/" if path else self.prefix
 
-    async def _call(self, function: Callable[..., T], /, **kwargs: Any) -> T:
+    async def _call(self, function: Callable[..., T], /, raw: bool = False, **kwargs: Any) -> T:
+        """Run one boto3 call in the pool. S3's refusals become ``StorageError`` unless ``raw``:
+        callers that tell one refusal from another (missing key, failed precondition) ask for it."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, partial(function, **kwargs))
         except BotoCoreError as exc:
             raise StorageError(f"S3: {exc}") from None
+        except ClientError as exc:
+            if raw:
+                raise
+            raise StorageError(f"S3 refused {getattr(function, '__name__', 'a call')}: {exc}") from None
 
     async def _head(self, key: str) -> dict[str, Any] | None:
         try:
-            return await self._call(self.client.head_object, Bucket=self.bucket, Key=key)
+            return await self._call(self.client.head_object, raw=True, Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
@@ -149,7 +155,7 @@ class S3Driver(StorageDriver):
         if range_:
             kwargs["Range"] = range_
         try:
-            return await self._call(self.client.get_object, **kwargs)
+            return await self._call(self.client.get_object, raw=True, **kwargs)
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
@@ -159,7 +165,9 @@ class S3Driver(StorageDriver):
 
     async def _put(self, key: str, data: bytes, **kwargs: Any) -> dict[str, Any]:
         try:
-            return await self._call(self.client.put_object, Bucket=self.bucket, Key=key, Body=data, **kwargs)
+            return await self._call(
+                self.client.put_object, raw=True, Bucket=self.bucket, Key=key, Body=data, **kwargs
+            )
         except ClientError as exc:
             if _code(exc) in _PRECONDITION:
                 raise
@@ -655,7 +663,10 @@ class _AppendWriter(FileWriter):
                 await self._segment.cancel()
             body, metadata = self._original
             if self._published:
-                await self._driver._put(self._key, body, Metadata=metadata, IfMatch=self._etag)
+                try:
+                    await self._driver._put(self._key, body, Metadata=metadata, IfMatch=self._etag)
+                except ClientError:
+                    raise StorageError(f"{self._path} changed under an exclusive append") from None
             committed = {item["id"] for item in self._committed}
             await self._driver._delete_keys(
                 [f"{self._key}/.segments/{i}" for i in self._created if i not in committed]
