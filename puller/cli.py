@@ -1,4 +1,4 @@
-"""The ``pier`` command: the client's commands, and ``serve`` from the registry package.
+"""The ``pier`` command: the client's commands, and ``serve``, ``gc`` and ``fsck`` from the registry.
 
 Every failure a user can cause or meet (a bad reference, an unreachable registry, a
 digest mismatch, a hostile layer) ends as one line on stderr and a non-zero exit code.
@@ -372,6 +372,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pier", description="pier: an OCI registry and its client")
     commands = parser.add_subparsers(dest="subcommand", required=True)
     commands.add_parser("serve", help="run the registry (see `pier serve --help`)", add_help=False)
+    commands.add_parser("gc", help="free unreferenced registry blobs (see `pier gc --help`)", add_help=False)
+    commands.add_parser("fsck", help="verify the registry's storage (see `pier fsck --help`)", add_help=False)
 
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help: str
@@ -476,7 +478,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:
+    if argv[:1] in (["serve"], ["gc"], ["fsck"]):
         from registry.cli import main as registry_main
 
         return registry_main(argv)

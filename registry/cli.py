@@ -1,4 +1,4 @@
-"""The ``pier`` command. ``pier serve`` runs the registry."""
+"""The ``pier`` command. ``pier serve`` runs the registry; ``pier gc`` and ``pier fsck`` tend its storage."""
 
 from __future__ import annotations
 
@@ -64,11 +64,92 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML or YAML settings file (or PIER_CONFIG)")
     for field in dataclasses.fields(Settings):
         serve.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, help=_HELP[field.name])
+    _maintenance_parsers(commands)
     return parser
+
+
+def _storage_fields() -> list[str]:
+    """The settings that say where storage is and how to open it: all gc and fsck need."""
+    names = [f.name for f in dataclasses.fields(Settings)]
+    return [n for n in names if n in ("root", "fsync") or n.startswith("s3_")]
+
+
+def _maintenance_parsers(commands: argparse._SubParsersAction) -> None:
+    gc = commands.add_parser(
+        "gc",
+        help="delete blobs nothing references (safe while the registry serves)",
+        description="Delete unreferenced blobs older than the grace period, and dead layer links.",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report what would go, change nothing")
+    gc.add_argument(
+        "--delete-untagged", action="store_true", help="also delete manifests no tag or referrer reaches"
+    )
+    gc.add_argument("--grace", default="1h", help="keep anything written more recently (default 1h)")
+    fsck = commands.add_parser(
+        "fsck",
+        help="verify every blob's digest and find missing content",
+        description="Re-hash every blob; report corrupt and missing content. Exit 1 on problems.",
+    )
+    fsck.add_argument("--repair", action="store_true", help="move corrupt blobs to _quarantine/")
+    gc.add_argument("-v", "--verbose", action="store_true", help="one line per blob, manifest and link")
+    for sub in (gc, fsck):
+        sub.add_argument("--config", help="TOML or YAML settings file (or PIER_CONFIG)")
+        for name in _storage_fields():
+            sub.add_argument(f"--{name.replace('_', '-')}", dest=name, help=_HELP.get(name))
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    """``gc`` and ``fsck``: storage errors end as one line on stderr, never a traceback."""
+    import asyncio
+
+    from storage_backends import StorageError
+
+    from .backend import open_driver
+    from .config import parse_duration
+    from .fsck import fsck
+    from .gc import GCError, collect, summary
+
+    try:
+        settings = load_settings({n: getattr(args, n) for n in _storage_fields()}, config_file=args.config)
+        grace = parse_duration(args.grace) if args.command == "gc" else 0.0
+    except (ConfigError, OSError) as exc:
+        print(f"pier {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        driver = open_driver(settings)
+        try:
+            if args.command == "gc":
+                report = await collect(
+                    driver, dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=grace
+                )
+                for line in report.details if args.verbose else []:
+                    print(line)
+                for line in report.warnings:
+                    print(f"pier gc: warning: {line} (see pier fsck)", file=sys.stderr)
+                print(summary(report, args.dry_run))
+                return 0
+            checked = await fsck(driver, repair=args.repair)
+            print(checked.summary())
+            return 1 if checked.problems else 0
+        finally:
+            await driver.close()
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:
+        expected = isinstance(exc, StorageError | GCError | OSError | ValueError)
+        # botocore's ClientError may escape a backend untranslated: still one line, no traceback.
+        if not expected and not type(exc).__module__.startswith("botocore"):
+            raise
+        print(f"pier {args.command}: {settings.root}: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("gc", "fsck"):
+        return _maintain(args)
     if args.command == "serve":
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -178,8 +179,6 @@ class RegistryStore:
         # marker and refuse, so the client pushes the blob again. One list, empty normally.
         markers = await self.driver.list(layout.GC_DOOMED)
         if markers:
-            import time
-
             referenced = {digest, *(d.digest for d in manifest.blobs), *(d.digest for d in manifest.children)}
             names = {layout.doomed_marker_name(d): d for d in referenced}
             for marker in set(markers) & names.keys():
