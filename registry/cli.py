@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import ssl
 import sys
 
@@ -112,6 +113,9 @@ def _maintain(args: argparse.Namespace) -> int:
     try:
         settings = load_settings({n: getattr(args, n) for n in _storage_fields()}, config_file=args.config)
         grace = parse_duration(args.grace) if args.command == "gc" else 0.0
+        local = settings.root.removeprefix("file://")
+        if "://" not in local and not os.path.isdir(local):
+            raise ConfigError(f"no registry data at {settings.root} (give --root or PIER_ROOT)")
     except (ConfigError, OSError) as exc:
         print(f"pier {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -137,11 +141,7 @@ def _maintain(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(run())
-    except Exception as exc:
-        expected = isinstance(exc, StorageError | GCError | OSError | ValueError)
-        # botocore's ClientError may escape a backend untranslated: still one line, no traceback.
-        if not expected and not type(exc).__module__.startswith("botocore"):
-            raise
+    except (StorageError, GCError, OSError, ValueError) as exc:
         print(f"pier {args.command}: {settings.root}: {exc}", file=sys.stderr)
         return 1
 

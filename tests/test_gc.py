@@ -34,7 +34,7 @@ from .oci import (
     push_manifest,
     sha256,
 )
-from .servers import REPO_ROOT
+from .servers import REPO_ROOT, free_port
 from .storeview import LocalStorage, Storage, blob_data_path
 
 SUMMARY = re.compile(
@@ -230,14 +230,26 @@ async def test_sweep_stops_when_marking_is_too_old(tmp_path: Path) -> None:
     assert not await driver.exists(layout.blob_data(digest))
 
 
-def test_storage_error_is_one_line_exit_1(tmp_path: Path) -> None:
+def test_storage_errors_are_one_line(tmp_path: Path) -> None:
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
+    port = free_port()  # nothing listens there
+    unreachable = Storage("s3://bucket/x", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+    unreachable.env |= {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for command in ("gc", "fsck"):
-        done = run_storage_command(not_a_folder, command)
-        assert done.returncode == 1
-        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-        assert done.stderr.startswith(f"pier {command}: ")
+        for storage, code, message in (
+            (not_a_folder, 2, "no registry data"),
+            (unreachable, 1, "not reachable"),
+        ):
+            done = run_storage_command(storage, command)
+            assert done.returncode == code, done.stderr
+            assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+            assert done.stderr.startswith(f"pier {command}: ") and message in done.stderr
+    assert not_a_folder.read_text() == "x"
 
 
 def test_pier_forwards_gc_and_fsck(tmp_path: Path) -> None:
