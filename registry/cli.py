@@ -14,7 +14,7 @@ from .config import ConfigError, Settings, load_settings
 
 _HELP = {
     "addr": "listen address HOST:PORT (default 127.0.0.1:5000)",
-    "root": "data folder (default $XDG_DATA_HOME/pier/registry)",
+    "root": "data folder, or s3://BUCKET/PREFIX (default $XDG_DATA_HOME/pier/registry)",
     "delete_enabled": "allow DELETE of manifests, tags and blobs (true/false)",
     "max_manifest_size": "largest manifest accepted (default 4MiB)",
     "max_blob_size": "largest blob accepted, 0 for no limit (default 100GiB)",
