@@ -127,6 +127,32 @@ class StorageDriver(ABC):
     async def delete(self, path: str) -> None:
         """Remove a file or a whole directory tree; missing paths are not an error."""
 
+    async def delete_files(self, paths: list[str]) -> None:
+        """Remove many files, each with the folder it leaves empty, in as few requests as the
+        backend allows (S3 deletes 1,000 keys per request). Missing files are not an error.
+
+        GC deletes thousands of files it already found with ``walk``; ``delete`` would list
+        each one's subtree first.
+        """
+        for path in paths:
+            await self.delete(path)
+
+    async def walk(self, path: str) -> AsyncIterator[FileInfo]:
+        """Every file below ``path``, recursively, in no particular order (nothing when absent).
+
+        The default is ``list`` and ``stat`` per entry; backends that can enumerate a whole
+        tree in a few requests (S3's flat listing) override it: GC and fsck read the whole
+        store this way, and a round trip per file is what makes them slow.
+        """
+        for name in await self.list(path):
+            child = f"{path}/{name}" if path else name
+            info = await self.stat(child)
+            if info.is_dir:
+                async for found in self.walk(child):
+                    yield found
+            else:
+                yield info
+
     async def exists(self, path: str) -> bool:
         try:
             await self.stat(path)

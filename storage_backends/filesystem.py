@@ -8,6 +8,7 @@ so that several server processes sharing one folder cannot interleave chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -272,13 +273,62 @@ class FilesystemDriver(StorageDriver):
     async def list(self, path: str) -> list[str]:
         return await asyncio.to_thread(self._list, path)
 
+    def _delete_files(self, paths: list[str]) -> None:
+        for path in paths:
+            full = self._full(path)
+            try:
+                full.unlink()
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                self._delete(path)
+                continue
+            with contextlib.suppress(OSError):
+                full.parent.rmdir()  # only when empty; a writer re-creates it if it needs it
+
+    async def delete_files(self, paths: list[str]) -> None:
+        await asyncio.to_thread(self._delete_files, paths)
+
+    def _walk_some(self, pending: list[str], limit: int = 2048) -> list[FileInfo]:
+        """Scan folders from ``pending`` (consumed in place) until ``limit`` files are found."""
+        found: list[FileInfo] = []
+        while pending and len(found) < limit:
+            folder = pending.pop()
+            try:
+                entries = list(os.scandir(self._full(folder) if folder else self.root))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # a writer's temporary file, or a tree being deleted
+                path = f"{folder}/{entry.name}" if folder else entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(path)
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        found.append(FileInfo(path, st.st_size, st.st_mtime, False))
+                except FileNotFoundError:
+                    continue  # deleted while we looked
+        return found
+
+    async def walk(self, path: str) -> AsyncIterator[FileInfo]:
+        pending = [check_path(path)] if path else [""]
+        while pending:
+            for info in await asyncio.to_thread(self._walk_some, pending):
+                yield info
+
     def _move(self, source: str, dest: str) -> None:
         src, dst = self._full(source), self._full(dest)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(src, dst)
-        except FileNotFoundError:
-            raise PathNotFound(source) from None
+        for attempt in range(3):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(src, dst)
+                break
+            except FileNotFoundError:
+                # The source is gone, or a concurrent delete took the new parent away: retry that.
+                if attempt == 2 or not src.exists():
+                    raise PathNotFound(source) from None
         if self.fsync:
             _fsync_dir(dst.parent)
 
