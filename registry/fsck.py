@@ -20,10 +20,10 @@ from storage_backends import FileInfo, PathNotFound, StorageDriver
 
 from . import layout
 from .errors import RegistryError
-from .gc import Manifest, bounded, digests_under, human_size, list_blobs, list_layer_links
+from .gc import human_size
+from .inventory import Manifest, bounded, list_blobs, list_repositories
 from .manifests import parse_manifest
 from .references import Digest
-from .store import RegistryStore
 
 
 @dataclass
@@ -62,7 +62,7 @@ async def quarantine(driver: StorageDriver, digest: Digest, actual: Digest) -> N
 
 async def fsck(driver: StorageDriver, *, repair: bool = False, emit: Callable[[str], None] = print) -> Report:
     """Re-hash every blob, then check every revision, manifest reference, tag and layer link."""
-    store, report = RegistryStore(driver), Report()
+    report = Report()
 
     def problem(line: str) -> None:
         report.problems.append(line)
@@ -84,7 +84,7 @@ async def fsck(driver: StorageDriver, *, repair: bool = False, emit: Callable[[s
             report.quarantined.append(digest)
             emit(f"quarantined {digest} -> {layout.quarantine_data(digest)}")
 
-    await bounded(verify, sorted(blobs.items()), limit=4)
+    await bounded(verify, sorted(blobs.items()), limit=8)
     present = set(blobs) - set(report.quarantined)
 
     async def exists(digest: Digest) -> bool:
@@ -126,12 +126,13 @@ async def fsck(driver: StorageDriver, *, repair: bool = False, emit: Callable[[s
         if not await driver.exists(layout.revision_link(name, target)):
             problem(f"dangling tag {name}:{tag} -> {target}: no such revision")
 
-    repositories = await store.repositories()
-    for name in repositories:
-        revisions = [(name, d) for d in await digests_under(driver, layout.revisions_dir(name))]
-        await bounded(check_manifest, revisions)
-        await bounded(lambda tag, n=name: check_tag(n, tag), await store.tags(name))
-    for name, digest in sorted(await list_layer_links(store, repositories)):
-        if not await exists(digest):
-            problem(f"dangling layer link {name} -> {digest}: blob missing")
+    links = await list_repositories(driver)
+    await bounded(check_manifest, sorted(links.revisions))
+    await bounded(lambda item: check_tag(*item), sorted(links.tags))
+
+    async def check_layer(item: Manifest) -> None:
+        if not await exists(item[1]):
+            problem(f"dangling layer link {item[0]} -> {item[1]}: blob missing")
+
+    await bounded(check_layer, sorted(links.layers))
     return report

@@ -13,10 +13,11 @@
                                                    against the per-repository limit)
     _uploads/<id>/data                             bytes of an open upload session
     _uploads/<id>/info                             its repository and start time (JSON)
-    _gc/doomed/<alg>-<hex>                         written by ``pier gc`` before it deletes
-                                                   <alg>:<hex>; a manifest PUT referencing it
-                                                   (marker younger than DOOMED_MARKER_LIFETIME)
-                                                   is refused, so the client pushes it again
+    _gc/doomed/<run>                               written by ``pier gc`` before it deletes: the
+                                                   digests it may delete, one per line; a manifest
+                                                   PUT referencing one of them (marker younger than
+                                                   DOOMED_MARKER_LIFETIME) is refused, so the
+                                                   client pushes it again
     _quarantine/<alg>/<hex>/data                   a corrupt blob moved aside by ``pier fsck
                                                    --repair``, never served again
     _quarantine/<alg>/<hex>/note.json              its actual digest and when it was moved
@@ -27,6 +28,8 @@ digests and upload ids are validated before they reach these functions.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from .references import Digest
 
@@ -111,12 +114,17 @@ def upload_marker(name: str, upload_id: str) -> str:
     return f"{REPOSITORIES}/{name}/_uploads/{upload_id}"
 
 
-def doomed_marker_name(digest: Digest) -> str:
-    return f"{digest.algorithm}-{digest.hex}"
+def doomed_marker(run: str) -> str:
+    return f"{GC_DOOMED}/{run}"
 
 
-def doomed_marker(digest: Digest) -> str:
-    return f"{GC_DOOMED}/{doomed_marker_name(digest)}"
+def encode_doomed(digests: Iterable[Digest]) -> bytes:
+    """One file per GC run, not one per digest: written and removed in one request each."""
+    return "".join(f"{digest}\n" for digest in digests).encode()
+
+
+def decode_doomed(body: bytes) -> frozenset[str]:
+    return frozenset(line for line in body.decode(errors="replace").splitlines() if line)
 
 
 def quarantine_dir(digest: Digest) -> str:

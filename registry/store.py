@@ -70,6 +70,7 @@ class RegistryStore:
     def __init__(self, driver: StorageDriver, manifest_cache_bytes: int = 64 << 20) -> None:
         self.driver = driver
         self._manifests = _ContentCache(manifest_cache_bytes)
+        self._doomed: dict[str, frozenset[str]] = {}  # GC marker file -> its digests
 
     # -- blobs -------------------------------------------------------------------
     async def blob_size(self, name: str, digest: Digest) -> int:
@@ -177,29 +178,43 @@ class RegistryStore:
         # The server's half of GC's handshake (see registry.gc): the revision link is written,
         # now look for doomed markers. Either GC's second mark sees this link, or we see its
         # marker and refuse, so the client pushes the blob again. One list, empty normally.
-        markers = await self.driver.list(layout.GC_DOOMED)
-        if markers:
+        doomed = await self._doomed_digests()
+        if doomed:
             referenced = {digest, *(d.digest for d in manifest.blobs), *(d.digest for d in manifest.children)}
-            names = {layout.doomed_marker_name(d): d for d in referenced}
-            for marker in set(markers) & names.keys():
-                try:
-                    info = await self.driver.stat(f"{layout.GC_DOOMED}/{marker}")
-                except PathNotFound:
-                    continue
-                if time.time() - info.mtime >= layout.DOOMED_MARKER_LIFETIME:
-                    continue  # left by a crashed GC
+            hit = sorted(str(d) for d in referenced if str(d) in doomed)
+            if hit:
                 if not existed:  # an older revision link is someone else's: GC's mark saw it
                     if manifest.subject is not None:
                         await self.driver.delete(layout.referrer_entry(name, manifest.subject.digest, digest))
                     await self.driver.delete(revision.rsplit("/", 1)[0])
                 raise RegistryError(
-                    "MANIFEST_BLOB_UNKNOWN",
-                    f"{names[marker]} is being garbage-collected: push it again",
+                    "MANIFEST_BLOB_UNKNOWN", f"{hit[0]} is being garbage-collected: push it again"
                 )
         for tag in tags:
             await self.driver.put_content(layout.tag_link(name, tag), str(digest).encode())
         self._manifests.put(digest, body)
         return digest, manifest
+
+    async def _doomed_digests(self) -> frozenset[str]:
+        """Digests a running GC may delete: one list, empty but while a GC sweeps.
+
+        Marker files are written once and never change, so each is read once per process.
+        """
+        names = await self.driver.list(layout.GC_DOOMED)
+        self._doomed = {name: self._doomed[name] for name in names if name in self._doomed}
+        found: set[str] = set()
+        for name in names:
+            path = layout.doomed_marker(name)
+            try:
+                info = await self.driver.stat(path)
+                if time.time() - info.mtime >= layout.DOOMED_MARKER_LIFETIME:
+                    continue  # left by a crashed GC
+                if name not in self._doomed:
+                    self._doomed[name] = layout.decode_doomed(await self.driver.get_content(path))
+            except PathNotFound:
+                continue  # that GC is done
+            found |= self._doomed[name]
+        return frozenset(found)
 
     async def _check_references(self, name: str, manifest: ParsedManifest) -> None:
         async def check_blob(descriptor: Descriptor) -> None:

@@ -205,13 +205,12 @@ async def test_delete_untagged_keeps_referrers_and_children_of_tagged(served) ->
 
 async def test_stale_markers_are_cleared_and_fresh_ones_kept(tmp_path: Path) -> None:
     driver = FilesystemDriver(tmp_path, fsync=False)
-    stale, fresh = Digest.of(b"stale"), Digest.of(b"fresh")
-    for digest in (stale, fresh):
-        await driver.put_content(layout.doomed_marker(digest), b"")
+    for run, digest in (("stale", Digest.of(b"stale")), ("fresh", Digest.of(b"fresh"))):
+        await driver.put_content(layout.doomed_marker(run), layout.encode_doomed([digest]))
     old = time.time() - 3 * 3600
-    os.utime(tmp_path / layout.doomed_marker(stale), (old, old))
+    os.utime(tmp_path / layout.doomed_marker("stale"), (old, old))
     gc(tmp_path)
-    assert await driver.list(layout.GC_DOOMED) == [layout.doomed_marker_name(fresh)]
+    assert await driver.list(layout.GC_DOOMED) == ["fresh"]
 
 
 async def test_sweep_stops_when_marking_is_too_old(tmp_path: Path) -> None:
@@ -275,7 +274,8 @@ async def _store_with_image(root: Path) -> tuple[RegistryStore, Image]:
 async def test_manifest_referencing_a_doomed_blob_is_refused(tmp_path: Path) -> None:
     store, image = await _store_with_image(tmp_path)
     layer = Digest.parse(sha256(image.layers[1]))
-    await store.driver.put_content(layout.doomed_marker(layer), b"")
+    other = Digest.of(b"something else GC may delete")
+    await store.driver.put_content(layout.doomed_marker("run-1"), layout.encode_doomed([other, layer]))
     with pytest.raises(RegistryError) as refused:
         await store.put_manifest("repo", "v1", image.manifest, image.media_type, [])
     assert refused.value.code == "MANIFEST_BLOB_UNKNOWN"
@@ -285,7 +285,7 @@ async def test_manifest_referencing_a_doomed_blob_is_refused(tmp_path: Path) -> 
     assert not await store.driver.exists(layout.tag_link("repo", "v1"))
 
     old = time.time() - 3601
-    os.utime(tmp_path / layout.doomed_marker(layer), (old, old))  # a crashed GC's leftover
+    os.utime(tmp_path / layout.doomed_marker("run-1"), (old, old))  # a crashed GC's leftover
     digest, _ = await store.put_manifest("repo", "v1", image.manifest, image.media_type, [])
     assert str(digest) == image.digest
     assert (await store.resolve("repo", "v1")).digest == manifest
@@ -296,7 +296,7 @@ async def test_refused_re_push_keeps_the_existing_revision(tmp_path: Path) -> No
     store, image = await _store_with_image(tmp_path)
     await store.put_manifest("repo", "v1", image.manifest, image.media_type, [])
     config = Digest.parse(sha256(image.config))
-    await store.driver.put_content(layout.doomed_marker(config), b"")
+    await store.driver.put_content(layout.doomed_marker("run-1"), layout.encode_doomed([config]))
     with pytest.raises(RegistryError):
         await store.put_manifest("repo", "v2", image.manifest, image.media_type, [])
     assert (await store.resolve("repo", "v1")).digest == Digest.parse(image.digest)
@@ -307,10 +307,10 @@ async def test_index_referencing_a_doomed_child_is_refused(served) -> None:  # t
     server, client = served
     child = make_image()
     await push_image(client, "idx/repo", child, child.digest)
-    marker = layout.doomed_marker(Digest.parse(child.digest))
+    marker = layout.doomed_marker("run-1")
     if isinstance(server.storage, LocalStorage):
         (server.storage.root / marker).parent.mkdir(parents=True)
-    server.storage.write(marker, b"")
+    server.storage.write(marker, layout.encode_doomed([Digest.parse(child.digest)]))
     index = make_index([child])
     refused = await push_manifest(client, "idx/repo", "multi", index, OCI_INDEX)
     assert refused.status_code == 400 and error_codes(refused) == ["MANIFEST_BLOB_UNKNOWN"]
