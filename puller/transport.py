@@ -199,6 +199,8 @@ class Transport:
                 continue
             try:
                 yield response
+            except httpx.TransportError as exc:  # the body broke off while the caller read it
+                raise RegistryRequestError(f"{self.base_url}: connection lost in {path}: {exc}") from None
             finally:
                 response.close()
             return

@@ -37,9 +37,11 @@ from .http import (
     read_limited,
 )
 from .manifests import MANIFEST_TYPES, OCI_INDEX
+from .mirror import Mirror, Route
 from .references import Digest, is_digest, validate_name
 from .store import RegistryStore
 from .uploads import Uploads, UploadSession
+from .upstream import parse_upstreams
 
 log = logging.getLogger("pier.registry")
 
@@ -84,6 +86,18 @@ class RegistryApp:
         self.token_server = security.token_server
         self._inflight = 0
         self._purger: asyncio.Task[None] | None = None
+        upstreams = parse_upstreams(settings.proxy, settings.proxy_auth_file)
+        self.mirror = (
+            Mirror(
+                self.store,
+                upstreams,
+                ttl=settings.proxy_ttl,
+                timeout=settings.proxy_timeout,
+                max_manifest=settings.max_manifest_size,
+            )
+            if upstreams
+            else None
+        )
         n = r"(?P<name>.+)"
         self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/v2/?"), {"GET": self.base, "HEAD": self.base}),
@@ -153,6 +167,8 @@ class RegistryApp:
                 handler = methods.get(request.method)
                 if self.auth is not None:  # before anything else: a denial says nothing of what exists
                     await self._authorize(request, handler, params.get("name"))
+                if self.mirror is not None and "name" in params:
+                    self._check_writable(handler, params["name"])
                 if handler is None:
                     raise RegistryError(
                         "UNSUPPORTED",
@@ -187,6 +203,16 @@ class RegistryApp:
             assert name is not None
             self.auth.authorize(caller, name, _NEEDED[action])
 
+    def _check_writable(self, handler: Handler | None, name: str) -> None:
+        """A mirrored repository is the upstream's: pushes and deletes there are refused."""
+        assert self.mirror is not None
+        upstream = self.mirror.proxied(name)
+        if upstream is not None and _ACTIONS.get(getattr(handler, "__name__", ""), "push") in (
+            "push",
+            "delete",
+        ):
+            raise RegistryError("DENIED", f"{name} mirrors {upstream.url}: it is read-only here")
+
     def _caller(self, request: Request) -> Caller:
         return request.scope.get("pier.caller") or Caller(ANONYMOUS)
 
@@ -207,6 +233,8 @@ class RegistryApp:
                     self._purger.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._purger
+                if self.mirror is not None:
+                    await self.mirror.close()
                 await self.store.driver.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -266,6 +294,11 @@ class RegistryApp:
 
     # -- manifests -------------------------------------------------------------------
     async def get_manifest(self, request: Request, name: str, reference: str) -> Response:
+        route = await self.mirror.route(name) if self.mirror is not None else None
+        if route is not None:
+            assert self.mirror is not None
+            await self.mirror.manifest(route, reference)
+            name = route.local
         record = await self.store.resolve(name, reference)
         accepted = _accepted_types(request)
         if accepted and record.media_type not in accepted:
@@ -315,6 +348,13 @@ class RegistryApp:
     # -- blobs -----------------------------------------------------------------------
     async def get_blob(self, request: Request, name: str, digest: str) -> Response:
         parsed = Digest.parse(digest)
+        route = await self.mirror.route(name) if self.mirror is not None else None
+        if route is not None:
+            assert self.mirror is not None
+            size = await self.mirror.blob_size(route, parsed)  # links a cached blob into route.local
+            if not await self.store.has_content(parsed):
+                return await self._mirror_blob(request, route, parsed, size)
+            name = route.local
         size = await self.store.blob_size(name, parsed)
         headers = {
             "content-type": "application/octet-stream",
@@ -343,6 +383,27 @@ class RegistryApp:
                 }
                 return Response(b"", 307, redirect)
         return StreamingResponse(self.store.read_blob(parsed, offset, length), status, headers)
+
+    async def _mirror_blob(self, request: Request, route: Route, digest: Digest, size: int) -> Response:
+        """A blob the cache does not have yet: streamed while the mirror downloads it."""
+        assert self.mirror is not None
+        headers = {
+            "content-type": "application/octet-stream",
+            "docker-content-digest": str(digest),
+            "etag": f'"{digest}"',
+            "content-length": str(size),
+        }
+        if request.method == "HEAD":
+            return Response(b"", 200, headers)
+        download = await self.mirror.download(route, digest)
+        if download.size is not None and download.size != size:
+            headers["content-length"] = str(download.size)
+        if download.size is None:
+            del headers["content-length"]
+        if "range" in request.headers:  # ranges are served from the cache, once it has the blob
+            await download.done()
+            return await self.get_blob(request, route.local, str(digest))
+        return StreamingResponse(download.follow(), 200, headers)
 
     async def delete_blob(self, request: Request, name: str, digest: str) -> Response:
         self._check_delete()

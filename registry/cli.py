@@ -11,6 +11,7 @@ import sys
 from .access import build as build_security
 from .auth import AuthConfigError
 from .config import ConfigError, Settings, load_settings
+from .upstream import DOCKER_HUB, parse_upstreams
 
 _HELP = {
     "addr": "listen address HOST:PORT (default 127.0.0.1:5000)",
@@ -51,6 +52,11 @@ _HELP = {
     "s3_part_size": "S3 multipart part size, at least 5MiB (default 8MiB)",
     "redirect": "send blob GETs to a presigned storage URL with 307, on S3 (default false)",
     "redirect_expiry": "lifetime of those presigned URLs (default 20m)",
+    "proxy": "mirror an upstream registry: --proxy alone for Docker Hub, --proxy URL (it also serves "
+    "bare names, as a registry-mirrors target), --proxy PREFIX=URL (serves PREFIX/...); repeatable",
+    "proxy_ttl": "serve a mirrored tag from the cache this long before checking upstream (default 5m)",
+    "proxy_timeout": "timeout of requests to upstreams (default 30s)",
+    "proxy_auth_file": "docker config.json holding logins for upstreams, by host",
 }
 
 
@@ -64,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", help="TOML or YAML settings file (or PIER_CONFIG)")
     for field in dataclasses.fields(Settings):
+        if field.name == "proxy":
+            serve.add_argument(
+                "--proxy", dest="proxy", action="append", nargs="?", const=DOCKER_HUB, help=_HELP["proxy"]
+            )
+            continue
         serve.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, help=_HELP[field.name])
     _maintenance_parsers(commands)
     return parser
@@ -152,16 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         return _maintain(args)
     if args.command == "serve":
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+        if flags["proxy"] is not None:
+            flags["proxy"] = ",".join(flags["proxy"])
         try:
             settings = load_settings(flags, config_file=args.config)
             build_security(settings)  # a bad auth setup fails here, once
+            parse_upstreams(settings.proxy, settings.proxy_auth_file)  # and a bad proxy setting
             if settings.tls_cert:
                 try:
                     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                     context.load_cert_chain(settings.tls_cert, settings.tls_key)
                 except (OSError, ssl.SSLError) as exc:
                     raise ConfigError(f"tls_cert/tls_key unusable: {exc}") from None
-        except (ConfigError, AuthConfigError, OSError) as exc:
+        except (ConfigError, AuthConfigError, OSError, ValueError) as exc:
             print(f"pier: {exc}", file=sys.stderr)
             return 2
         from .server import serve

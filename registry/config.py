@@ -61,6 +61,10 @@ class Settings:
     s3_part_size: int = 8 * 1024 * 1024  # multipart part size; memory per upload is ~5 parts
     redirect: bool = False  # answer blob GETs with 307 to a presigned URL (S3)
     redirect_expiry: float = 1200.0  # lifetime of those URLs
+    proxy: str = ""  # mirror upstreams, comma-separated: URL (serves bare names) or PREFIX=URL
+    proxy_ttl: float = 300.0  # a cached tag is served this long before it is checked upstream
+    proxy_timeout: float = 30.0  # connect/read timeout towards upstreams
+    proxy_auth_file: str = ""  # docker config.json with the upstreams' logins (by host)
 
     @property
     def host(self) -> str:
@@ -83,6 +87,8 @@ FIELD_TYPES: dict[str, str] = {
     "idle_timeout": "duration",
     "s3_part_size": "size",
     "redirect_expiry": "duration",
+    "proxy_ttl": "duration",
+    "proxy_timeout": "duration",
 }
 
 
@@ -122,6 +128,8 @@ def parse_duration(value: Any) -> float:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = FIELD_TYPES.get(name)
+    if isinstance(value, list) and name == "proxy":  # a list in a config file
+        return ",".join(str(item) for item in value)
     if kind == "size":
         return parse_size(value)
     if kind == "duration":

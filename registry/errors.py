@@ -23,6 +23,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "TAG_INVALID": (400, "invalid tag"),
     "PAGINATION_NUMBER_INVALID": (400, "invalid number of results requested"),
     "UNKNOWN": (500, "unknown error"),  # distribution's code for a server-side failure
+    "UNAVAILABLE": (503, "service unavailable"),  # distribution's too; a mirror's upstream failed
 }
 
 

@@ -142,8 +142,16 @@ class RegistryStore:
         return body
 
     async def put_manifest(
-        self, name: str, reference: str, body: bytes, content_type: str | None, tags: list[str]
+        self,
+        name: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        tags: list[str],
+        check_references: bool = True,
     ) -> tuple[Digest, ParsedManifest]:
+        """Store a manifest; ``check_references=False`` for a mirror's cache, which holds
+        only the blobs and children that clients pulled."""
         if not is_digest(reference):
             validate_tag(reference)
         for tag in tags:
@@ -157,7 +165,8 @@ class RegistryStore:
         else:
             tags = [reference, *tags]
             digest = Digest.of(body)
-        await self._check_references(name, manifest)
+        if check_references:
+            await self._check_references(name, manifest)
 
         if not await self.has_content(digest):
             await self.driver.put_content(layout.blob_data(digest), body)
@@ -260,6 +269,17 @@ class RegistryStore:
         if subject is not None:
             await self.driver.delete(layout.referrer_entry(name, subject.digest, record.digest))
         await self.driver.delete(layout.revision_link(name, record.digest).rsplit("/", 1)[0])
+
+    async def tag_age(self, name: str, tag: str) -> float | None:
+        """Seconds since the tag was last written (a mirror: last checked upstream)."""
+        try:
+            info = await self.driver.stat(layout.tag_link(name, tag))
+        except PathNotFound:
+            return None
+        return max(0.0, time.time() - info.mtime)
+
+    async def set_tag(self, name: str, tag: str, digest: Digest) -> None:
+        await self.driver.put_content(layout.tag_link(name, tag), str(digest).encode())
 
     # -- listings ----------------------------------------------------------------
     async def repository_exists(self, name: str) -> bool:

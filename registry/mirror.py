@@ -1,0 +1,320 @@
+"""Pull-through cache: serve repositories of upstream registries, keeping what passes through.
+
+Cached content is ordinary registry content under ``<prefix>/<upstream name>``
+(``docker.io/library/python``): listed, garbage-collected and fsck'd like the rest. Bare
+names (docker's ``registry-mirrors``) map to the default upstream's prefix, so both ways in
+share one cache.
+
+* Manifests by digest are immutable: fetched once, then served from the cache.
+* Manifests by tag are served from the cache for ``ttl`` after they were fetched or
+  checked; then a ``HEAD`` upstream (free on Docker Hub) says whether the digest moved.
+* When the upstream fails (unreachable, timeout, 429, 5xx) what the cache has is served,
+  stale tags included, with a warning in the log.
+* A blob streams to the client while it is written to storage, through a spool file
+  that later clients of the same blob read too (one upstream download per process). The
+  last bytes are held back until the digest checks out, so no client ever receives a
+  whole blob with the wrong content, and a bad blob is never committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from storage_backends import PathNotFound
+
+from . import layout
+from .errors import RegistryError
+from .references import Digest, is_digest, validate_tag
+from .store import RegistryStore
+from .upstream import (
+    MANIFEST_ACCEPT,
+    Upstream,
+    UpstreamClient,
+    UpstreamDenied,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnavailable,
+    body_chunks,
+)
+
+log = logging.getLogger("pier.mirror")
+SPOOL_READ = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a requested repository comes from, and where its cache lives."""
+
+    upstream: Upstream
+    client: UpstreamClient
+    remote: str  # the repository's name upstream
+    local: str  # its name in this registry's storage
+
+
+def as_registry_error(exc: UpstreamError, unknown: str) -> RegistryError:
+    """What the client sees when the cache cannot cover for the upstream: the upstream named."""
+    if isinstance(exc, UpstreamNotFound):
+        return RegistryError(unknown, str(exc))
+    if isinstance(exc, UpstreamDenied):
+        return RegistryError("DENIED", str(exc))
+    if exc.status == 429:
+        return RegistryError("TOOMANYREQUESTS", str(exc), headers={"Retry-After": "10"})
+    return RegistryError("UNAVAILABLE", str(exc))
+
+
+class Mirror:
+    def __init__(
+        self,
+        store: RegistryStore,
+        upstreams: list[Upstream],
+        *,
+        ttl: float,
+        timeout: float,
+        max_manifest: int,
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.max_manifest = max_manifest
+        self.clients = {u.prefix: UpstreamClient(u, timeout) for u in upstreams}
+        self.default = next((u for u in upstreams if u.default), None)
+        self._downloads: dict[Digest, Download] = {}
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+    def proxied(self, name: str) -> Upstream | None:
+        """The upstream whose prefix ``name`` is under: such names are read-only here."""
+        for prefix, client in self.clients.items():
+            if name == prefix or name.startswith(prefix + "/"):
+                return client.upstream
+        return None
+
+    async def route(self, name: str) -> Route | None:
+        upstream = self.proxied(name)
+        if upstream is not None:
+            remote = name[len(upstream.prefix) + 1 :]
+            if not remote:
+                return None
+            remote = upstream.upstream_name(remote)
+        elif self.default is not None and not await self.store.repository_exists(name):
+            # A bare name is the default upstream's, unless someone pushed it here.
+            upstream, remote = self.default, self.default.upstream_name(name)
+        else:
+            return None
+        return Route(upstream, self.clients[upstream.prefix], remote, f"{upstream.prefix}/{remote}")
+
+    # -- manifests -------------------------------------------------------------------
+    async def manifest(self, route: Route, reference: str) -> None:
+        """Make the cache hold ``reference``, fresh enough; raise if it cannot, and has nothing."""
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+            if await self.store.driver.exists(layout.revision_link(route.local, digest)):
+                return  # immutable: never asked again
+            try:
+                await self._fetch(route, reference)
+            except UpstreamError as exc:
+                raise as_registry_error(exc, "MANIFEST_UNKNOWN") from None
+            return
+        validate_tag(reference)
+        age = await self.store.tag_age(route.local, reference)
+        if age is not None and age < self.ttl:
+            return
+        try:
+            if age is not None and await self._unchanged(route, reference):
+                return
+            await self._fetch(route, reference)
+        except (UpstreamUnavailable, UpstreamDenied) as exc:
+            if age is None:
+                raise as_registry_error(exc, "MANIFEST_UNKNOWN") from None
+            log.warning("serving %s:%s from the cache (%.0f s old): %s", route.local, reference, age, exc)
+        except UpstreamNotFound as exc:
+            raise as_registry_error(exc, "MANIFEST_UNKNOWN") from None
+
+    async def _unchanged(self, route: Route, tag: str) -> bool:
+        """HEAD upstream: if the tag still names the cached digest, mark it fresh again."""
+        response = await route.client.send(
+            "HEAD", route.remote, f"manifests/{tag}", {"accept": MANIFEST_ACCEPT}
+        )
+        await response.aclose()
+        cached = await self.store.resolve(route.local, tag)
+        if response.headers.get("docker-content-digest") != str(cached.digest):
+            return False
+        await self.store.set_tag(route.local, tag, cached.digest)
+        return True
+
+    async def _fetch(self, route: Route, reference: str) -> None:
+        response, body = await route.client.fetch(
+            "GET", route.remote, f"manifests/{reference}", {"accept": MANIFEST_ACCEPT}, self.max_manifest
+        )
+        claimed = response.headers.get("docker-content-digest")
+        expected = Digest.parse(reference) if is_digest(reference) else None
+        if expected is None and claimed:
+            try:
+                expected = Digest.parse(claimed)
+            except RegistryError:
+                expected = None
+        actual = Digest.of(body, expected.algorithm if expected else "sha256")
+        if expected is not None and actual != expected:
+            raise UpstreamUnavailable(
+                route.upstream, f"manifest {reference} hashes to {actual}, not {expected}"
+            )
+        try:
+            await self.store.put_manifest(
+                route.local, reference, body, response.headers.get("content-type"), [], check_references=False
+            )
+        except RegistryError as exc:
+            raise UpstreamUnavailable(route.upstream, f"manifest {reference} refused: {exc}") from None
+
+    # -- blobs -----------------------------------------------------------------------
+    async def blob_size(self, route: Route, digest: Digest) -> int:
+        """The size of a blob, from the cache (linking it into the repository) or upstream."""
+        try:
+            size = (await self.store.driver.stat(layout.blob_data(digest))).size
+        except PathNotFound:
+            pass
+        else:
+            if not await self.store.driver.exists(layout.layer_link(route.local, digest)):
+                await self.store.link_blob(route.local, digest)
+            return size
+        download = self._downloads.get(digest)
+        if download is not None and download.size is not None:
+            return download.size
+        try:
+            response = await route.client.send("HEAD", route.remote, f"blobs/{digest}")
+        except UpstreamError as exc:
+            raise as_registry_error(exc, "BLOB_UNKNOWN") from None
+        await response.aclose()
+        length = response.headers.get("content-length", "")
+        if not length.isdigit():
+            raise as_registry_error(
+                UpstreamUnavailable(route.upstream, f"HEAD of {digest} gave no size"), "BLOB_UNKNOWN"
+            )
+        return int(length)
+
+    async def download(self, route: Route, digest: Digest) -> Download:
+        """The running download of ``digest`` (joined), or a new one; ready once its size is known."""
+        download = self._downloads.get(digest)
+        if download is None or download.failed:
+            download = Download(self, route, digest)
+            self._downloads[digest] = download
+            download.task = asyncio.create_task(download.run())
+        await download.started.wait()
+        if download.error is not None and download.size is None:
+            raise as_registry_error(download.error, "BLOB_UNKNOWN")
+        return download
+
+
+class Download:
+    """One upstream blob download, written to storage and to a spool file others can follow."""
+
+    def __init__(self, mirror: Mirror, route: Route, digest: Digest) -> None:
+        self.mirror, self.route, self.digest = mirror, route, digest
+        self.size: int | None = None
+        self.written = 0
+        self.verified = False
+        self.error: UpstreamError | None = None
+        self.started = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        fd, self.spool = tempfile.mkstemp(prefix="pier-mirror-")
+        os.close(fd)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.verified or self.error is not None
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def run(self) -> None:
+        store, route = self.mirror.store, self.route
+        writer = None
+        try:
+            response = await route.client.send("GET", route.remote, f"blobs/{self.digest}")
+            length = response.headers.get("content-length", "")
+            self.size = int(length) if length.isdigit() else None
+            self.started.set()
+            writer = await store.driver.writer(layout.blob_data(self.digest))
+            hasher = hashlib.new(self.digest.algorithm)
+            with open(self.spool, "wb", buffering=0) as spool:
+                async for chunk in body_chunks(route.upstream, response):
+                    spool.write(chunk)
+                    hasher.update(chunk)
+                    await writer.write(chunk)
+                    self.written += len(chunk)
+                    self._notify()
+            actual = Digest(self.digest.algorithm, hasher.hexdigest())
+            if actual != self.digest or (self.size is not None and self.written != self.size):
+                raise UpstreamUnavailable(
+                    route.upstream,
+                    f"blob {self.digest} arrived as {actual} ({self.written} bytes): not cached",
+                )
+            await writer.commit()
+            writer = None
+            await store.link_blob(route.local, self.digest)
+            self.verified = True
+        except UpstreamError as exc:
+            log.warning("%s", exc)
+            self.error = exc
+        except Exception as exc:  # storage failures: the clients must not wait forever
+            log.exception("mirror download of %s failed", self.digest)
+            self.error = UpstreamUnavailable(route.upstream, f"caching {self.digest} failed: {exc}")
+        finally:
+            if writer is not None:
+                await writer.cancel()
+            if self.mirror._downloads.get(self.digest) is self:
+                del self.mirror._downloads[self.digest]
+            self.started.set()
+            self._notify()
+            os.unlink(self.spool)  # followers keep their open handle
+
+    async def done(self) -> None:
+        """Wait for the download to be verified and committed; its error if it failed."""
+        assert self.task is not None
+        await asyncio.shield(self.task)
+        if not self.verified:
+            raise as_registry_error(
+                self.error or UpstreamUnavailable(self.route.upstream, "?"), "BLOB_UNKNOWN"
+            )
+
+    async def follow(self) -> AsyncIterator[bytes]:
+        """The blob's bytes as they arrive; the last byte only once the digest is verified."""
+        try:
+            handle = open(self.spool, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:  # finished before we got here: read the store
+            if not self.verified:
+                raise as_registry_error(
+                    self.error or UpstreamUnavailable(self.route.upstream, "?"), "BLOB_UNKNOWN"
+                ) from None
+            async for chunk in self.mirror.store.read_blob(self.digest):
+                yield chunk
+            return
+        offset = 0
+        try:
+            while True:
+                changed = self._changed
+                allowed = self.written if self.verified else self.written - 1
+                if offset < allowed:
+                    chunk = os.pread(handle.fileno(), min(SPOOL_READ, allowed - offset), offset)
+                    offset += len(chunk)
+                    yield chunk
+                    continue
+                if self.verified:
+                    return
+                if self.error is not None:
+                    raise self.error  # the connection is cut short: the client never has it whole
+                await changed.wait()
+        finally:
+            handle.close()

@@ -1,0 +1,342 @@
+"""The mirror: pier as a pull-through cache of a real upstream registry on loopback.
+
+The upstream is pier with token auth (anonymous pulls of ``library/*`` as on Docker Hub,
+``alice/*`` only with her login), behind a ``Gate`` that counts requests and can answer
+429/500 itself; and Debian's ``docker-registry`` as a plain upstream.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .gate import Gate
+from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
+from .images import Image, build_image, sha256, write_blob
+from .servers import PierServer, serve_refused
+from .skopeo import Skopeo
+from .storeview import blob_data_path
+from .tokens import write_signing_key
+
+ACL = """
+[[rule]]
+account = "anonymous"
+repository = "library/*"
+actions = ["pull"]
+
+[[rule]]
+account = "*"
+repository = "*"
+actions = ["*"]
+"""
+ALICE = ("alice", "wonderland")
+MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+
+
+class Upstream:
+    """pier demanding Bearer tokens from its own token server, seeded over HTTP as alice."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        htpasswd = write_htpasswd(folder / "htpasswd", dict([ALICE]))
+        acl = folder / "acl.toml"
+        acl.write_text(ACL)
+        key, _ = write_signing_key(folder / "keys")
+        self.server = PierServer(
+            folder / "data", "--htpasswd", str(htpasswd), "--acl", str(acl), "--token-key", str(key)
+        )
+
+    def push(self, repo: str, image: Image, tag: str) -> None:
+        answer = httpx.get(
+            f"{self.server.url}/auth/token",
+            params={"service": "pier", "scope": f"repository:{repo}:pull,push"},
+            auth=ALICE,
+        )
+        headers = {"Authorization": f"Bearer {answer.json()['token']}"}
+        for blob in image.blobs:
+            push_blob(self.server.url, repo, blob, headers)
+        push_manifest(self.server.url, repo, tag, image.manifest, headers)
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Upstream]:
+    up = Upstream(tmp_path / "upstream")
+    up.server.start()
+    yield up
+    up.server.stop()
+
+
+@pytest.fixture
+def gate(upstream: Upstream) -> Iterator[Gate]:
+    with Gate(upstream.server.url) as front:
+        yield front
+
+
+@pytest.fixture
+def skopeo_for(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """skopeo, isolated, aimed at a given server."""
+    executable = shutil.which("skopeo")
+    if executable is None:
+        pytest.fail("skopeo is not installed (Debian: apt-get install skopeo); these tests need it")
+
+    def make(server: PierServer) -> Skopeo:
+        home = tmp_path / f"skopeo-{server.port}"
+        home.mkdir()
+        return Skopeo(executable, home, server)
+
+    return make
+
+
+@pytest.fixture
+def image(tmp_path: Path, upstream: Upstream) -> Image:
+    built = build_image(tmp_path / "image", "v1")
+    upstream.push("library/app", built, "v1")
+    return built
+
+
+def mirror_args(gate: Gate, *extra: str, ttl: str = "5m") -> list[str]:
+    return ["--proxy", f"up={gate.url}", "--proxy-ttl", ttl, "--proxy-timeout", "5s", *extra]
+
+
+def get(server: PierServer, path: str, **headers: str) -> httpx.Response:
+    return httpx.get(f"{server.url}{path}", headers={"accept": MANIFEST_TYPES, **headers}, timeout=30)
+
+
+def error_code(response: httpx.Response) -> str:
+    return response.json()["errors"][0]["code"]
+
+
+def assert_pulls(pier_home: Path, reference: str, image: Image) -> None:
+    done = run_pier(pier_home, "pull", reference)
+    assert done.returncode == 0, done.stderr
+    listed = run_pier(pier_home, "images")
+    assert image.digest[7:19] in listed.stdout, listed.stdout
+
+
+# -- pulling through, and from the cache alone ------------------------------------------
+
+
+def test_first_pull_fills_the_cache_and_the_second_needs_no_upstream(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, skopeo_for, tmp_path: Path
+) -> None:
+    mirror = start_registry(*mirror_args(gate, ttl="0s"))  # every tag pull asks upstream
+    skopeo = skopeo_for(mirror)
+    skopeo.pull("up/library/app", "v1", tmp_path / "first")
+    assert (tmp_path / "first" / "index.json").exists()
+    first = json.loads((tmp_path / "first" / "index.json").read_text())["manifests"][0]["digest"]
+    assert first == image.digest
+    assert_pulls(tmp_path / "home1", f"{mirror.host}/up/library/app:v1", image)
+    assert gate.count("GET", f"/blobs/{image.layers[0].digest}") == 1  # filled by skopeo, hit by pier
+
+    upstream.server.stop()
+    skopeo.pull("up/library/app", "v1", tmp_path / "second")
+    assert_pulls(tmp_path / "home2", f"{mirror.host}/up/library/app:v1", image)
+    by_digest = get(mirror, f"/v2/up/library/app/manifests/{image.digest}")
+    assert by_digest.status_code == 200 and by_digest.content == image.manifest.read()
+    assert "serving up/library/app:v1 from the cache" in mirror.log()
+    never_seen = get(mirror, "/v2/up/library/app/manifests/v2")
+    assert never_seen.status_code == 503 and error_code(never_seen) == "UNAVAILABLE"
+    assert gate.url in never_seen.json()["errors"][0]["detail"]
+    catalog = get(mirror, "/v2/_catalog").json()["repositories"]
+    assert "up/library/app" in catalog
+
+
+def test_bare_names_are_the_default_upstreams_and_local_repositories_stay_pushable(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
+) -> None:
+    mirror = start_registry("--proxy", gate.url, "--proxy-timeout", "5s")
+    prefix = "127.0.0.1"  # a bare URL's prefix is its host name
+    bare = get(mirror, "/v2/library/app/manifests/v1")
+    assert bare.status_code == 200 and bare.headers["docker-content-digest"] == image.digest
+    # the same cache through the prefixed name: no second upstream fetch
+    assert get(mirror, f"/v2/{prefix}/library/app/manifests/{image.digest}").status_code == 200
+    assert gate.count("GET", f"/manifests/{image.digest}") + gate.count("GET", "/manifests/v1") == 1
+    # a repository pushed here is ordinary, and shadows the upstream's of the same name
+    local = build_image(tmp_path / "local", "mine")
+    for blob in local.blobs:
+        push_blob(mirror.url, "team/model", blob)
+    push_manifest(mirror.url, "team/model", "mine", local.manifest)
+    assert get(mirror, "/v2/team/model/manifests/mine").headers["docker-content-digest"] == local.digest
+    refused = httpx.post(f"{mirror.url}/v2/{prefix}/library/app/blobs/uploads/")
+    assert refused.status_code == 403 and error_code(refused) == "DENIED"
+    put = httpx.put(
+        f"{mirror.url}/v2/{prefix}/library/app/manifests/v9",
+        content=local.manifest.read(),
+        headers={"content-type": local.manifest.media_type},
+    )
+    assert put.status_code == 403 and "read-only" in put.text
+    deleted = httpx.delete(f"{mirror.url}/v2/{prefix}/library/app/manifests/v1")
+    assert deleted.status_code == 403
+    assert get(mirror, f"/v2/{prefix}/library/app/manifests/v1").status_code == 200
+
+
+def test_private_upstream_repositories_need_the_configured_login(
+    start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
+) -> None:
+    private = build_image(tmp_path / "private", "v1")
+    upstream.push("alice/secret", private, "v1")
+    anonymous = start_registry(*mirror_args(gate))
+    refused = get(anonymous, "/v2/up/alice/secret/manifests/v1")
+    assert refused.status_code == 403 and error_code(refused) == "DENIED"
+    assert gate.url in refused.text
+    auth_file = tmp_path / "config.json"
+    login = base64.b64encode(":".join(ALICE).encode()).decode()
+    auth_file.write_text(json.dumps({"auths": {gate.url.removeprefix("http://"): {"auth": login}}}))
+    mirror = start_registry(*mirror_args(gate, "--proxy-auth-file", str(auth_file)))
+    assert_pulls(tmp_path / "home", f"{mirror.host}/up/alice/secret:v1", private)
+    assert "wonderland" not in mirror.log()
+
+
+# -- tags, freshness and failing upstreams ------------------------------------------------
+
+
+def test_a_moved_tag_is_picked_up_after_the_ttl_with_a_head(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
+) -> None:
+    mirror = start_registry(*mirror_args(gate, ttl="2s"))
+    assert get(mirror, "/v2/up/library/app/manifests/v1").headers["docker-content-digest"] == image.digest
+    gets = gate.count("GET", "/manifests/v1")
+    time.sleep(2.2)
+    assert get(mirror, "/v2/up/library/app/manifests/v1").headers["docker-content-digest"] == image.digest
+    assert gate.count("HEAD", "/manifests/v1") == 1 and gate.count("GET", "/manifests/v1") == gets
+
+    moved = build_image(tmp_path / "moved", "v1")
+    upstream.push("library/app", moved, "v1")
+    fresh = get(mirror, "/v2/up/library/app/manifests/v1")
+    assert fresh.headers["docker-content-digest"] == image.digest  # still within the new TTL
+    time.sleep(2.2)
+    assert get(mirror, "/v2/up/library/app/manifests/v1").headers["docker-content-digest"] == moved.digest
+    assert_pulls(tmp_path / "home", f"{mirror.host}/up/library/app:v1", moved)
+
+
+@pytest.mark.parametrize("status", ["429", "500"])
+def test_a_refusing_upstream_is_covered_by_the_cache(
+    start_registry, gate: Gate, image: Image, tmp_path: Path, status: str
+) -> None:
+    mirror = start_registry(*mirror_args(gate, ttl="0s"))
+    assert_pulls(tmp_path / "home1", f"{mirror.host}/up/library/app:v1", image)
+    gate.mode = status
+    stale = get(mirror, "/v2/up/library/app/manifests/v1")
+    assert stale.status_code == 200 and stale.headers["docker-content-digest"] == image.digest
+    assert_pulls(tmp_path / "home2", f"{mirror.host}/up/library/app:v1", image)
+    missing = get(mirror, "/v2/up/library/other/manifests/v1")
+    expected = (429, "TOOMANYREQUESTS") if status == "429" else (503, "UNAVAILABLE")
+    assert (missing.status_code, error_code(missing)) == expected
+    assert f"answered {status}" in missing.json()["errors"][0]["detail"] and gate.url in missing.text
+    assert "serving up/library/app:v1 from the cache" in mirror.log()
+
+
+# -- blobs ---------------------------------------------------------------------------------
+
+
+def test_a_corrupt_upstream_blob_never_reaches_a_client_whole_and_is_not_cached(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
+) -> None:
+    mirror = start_registry(*mirror_args(gate))
+    layer = image.layers[-1]
+    stored = upstream.server.root / blob_data_path(layer.digest)
+    good = stored.read_bytes()
+    stored.write_bytes(bytes([good[0] ^ 0xFF]) + good[1:])  # same size, wrong bytes
+    received = bytearray()
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream("GET", f"{mirror.url}/v2/up/library/app/blobs/{layer.digest}", timeout=30) as answer,
+    ):
+        assert answer.status_code == 200
+        for chunk in answer.iter_raw():
+            received += chunk
+    assert len(received) < len(good)  # cut short before the last byte
+    assert not (mirror.root / blob_data_path(layer.digest)).exists()
+    assert "arrived as" in mirror.log()
+    failed = run_pier(tmp_path / "home", "pull", f"{mirror.host}/up/library/app:v1")
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+
+    stored.write_bytes(good)  # the upstream is repaired: the next pull fills the cache
+    answer = httpx.get(f"{mirror.url}/v2/up/library/app/blobs/{layer.digest}", timeout=30)
+    assert answer.status_code == 200 and sha256(answer.content) == layer.digest
+    assert (mirror.root / blob_data_path(layer.digest)).read_bytes() == good
+
+
+def test_concurrent_pulls_of_one_blob_share_one_upstream_download(
+    start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
+) -> None:
+    big = write_blob(tmp_path / "big", "application/octet-stream", bytes(range(256)) * 40_000)  # ~10 MB
+    image = build_image(tmp_path / "image", "v1")
+    for blob in (*image.blobs, big):
+        push_blob(upstream.server.url, "library/app", blob, _alice_token(upstream))
+    mirror = start_registry(*mirror_args(gate))
+    gate.blob_delay = 1.0  # every client arrives before the first byte
+    results: list[bytes] = []
+
+    def pull() -> None:
+        answer = httpx.get(f"{mirror.url}/v2/up/library/app/blobs/{big.digest}", timeout=60)
+        assert answer.status_code == 200
+        results.append(answer.content)
+
+    threads = [threading.Thread(target=pull) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 5 and all(sha256(body) == big.digest for body in results)
+    assert gate.count("GET", f"/blobs/{big.digest}") == 1
+    ranged = httpx.get(
+        f"{mirror.url}/v2/up/library/app/blobs/{big.digest}", headers={"range": "bytes=10-19"}, timeout=30
+    )
+    assert ranged.status_code == 206 and ranged.content == big.read()[10:20]
+
+
+def _alice_token(upstream: Upstream) -> dict[str, str]:
+    answer = httpx.get(
+        f"{upstream.server.url}/auth/token",
+        params={"service": "pier", "scope": "repository:library/app:pull,push"},
+        auth=ALICE,
+    )
+    return {"Authorization": f"Bearer {answer.json()['token']}"}
+
+
+# -- distribution upstream, maintenance, settings -------------------------------------------
+
+
+def test_distribution_as_a_plain_upstream_then_gc_and_fsck_of_the_cache(
+    start_registry, distribution: str, tmp_path: Path
+) -> None:
+    image = build_image(tmp_path / "image", "v1")
+    for blob in image.blobs:
+        push_blob(f"http://{distribution}", "tools/jq", blob)
+    push_manifest(f"http://{distribution}", "tools/jq", "v1", image.manifest)
+    mirror = start_registry("--proxy", f"dist=http://{distribution}")
+    assert_pulls(tmp_path / "home", f"{mirror.host}/dist/tools/jq:v1", image)
+    mirror.stop()
+    for command in (["gc", "--grace", "0s"], ["fsck"]):
+        done = run_pier(tmp_path / "home", *command, "--root", str(mirror.root))
+        assert done.returncode == 0, done.stderr
+    assert (
+        "0 blobs (0 B) freed"
+        in run_pier(tmp_path / "home", "gc", "--grace", "0s", "--root", str(mirror.root)).stdout
+    )
+    for blob in image.blobs:
+        assert (mirror.root / blob_data_path(blob.digest)).exists()
+
+
+@pytest.mark.parametrize(
+    "proxy, message",
+    [
+        ("ftp://example.org", "not an http(s) URL"),
+        ("https://a.example,https://b.example", "only one upstream can serve bare names"),
+        ("Bad_Prefix=https://a.example", "not a repository prefix"),
+        ("x=https://a.example,x=https://b.example", "share a prefix"),
+    ],
+)
+def test_bad_proxy_settings_are_refused_in_one_line(tmp_path: Path, proxy: str, message: str) -> None:
+    done = serve_refused(tmp_path, "--proxy", proxy)
+    assert done.returncode == 2 and message in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
