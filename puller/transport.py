@@ -219,7 +219,11 @@ def error_message(response: httpx.Response) -> str:
         errors = response.json().get("errors", [])
         if errors:
             first = errors[0]
-            return f"{response.status_code} {first.get('code', '')}: {first.get('message', '')}".strip()
+            line = f"{response.status_code} {first.get('code', '')}: {first.get('message', '')}".strip()
+            detail = first.get("detail")
+            if isinstance(detail, str) and detail:  # e.g. a mirror naming its upstream's answer
+                line += f" ({' '.join(detail.split())[:300]})"
+            return line
     except (ValueError, AttributeError, httpx.HTTPError):
         pass
     return f"{response.status_code} {response.reason_phrase}"

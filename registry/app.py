@@ -86,6 +86,7 @@ class RegistryApp:
         self.token_server = security.token_server
         self._inflight = 0
         self._purger: asyncio.Task[None] | None = None
+        self._evicter: asyncio.Task[None] | None = None
         upstreams = parse_upstreams(settings.proxy, settings.proxy_auth_file)
         self.mirror = (
             Mirror(
@@ -94,6 +95,7 @@ class RegistryApp:
                 ttl=settings.proxy_ttl,
                 timeout=settings.proxy_timeout,
                 max_manifest=settings.max_manifest_size,
+                cache_size=settings.proxy_cache_size,
             )
             if upstreams
             else None
@@ -227,12 +229,15 @@ class RegistryApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._purger = asyncio.create_task(self._purge_uploads_forever())
+                if self.mirror is not None and self.mirror.cache_size:
+                    self._evicter = asyncio.create_task(self.mirror.evict_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._purger is not None:
-                    self._purger.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._purger
+                for task in (self._purger, self._evicter):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 if self.mirror is not None:
                     await self.mirror.close()
                 await self.store.driver.close()
@@ -300,6 +305,9 @@ class RegistryApp:
             await self.mirror.manifest(route, reference)
             name = route.local
         record = await self.store.resolve(name, reference)
+        if route is not None:
+            assert self.mirror is not None
+            await self.mirror.pulled(route, record.digest)
         accepted = _accepted_types(request)
         if accepted and record.media_type not in accepted:
             # Clients that list manifest types but not this one cannot use it.

@@ -57,6 +57,7 @@ _HELP = {
     "proxy_ttl": "serve a mirrored tag from the cache this long before checking upstream (default 5m)",
     "proxy_timeout": "timeout of requests to upstreams (default 30s)",
     "proxy_auth_file": "docker config.json holding logins for upstreams, by host",
+    "proxy_cache_size": "evict mirrored images, least recently pulled first, past this size (0: never)",
 }
 
 

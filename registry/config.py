@@ -65,6 +65,7 @@ class Settings:
     proxy_ttl: float = 300.0  # a cached tag is served this long before it is checked upstream
     proxy_timeout: float = 30.0  # connect/read timeout towards upstreams
     proxy_auth_file: str = ""  # docker config.json with the upstreams' logins (by host)
+    proxy_cache_size: int = 0  # mirrored content beyond this is evicted, least recently pulled first
 
     @property
     def host(self) -> str:
@@ -89,6 +90,7 @@ FIELD_TYPES: dict[str, str] = {
     "redirect_expiry": "duration",
     "proxy_ttl": "duration",
     "proxy_timeout": "duration",
+    "proxy_cache_size": "size",
 }
 
 

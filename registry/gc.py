@@ -200,8 +200,13 @@ async def collect(
     delete_untagged: bool = False,
     grace: float = DEFAULT_GRACE,
     deadline: float = SWEEP_DEADLINE,
+    only: set[Digest] | None = None,
 ) -> Report:
-    """Mark, write markers, mark again, sweep what is still unreferenced, purge dead links."""
+    """Mark, write markers, mark again, sweep what is still unreferenced, purge dead links.
+
+    ``only`` limits the sweep to those blobs (a mirror evicting what its evicted manifests
+    referenced); the handshake protects them as it protects the rest.
+    """
     report = Report()
     if not dry_run:
         await _clear_stale_markers(driver, report)
@@ -211,6 +216,8 @@ async def collect(
     ]
     blobs = await list_blobs(driver)
     candidates = _candidates(blobs, first, grace)
+    if only is not None:
+        candidates &= only
     doomed = {m for m in first.revisions if m not in first.kept} if delete_untagged else set()
 
     if dry_run:

@@ -70,6 +70,7 @@ class Repositories:
     layers: dict[Manifest, float] = field(default_factory=dict)
     tags: list[tuple[str, str]] = field(default_factory=list)  # (repository, tag)
     referrers: dict[Manifest, list[Manifest]] = field(default_factory=dict)  # subject -> referrers
+    pulled: dict[Manifest, float] = field(default_factory=dict)  # a mirror's manifests: last pull
 
     def add(self, info: FileInfo) -> None:
         parts = info.path.split("/")[1:]
@@ -90,6 +91,10 @@ class Repositories:
                 subject, referrer = parse_digest(algorithm, hexpart), parse_digest(*entry.split("-", 1))
                 if subject is not None and referrer is not None:
                     self.referrers.setdefault((name, subject), []).append((name, referrer))
+            case ["_pulled", algorithm, hexpart]:
+                if digest := parse_digest(algorithm, hexpart):
+                    self.pulled[(name, digest)] = info.mtime
+                return
             case _:
                 return  # upload markers, strays
         self.names.add(name)

@@ -9,6 +9,9 @@
     repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
                                                    descriptor (JSON) of a manifest whose subject
                                                    is <alg>:<hex>
+    repositories/<name>/_pulled/<alg>/<hex>        a mirror's cached manifest: its mtime is when
+                                                   it was last pulled (least-recently-pulled
+                                                   eviction)
     repositories/<name>/_uploads/<id>              marker of an open upload session (counted
                                                    against the per-repository limit)
     _uploads/<id>/data                             bytes of an open upload session
@@ -92,6 +95,10 @@ def referrers_dir(name: str, subject: Digest) -> str:
 
 def referrer_entry(name: str, subject: Digest, referrer: Digest) -> str:
     return f"{referrers_dir(name, subject)}/{referrer.algorithm}-{referrer.hex}"
+
+
+def pulled_marker(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_pulled/{digest.algorithm}/{digest.hex}"
 
 
 def upload_dir(upload_id: str) -> str:

@@ -19,6 +19,7 @@ share one cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ from storage_backends import PathNotFound
 
 from . import layout
 from .errors import RegistryError
+from .eviction import Pulls, evict
 from .references import Digest, is_digest, validate_tag
 from .store import RegistryStore
 from .upstream import (
@@ -77,8 +79,12 @@ class Mirror:
         ttl: float,
         timeout: float,
         max_manifest: int,
+        cache_size: int = 0,
     ) -> None:
         self.store = store
+        self.cache_size = cache_size
+        self.pulls = Pulls(store.driver)
+        self._evict_now = asyncio.Event()
         self.ttl = ttl
         self.max_manifest = max_manifest
         self.clients = {u.prefix: UpstreamClient(u, timeout) for u in upstreams}
@@ -88,6 +94,22 @@ class Mirror:
     async def close(self) -> None:
         for client in self.clients.values():
             await client.close()
+
+    async def pulled(self, route: Route, digest: Digest) -> None:
+        """Note a manifest pull, for least-recently-pulled eviction (only when there is a limit)."""
+        if self.cache_size:
+            await self.pulls.record(route.local, digest)
+
+    async def evict_forever(self, interval: float = 300.0) -> None:
+        """Check the cache's size after every download that filled it, and every ``interval``."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._evict_now.wait(), interval)
+            self._evict_now.clear()
+            try:
+                await evict(self.store.driver, lambda name: self.proxied(name) is not None, self.cache_size)
+            except Exception:
+                log.exception("mirror cache eviction failed")
 
     def proxied(self, name: str) -> Upstream | None:
         """The upstream whose prefix ``name`` is under: such names are read-only here."""
@@ -265,6 +287,7 @@ class Download:
             writer = None
             await store.link_blob(route.local, self.digest)
             self.verified = True
+            self.mirror._evict_now.set()
         except UpstreamError as exc:
             log.warning("%s", exc)
             self.error = exc

@@ -18,7 +18,7 @@ _names = itertools.count()
 
 
 # The registry's own suites run on every storage backend; the client's only on the default.
-STORAGE_SUITES = ("test_api_", "test_interop_skopeo", "test_replicas", "test_gc", "test_fsck")
+STORAGE_SUITES = ("test_api_", "test_interop_skopeo", "test_replicas", "test_gc", "test_fsck", "test_mirror")
 BACKENDS = ("filesystem", "s3")
 
 

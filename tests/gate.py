@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
+PIECE = 64 * 1024
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
 
 
@@ -17,6 +18,7 @@ class Gate:
         self.upstream = upstream  # http://HOST:PORT
         self.mode = "pass"  # or "429", "500"
         self.blob_delay = 0.0  # seconds before a blob body starts
+        self.blob_pace = 0.0  # seconds between 64 KiB pieces of a blob body
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of what it passed on
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=60)
@@ -79,8 +81,11 @@ class Gate:
             if length is None:
                 handler.wfile.write(body)
                 return
-            for chunk in answer.iter_raw():
+            for chunk in answer.iter_raw(PIECE if self.blob_pace else None):
                 handler.wfile.write(chunk)
+                if self.blob_pace and "/blobs/" in handler.path:
+                    handler.wfile.flush()
+                    time.sleep(self.blob_pace)
         finally:
             answer.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import threading
 import time
@@ -19,11 +20,12 @@ import httpx
 import pytest
 
 from .gate import Gate
-from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
-from .images import Image, build_image, sha256, write_blob
+from .helpers import push_blob, push_index, push_manifest, run_pier, write_htpasswd
+from .images import OCI_MANIFEST, Blob, Image, build_image, build_index, sha256, write_blob
 from .servers import PierServer, serve_refused
 from .skopeo import Skopeo
 from .storeview import blob_data_path
+from .test_gc import run_storage_command
 from .tokens import write_signing_key
 
 ACL = """
@@ -254,7 +256,7 @@ def test_a_corrupt_upstream_blob_never_reaches_a_client_whole_and_is_not_cached(
         for chunk in answer.iter_raw():
             received += chunk
     assert len(received) < len(good)  # cut short before the last byte
-    assert not (mirror.root / blob_data_path(layer.digest)).exists()
+    assert not mirror.storage.exists(blob_data_path(layer.digest))
     assert "arrived as" in mirror.log()
     failed = run_pier(tmp_path / "home", "pull", f"{mirror.host}/up/library/app:v1")
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
@@ -262,7 +264,7 @@ def test_a_corrupt_upstream_blob_never_reaches_a_client_whole_and_is_not_cached(
     stored.write_bytes(good)  # the upstream is repaired: the next pull fills the cache
     answer = httpx.get(f"{mirror.url}/v2/up/library/app/blobs/{layer.digest}", timeout=30)
     assert answer.status_code == 200 and sha256(answer.content) == layer.digest
-    assert (mirror.root / blob_data_path(layer.digest)).read_bytes() == good
+    assert mirror.storage.read(blob_data_path(layer.digest)) == good
 
 
 def test_concurrent_pulls_of_one_blob_share_one_upstream_download(
@@ -294,10 +296,10 @@ def test_concurrent_pulls_of_one_blob_share_one_upstream_download(
     assert ranged.status_code == 206 and ranged.content == big.read()[10:20]
 
 
-def _alice_token(upstream: Upstream) -> dict[str, str]:
+def _alice_token(upstream: Upstream, repo: str = "library/app") -> dict[str, str]:
     answer = httpx.get(
         f"{upstream.server.url}/auth/token",
-        params={"service": "pier", "scope": "repository:library/app:pull,push"},
+        params={"service": "pier", "scope": f"repository:{repo}:pull,push"},
         auth=ALICE,
     )
     return {"Authorization": f"Bearer {answer.json()['token']}"}
@@ -317,14 +319,11 @@ def test_distribution_as_a_plain_upstream_then_gc_and_fsck_of_the_cache(
     assert_pulls(tmp_path / "home", f"{mirror.host}/dist/tools/jq:v1", image)
     mirror.stop()
     for command in (["gc", "--grace", "0s"], ["fsck"]):
-        done = run_pier(tmp_path / "home", *command, "--root", str(mirror.root))
+        done = run_storage_command(mirror.storage, *command)
         assert done.returncode == 0, done.stderr
-    assert (
-        "0 blobs (0 B) freed"
-        in run_pier(tmp_path / "home", "gc", "--grace", "0s", "--root", str(mirror.root)).stdout
-    )
+    assert "0 blobs (0 B) freed" in run_storage_command(mirror.storage, "gc", "--grace", "0s").stdout
     for blob in image.blobs:
-        assert (mirror.root / blob_data_path(blob.digest)).exists()
+        assert mirror.storage.exists(blob_data_path(blob.digest))
 
 
 @pytest.mark.parametrize(
@@ -340,3 +339,93 @@ def test_bad_proxy_settings_are_refused_in_one_line(tmp_path: Path, proxy: str, 
     done = serve_refused(tmp_path, "--proxy", proxy)
     assert done.returncode == 2 and message in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_the_cache_evicts_the_least_recently_pulled_and_keeps_what_local_repositories_need(
+    start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
+) -> None:
+    old, new = (build_image(tmp_path / name, "v1") for name in ("old", "new"))
+    upstream.push("library/old", old, "v1")
+    upstream.push("library/new", new, "v1")
+    base = old.layers[0].size + old.layers[2].size  # busybox and the motd layer: shared by both
+    sizes = {image.digest: sum(b.size for b in image.blobs) + image.manifest.size for image in (old, new)}
+    limit = sizes[new.digest] + (sizes[old.digest] - base) // 2  # room for new, not for both
+    mirror = start_registry(*mirror_args(gate, "--proxy-cache-size", str(limit)))
+    # a local image shares old's config: that blob must survive old's eviction
+    keep = write_blob(tmp_path / "keep", OCI_MANIFEST, _manifest(old.config, old.layers[2]))
+    push_blob(mirror.url, "team/keep", old.config)
+    push_blob(mirror.url, "team/keep", old.layers[2])
+    push_manifest(mirror.url, "team/keep", "v1", keep)
+
+    assert_pulls(tmp_path / "home1", f"{mirror.host}/up/library/old:v1", old)
+    time.sleep(1.1)  # mtimes of the pull markers are the order
+    assert_pulls(tmp_path / "home2", f"{mirror.host}/up/library/new:v1", new)
+    evicted = old.layers[1]  # old's own big layer
+    deadline = time.monotonic() + 20
+    while mirror.storage.exists(blob_data_path(evicted.digest)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not mirror.storage.exists(blob_data_path(evicted.digest)), mirror.log()
+    for kept in (*new.blobs, old.config, old.layers[0]):
+        assert mirror.storage.exists(blob_data_path(kept.digest))
+    assert not mirror.storage.exists("repositories/up/library/old/_manifests/tags/v1/current/link")
+    assert get(mirror, "/v2/team/keep/manifests/v1").status_code == 200
+    # evicted is not lost: the next pull fetches it again
+    fetched = gate.count("GET", f"/blobs/{evicted.digest}")
+    assert_pulls(tmp_path / "home3", f"{mirror.host}/up/library/old:v1", old)
+    assert gate.count("GET", f"/blobs/{evicted.digest}") == fetched + 1
+
+
+def _manifest(config: Blob, layer: Blob) -> bytes:
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.descriptor(),
+        "layers": [layer.descriptor()],
+    }
+    return json.dumps(document).encode()
+
+
+def test_the_first_client_gets_bytes_before_the_upstream_is_done(
+    start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
+) -> None:
+    big = write_blob(tmp_path / "big", "application/octet-stream", os.urandom(2 * 1024 * 1024))
+    push_blob(upstream.server.url, "library/app", big, _alice_token(upstream))
+    mirror = start_registry(*mirror_args(gate))
+    gate.blob_pace = 0.05  # 32 pieces of 64 KiB: the upstream takes about 1.6 s
+    started = time.monotonic()
+    received, first_byte = bytearray(), None
+    with httpx.stream("GET", f"{mirror.url}/v2/up/library/app/blobs/{big.digest}", timeout=30) as answer:
+        assert answer.status_code == 200 and answer.headers["content-length"] == str(big.size)
+        for chunk in answer.iter_raw():
+            first_byte = first_byte or time.monotonic() - started
+            received += chunk
+    total = time.monotonic() - started
+    assert sha256(bytes(received)) == big.digest
+    assert total > 1.4 and first_byte < total / 3, (first_byte, total)
+
+
+def test_an_index_is_cached_with_the_children_that_were_pulled(
+    start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
+) -> None:
+    index = build_index(tmp_path / "multi", "v1")
+    token = _alice_token(upstream, "library/multi")
+    push_index(upstream.server.url, "library/multi", index, token)
+    mirror = start_registry(*mirror_args(gate))
+    amd64, arm64 = index.image("amd64"), index.image("arm64")
+    done = run_pier(
+        tmp_path / "home", "pull", "--platform", "linux/arm64", f"{mirror.host}/up/library/multi:v1"
+    )
+    assert done.returncode == 0, done.stderr
+    revisions = "repositories/up/library/multi/_manifests/revisions/sha256"
+    cached = {path.split("/")[-2] for path in mirror.storage.files(revisions)}
+    assert cached == {index.digest[7:], arm64.digest[7:]}
+    assert not mirror.storage.exists(blob_data_path(amd64.config.digest))
+    gate.mode = "500"  # what was pulled is served without the upstream
+    again = run_pier(
+        tmp_path / "home2", "pull", "--platform", "linux/arm64", f"{mirror.host}/up/library/multi:v1"
+    )
+    assert again.returncode == 0, again.stderr
+    other = run_pier(
+        tmp_path / "home3", "pull", "--platform", "linux/amd64", f"{mirror.host}/up/library/multi:v1"
+    )
+    assert other.returncode != 0 and "answered 500" in other.stderr and "Traceback" not in other.stderr
