@@ -291,10 +291,16 @@ class RegistryApp:
         return json_response({"repositories": names}, headers=headers)
 
     async def tags(self, request: Request, name: str) -> Response:
-        if not await self.store.repository_exists(name):
+        route = await self.mirror.route(name) if self.mirror is not None else None
+        if route is not None:
+            assert self.mirror is not None
+            every = await self.mirror.tags(route)
+        elif await self.store.repository_exists(name):
+            every = await self.store.tags(name)
+        else:
             raise RegistryError("NAME_UNKNOWN", name)
         n = self._page_size(request, None)
-        tags, headers = self._paginate(await self.store.tags(name), request, n, f"/v2/{name}/tags/list")
+        tags, headers = self._paginate(every, request, n, f"/v2/{name}/tags/list")
         return json_response({"name": name, "tags": tags}, headers=headers)
 
     # -- manifests -------------------------------------------------------------------

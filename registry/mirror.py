@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -47,6 +48,7 @@ from .upstream import (
 
 log = logging.getLogger("pier.mirror")
 SPOOL_READ = 1024 * 1024
+MAX_TAG_PAGES = 50
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,34 @@ class Mirror:
             )
         except RegistryError as exc:
             raise UpstreamUnavailable(route.upstream, f"manifest {reference} refused: {exc}") from None
+
+    async def tags(self, route: Route) -> list[str]:
+        """The upstream's tags (every page of them), or the cached ones when it fails."""
+        found: list[str] = []
+        path = "tags/list"
+        try:
+            for _ in range(MAX_TAG_PAGES):
+                response, body = await route.client.fetch("GET", route.remote, path, None, self.max_manifest)
+                tags = json.loads(body).get("tags") or []
+                found += [t for t in tags if isinstance(t, str)]
+                link = response.links.get("next", {}).get("url", "")
+                if "/tags/list?" not in link:
+                    break
+                path = "tags/list?" + link.split("/tags/list?", 1)[1]
+        except (UpstreamUnavailable, UpstreamDenied, ValueError, AttributeError) as exc:
+            cached = await self.store.tags(route.local)
+            if not cached:
+                raise as_registry_error(
+                    exc
+                    if isinstance(exc, UpstreamError)
+                    else UpstreamUnavailable(route.upstream, "bad tag list"),
+                    "NAME_UNKNOWN",
+                ) from None
+            log.warning("listing the cached tags of %s: %s", route.local, exc)
+            return cached
+        except UpstreamNotFound as exc:
+            raise as_registry_error(exc, "NAME_UNKNOWN") from None
+        return sorted(set(found))
 
     # -- blobs -----------------------------------------------------------------------
     async def blob_size(self, route: Route, digest: Digest) -> int:

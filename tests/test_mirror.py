@@ -429,3 +429,21 @@ def test_an_index_is_cached_with_the_children_that_were_pulled(
         tmp_path / "home3", "pull", "--platform", "linux/amd64", f"{mirror.host}/up/library/multi:v1"
     )
     assert other.returncode != 0 and "answered 500" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_tag_lists_come_from_upstream_or_from_the_cache_when_it_fails(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, skopeo_for
+) -> None:
+    upstream.push("library/app", image, "latest")
+    mirror = start_registry(*mirror_args(gate))
+    assert get(mirror, "/v2/up/library/app/manifests/v1").status_code == 200
+    listed = skopeo_for(mirror).json(
+        "list-tags", "--tls-verify=false", f"docker://{mirror.host}/up/library/app"
+    )
+    assert listed["Tags"] == ["latest", "v1"]
+    paged = get(mirror, "/v2/up/library/app/tags/list?n=1")
+    assert paged.json()["tags"] == ["latest"] and 'rel="next"' in paged.headers["link"]
+    gate.mode = "500"
+    assert get(mirror, "/v2/up/library/app/tags/list").json()["tags"] == ["v1"]
+    unknown = get(mirror, "/v2/up/library/nothing/tags/list")
+    assert unknown.status_code == 503 and "answered 500" in unknown.text
