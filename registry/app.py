@@ -365,9 +365,8 @@ class RegistryApp:
         route = await self.mirror.route(name) if self.mirror is not None else None
         if route is not None:
             assert self.mirror is not None
-            size = await self.mirror.blob_size(route, parsed)  # links a cached blob into route.local
-            if not await self.store.has_content(parsed):
-                return await self._mirror_blob(request, route, parsed, size)
+            if not await self.mirror.cached(route, parsed):
+                return await self._mirror_blob(request, route, parsed)
             name = route.local
         size = await self.store.blob_size(name, parsed)
         headers = {
@@ -398,22 +397,20 @@ class RegistryApp:
                 return Response(b"", 307, redirect)
         return StreamingResponse(self.store.read_blob(parsed, offset, length), status, headers)
 
-    async def _mirror_blob(self, request: Request, route: Route, digest: Digest, size: int) -> Response:
+    async def _mirror_blob(self, request: Request, route: Route, digest: Digest) -> Response:
         """A blob the cache does not have yet: streamed while the mirror downloads it."""
         assert self.mirror is not None
         headers = {
             "content-type": "application/octet-stream",
             "docker-content-digest": str(digest),
             "etag": f'"{digest}"',
-            "content-length": str(size),
         }
         if request.method == "HEAD":
+            headers["content-length"] = str(await self.mirror.upstream_size(route, digest))
             return Response(b"", 200, headers)
         download = await self.mirror.download(route, digest)
-        if download.size is not None and download.size != size:
+        if download.size is not None:
             headers["content-length"] = str(download.size)
-        if download.size is None:
-            del headers["content-length"]
         if "range" in request.headers:  # ranges are served from the cache, once it has the blob
             await download.done()
             return await self.get_blob(request, route.local, str(digest))

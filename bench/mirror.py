@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""pier as a pull-through cache beside distribution's proxy mode (issue 7), side by side.
+
+One upstream: Debian's ``docker-registry`` (distribution 2.8) on a folder, holding a
+1 GiB blob in ``--repeats`` variants. In front of it, each with an empty cache of its own:
+
+- pier, ``--proxy up=UPSTREAM`` (pulls as ``up/library/big``);
+- distribution with ``proxy: remoteurl: UPSTREAM`` (its pull-through cache mode);
+- and, for the warm comparison, pier without a mirror holding the same blobs.
+
+Measured with ``curl -o /dev/null`` (the size is checked), each variant once cold (not
+cached: the mirror fetches it from the upstream while streaming it) and once warm:
+
+1. direct pull from the upstream: what a mirror's cold pull is compared with (issue
+   target: pier's overhead under 10%);
+2. cold pull through pier and through distribution's proxy;
+3. warm pull through each, and a plain pull from pier without a mirror (target: equal).
+
+    .venv/bin/python bench/mirror.py [--size-mib 1024] [--repeats 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from servers import Server, free_port  # bench/servers.py
+
+from registry import (  # bench/registry.py (bench/ is sys.path[0])
+    MIB,
+    BlobFile,
+    cpu_seconds,
+    fmt,
+    machine_facts,
+    mbps,
+    pull_curl,
+    push_post_put,
+    start_pier,
+)
+
+
+def start_distribution(label: str, work: Path, proxy: str | None = None) -> Server:
+    port = free_port()
+    config = work / f"{label}.yml"
+    text = (
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {work / (label + '-data')}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    if proxy:
+        text += f"proxy:\n  remoteurl: {proxy}\n"
+    config.write_text(text)
+    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    return Server(label, [binary, "serve", str(config)], port, work / f"{label}.log").start()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="blob size (default 1024)")
+    parser.add_argument("--repeats", type=int, default=3, help="variants, each pulled cold then warm (3)")
+    parser.add_argument("--tmpdir", default=None, help="where the temporary folder goes")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if shutil.which("docker-registry") is None or shutil.which("curl") is None:
+        print("bench: docker-registry and curl are needed (see bench/README.md)", file=sys.stderr)
+        return 2
+    size, repeats = args.size_mib * MIB, args.repeats
+    work = Path(tempfile.mkdtemp(prefix="pier-mirror-bench-", dir=args.tmpdir))
+    began = time.monotonic()
+    servers: list[Server] = []
+
+    def phase(text: str) -> None:
+        print(f"[{time.monotonic() - began:6.1f}s] {text}", flush=True)
+
+    try:
+        facts = machine_facts(work)
+        for key, value in facts.items():
+            print(f"  {key:13} {value}")
+        phase(f"writing a {args.size_mib} MiB blob in {repeats} variants")
+        blob = BlobFile(work / "big.bin", size, repeats)
+        upstream = start_distribution("upstream", work)
+        local = start_pier("pier-local", work, ["--fsync", "false"])
+        pier = start_pier("pier-mirror", work, ["--proxy", f"up={upstream.url}", "--fsync", "false"])
+        dist = start_distribution("distribution-proxy", work, upstream.url)
+        servers += [upstream, local, pier, dist]
+        phase("pushing the variants to the upstream and to plain pier")
+        for rep in range(repeats):
+            digest = blob.use(rep)
+            push_post_put(upstream.port, "library/big", blob, digest)
+            push_post_put(local.port, "library/big", blob, digest)
+        blob.close()
+
+        urls = {
+            "direct from upstream": f"{upstream.url}/v2/library/big/blobs/",
+            "pier mirror": f"{pier.url}/v2/up/library/big/blobs/",
+            "distribution proxy": f"{dist.url}/v2/library/big/blobs/",
+            "plain pier": f"{local.url}/v2/library/big/blobs/",
+        }
+        owner = {"pier mirror": pier, "distribution proxy": dist, "plain pier": local}
+        runs: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
+
+        def pull(label: str, kind: str, digest: str) -> None:
+            server = owner.get(label)
+            before = cpu_seconds(server.pid) if server else 0.0
+            elapsed = pull_curl(urls[label] + digest, size)
+            runs.setdefault(f"{label} {kind}", []).append(mbps(size, elapsed))
+            if server:
+                cpu.setdefault(f"{label} {kind}", []).append(
+                    (cpu_seconds(server.pid) - before) / (size / 1024**3)
+                )
+
+        for rep in range(repeats):
+            digest = blob.digests[rep]
+            mirrors = ["pier mirror", "distribution proxy"][:: 1 if rep % 2 == 0 else -1]
+            pull("direct from upstream", "", digest)
+            for label in mirrors:
+                pull(label, "cold", digest)
+            for label in mirrors:
+                pull(label, "warm", digest)
+            pull("plain pier", "", digest)
+            print(
+                f"    run {rep + 1}: " + ", ".join(f"{k.strip()} {v[-1]:.0f}" for k, v in runs.items()),
+                flush=True,
+            )
+
+        med = statistics.median
+        direct = med(runs["direct from upstream "])
+        print(f"\nResults: {args.size_mib} MiB blob, median of {repeats}, MB/s (MB = 10^6 bytes)")
+        rows = [
+            ("Direct pull from the upstream (distribution)", direct, None),
+            ("Cold pull through pier's mirror", med(runs["pier mirror cold"]), direct),
+            ("Cold pull through distribution's proxy", med(runs["distribution proxy cold"]), direct),
+            ("Warm pull from pier's mirror", med(runs["pier mirror warm"]), med(runs["plain pier "])),
+            ("Warm pull from distribution's proxy", med(runs["distribution proxy warm"]), direct),
+            ("Plain pull from pier (no mirror)", med(runs["plain pier "]), None),
+        ]
+        table = []
+        for name, value, reference in rows:
+            ratio = f"{value / reference:.2f}x" if reference else ""
+            print(f"  {name:48}{fmt(value):>8}  {ratio}")
+            table.append(
+                {"measurement": name, "mbps": value, "ratio": value / reference if reference else None}
+            )
+        print(
+            "Registry CPU seconds per GiB (median): " + ", ".join(f"{k} {med(v):.2f}" for k, v in cpu.items())
+        )
+        print(f"Total time {time.monotonic() - began:.0f} s")
+        if args.json:
+            result: dict[str, Any] = {"machine": facts, "runs": runs, "cpu": cpu, "table": table}
+            Path(args.json).write_text(json.dumps(result, indent=2))
+    finally:
+        for server in reversed(servers):
+            with contextlib.suppress(Exception):
+                server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
