@@ -14,7 +14,10 @@ cached: the mirror fetches it from the upstream while streaming it) and once war
 1. direct pull from the upstream: what a mirror's cold pull is compared with (issue
    target: pier's overhead under 10%);
 2. cold pull through pier and through distribution's proxy;
-3. warm pull through each, and a plain pull from pier without a mirror (target: equal).
+3. warm pull through each, and a plain pull from pier without a mirror (target: equal);
+4. 1 and 2 again with the upstream behind a relay (in this script) sending at most
+   ``--limit-mbps`` (100 MB/s), as a remote registry over a fast link would: loopback's
+   2 GB/s is no real upstream.
 
     .venv/bin/python bench/mirror.py [--size-mib 1024] [--repeats 3] [--json out.json]
 """
@@ -22,12 +25,14 @@ cached: the mirror fetches it from the upstream while streaming it) and once war
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,10 +68,57 @@ def start_distribution(label: str, work: Path, proxy: str | None = None) -> Serv
     return Server(label, [binary, "serve", str(config)], port, work / f"{label}.log").start()
 
 
+class RateLimit(threading.Thread):
+    """A TCP relay in front of the upstream that sends responses at ``rate`` bytes/s at most
+    (a token bucket, 1 MiB of burst): a remote registry over a fast link, on loopback."""
+
+    def __init__(self, upstream_port: int, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.upstream_port, self.rate, self.port = upstream_port, rate, free_port()
+        self.ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.ready.set()
+        async with server:
+            await server.serve_forever()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        await asyncio.gather(self._pipe(client_r, up_w, None), self._pipe(up_r, client_w, self.rate))
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float | None) -> None:
+        burst = float(MIB)
+        allowance, last = burst, time.monotonic()
+        try:
+            while data := await reader.read(256 * 1024):
+                if rate:
+                    now = time.monotonic()
+                    allowance = min(burst, allowance + (now - last) * rate) - len(data)
+                    last = now
+                    if allowance < 0:
+                        await asyncio.sleep(-allowance / rate)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="blob size (default 1024)")
     parser.add_argument("--repeats", type=int, default=3, help="variants, each pulled cold then warm (3)")
+    parser.add_argument("--limit-mbps", type=int, default=100, help="the rate-limited upstream's MB/s (100)")
     parser.add_argument("--tmpdir", default=None, help="where the temporary folder goes")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -92,6 +144,12 @@ def main() -> int:
         pier = start_pier("pier-mirror", work, ["--proxy", f"up={upstream.url}", "--fsync", "false"])
         dist = start_distribution("distribution-proxy", work, upstream.url)
         servers += [upstream, local, pier, dist]
+        slow = RateLimit(upstream.port, args.limit_mbps * 1e6)
+        slow.start()
+        slow.ready.wait()
+        slow_pier = start_pier("pier-mirror-slow", work, ["--proxy", f"up={slow.url}", "--fsync", "false"])
+        slow_dist = start_distribution("distribution-proxy-slow", work, slow.url)
+        servers += [slow_pier, slow_dist]
         phase("pushing the variants to the upstream and to plain pier")
         for rep in range(repeats):
             digest = blob.use(rep)
@@ -104,6 +162,9 @@ def main() -> int:
             "pier mirror": f"{pier.url}/v2/up/library/big/blobs/",
             "distribution proxy": f"{dist.url}/v2/library/big/blobs/",
             "plain pier": f"{local.url}/v2/library/big/blobs/",
+            "limited direct": f"{slow.url}/v2/library/big/blobs/",
+            "limited pier mirror": f"{slow_pier.url}/v2/up/library/big/blobs/",
+            "limited distribution proxy": f"{slow_dist.url}/v2/library/big/blobs/",
         }
         owner = {"pier mirror": pier, "distribution proxy": dist, "plain pier": local}
         runs: dict[str, list[float]] = {}
@@ -128,6 +189,9 @@ def main() -> int:
             for label in mirrors:
                 pull(label, "warm", digest)
             pull("plain pier", "", digest)
+            pull("limited direct", "", digest)
+            for label in ("limited pier mirror", "limited distribution proxy")[:: 1 if rep % 2 == 0 else -1]:
+                pull(label, "cold", digest)
             print(
                 f"    run {rep + 1}: " + ", ".join(f"{k.strip()} {v[-1]:.0f}" for k, v in runs.items()),
                 flush=True,
@@ -143,6 +207,17 @@ def main() -> int:
             ("Warm pull from pier's mirror", med(runs["pier mirror warm"]), med(runs["plain pier "])),
             ("Warm pull from distribution's proxy", med(runs["distribution proxy warm"]), direct),
             ("Plain pull from pier (no mirror)", med(runs["plain pier "]), None),
+            (f"Direct pull, upstream limited to {args.limit_mbps} MB/s", med(runs["limited direct "]), None),
+            (
+                "  cold through pier's mirror",
+                med(runs["limited pier mirror cold"]),
+                med(runs["limited direct "]),
+            ),
+            (
+                "  cold through distribution's proxy",
+                med(runs["limited distribution proxy cold"]),
+                med(runs["limited direct "]),
+            ),
         ]
         table = []
         for name, value, reference in rows:
