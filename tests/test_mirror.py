@@ -447,3 +447,36 @@ def test_tag_lists_come_from_upstream_or_from_the_cache_when_it_fails(
     assert get(mirror, "/v2/up/library/app/tags/list").json()["tags"] == ["v1"]
     unknown = get(mirror, "/v2/up/library/nothing/tags/list")
     assert unknown.status_code == 503 and "answered 500" in unknown.text
+
+
+def test_basic_auth_upstreams_and_tokens_asked_once_per_repository(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
+) -> None:
+    # Token upstream: one challenge and one token per repository, then the cached token.
+    mirror = start_registry(*mirror_args(gate, ttl="0s"))
+    for _ in range(3):
+        assert get(mirror, "/v2/up/library/app/manifests/v1").status_code == 200
+    assert_pulls(tmp_path / "home", f"{mirror.host}/up/library/app:v1", image)
+    challenged = [path for method, path, status in gate.requests if status == 401]
+    assert len(challenged) == 1, challenged
+    # Basic upstream: pier with htpasswd only, the login in the URL (a config-file form).
+    basic_root = tmp_path / "basic"
+    basic_root.mkdir()
+    htpasswd = write_htpasswd(basic_root / "htpasswd", dict([ALICE]))
+    basic = PierServer(basic_root / "data", "--htpasswd", str(htpasswd)).start()
+    try:
+        for blob in image.blobs:
+            push_blob(basic.url, "team/app", blob, {"Authorization": "Basic " + _b64(ALICE)})
+        push_manifest(basic.url, "team/app", "v1", image.manifest, {"Authorization": "Basic " + _b64(ALICE)})
+        anonymous = start_registry("--proxy", f"b={basic.url}")
+        refused = get(anonymous, "/v2/b/team/app/manifests/v1")
+        assert refused.status_code == 403 and "none is configured" in refused.text
+        with_login = start_registry("--proxy", f"b=http://alice:wonderland@{basic.host}")
+        assert_pulls(tmp_path / "home2", f"{with_login.host}/b/team/app:v1", image)
+        assert "wonderland" not in with_login.log()
+    finally:
+        basic.stop()
+
+
+def _b64(login: tuple[str, str]) -> str:
+    return base64.b64encode(":".join(login).encode()).decode()
