@@ -95,6 +95,7 @@ class RegistryApp:
                 ttl=settings.proxy_ttl,
                 timeout=settings.proxy_timeout,
                 max_manifest=settings.max_manifest_size,
+                max_blob=settings.max_blob_size,
                 cache_size=settings.proxy_cache_size,
             )
             if upstreams

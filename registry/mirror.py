@@ -79,9 +79,11 @@ class Mirror:
         ttl: float,
         timeout: float,
         max_manifest: int,
+        max_blob: int = 0,
         cache_size: int = 0,
     ) -> None:
         self.store = store
+        self.max_blob = max_blob  # 0: no limit
         self.cache_size = cache_size
         self.pulls = Pulls(store.driver)
         self._evict_now = asyncio.Event()
@@ -256,7 +258,7 @@ class Mirror:
             self._downloads[digest] = download
             download.task = asyncio.create_task(download.run())
         await download.started.wait()
-        if download.error is not None and download.size is None:
+        if download.error is not None and download.written == 0:  # failed before a byte: say why
             raise as_registry_error(download.error, "BLOB_UNKNOWN")
         return download
 
@@ -303,6 +305,12 @@ class Download:
             response = await route.client.send("GET", route.remote, f"blobs/{self.digest}")
             length = response.headers.get("content-length", "")
             self.size = int(length) if length.isdigit() else None
+            limit = self.mirror.max_blob
+            if limit and self.size is not None and self.size > limit:
+                response.release()
+                raise UpstreamUnavailable(
+                    route.upstream, f"blob {self.digest} is {self.size} bytes, over {limit}"
+                )
             self.started.set()
             writer = await store.driver.writer(layout.blob_data(self.digest))
             hasher = hashlib.new(self.digest.algorithm)
@@ -313,14 +321,23 @@ class Download:
                 await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
 
             # Pieces of FLUSH_SIZE: clients get each at once, storage while the next arrives.
-            flushing = None
-            async for chunk in body_chunks(route.upstream, response, FLUSH_SIZE):
-                self._keep(chunk)
-                if flushing is not None:
-                    await flushing
-                flushing = asyncio.ensure_future(flush(chunk))
+            flushing: asyncio.Future[None] | None = None
+            try:
+                async with contextlib.aclosing(body_chunks(route.upstream, response, FLUSH_SIZE)) as chunks:
+                    async for chunk in chunks:
+                        if limit and self.written + len(chunk) > limit:  # longer than it said
+                            raise UpstreamUnavailable(
+                                route.upstream, f"blob {self.digest} runs over {limit} bytes"
+                            )
+                        self._keep(chunk)
+                        if flushing is not None:
+                            await flushing
+                        flushing = asyncio.ensure_future(flush(chunk))
+            finally:
+                if flushing is not None:  # never cancel the writer under a write in flight
+                    await asyncio.wait([flushing])
             if flushing is not None:
-                await flushing
+                await flushing  # its error, if it had one
             actual = Digest(self.digest.algorithm, hasher.hexdigest())
             if actual != self.digest or (self.size is not None and self.written != self.size):
                 raise UpstreamUnavailable(

@@ -480,3 +480,16 @@ def test_basic_auth_upstreams_and_tokens_asked_once_per_repository(
 
 def _b64(login: tuple[str, str]) -> str:
     return base64.b64encode(":".join(login).encode()).decode()
+
+
+def test_an_upstream_blob_over_the_size_limit_is_refused_and_not_cached(
+    start_registry, gate: Gate, image: Image
+) -> None:
+    mirror = start_registry(*mirror_args(gate, "--max-blob-size", "100KiB"))
+    big = max(image.layers, key=lambda blob: blob.size)
+    assert big.size > 100 * 1024
+    refused = get(mirror, f"/v2/up/library/app/blobs/{big.digest}")
+    assert refused.status_code == 503 and "over 102400" in refused.text
+    assert not mirror.storage.exists(blob_data_path(big.digest))
+    small = min(image.layers, key=lambda blob: blob.size)
+    assert sha256(get(mirror, f"/v2/up/library/app/blobs/{small.digest}").content) == small.digest
