@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from storage_backends import StorageDriver
 
+from . import layout
 from .access import build as build_security
 from .auth import ACTION_ORDER, ANONYMOUS, Caller
 from .config import Settings
@@ -36,7 +38,11 @@ from .http import (
     parse_content_range,
     read_limited,
 )
+from .instrumented import InstrumentedDriver
+from .logs import AccessRecord, access_log, request_id
 from .manifests import MANIFEST_TYPES, OCI_INDEX
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 from .mirror import Mirror, Route
 from .references import Digest, is_digest, validate_name
 from .store import RegistryStore
@@ -48,6 +54,8 @@ log = logging.getLogger("pier.registry")
 Handler = Callable[..., Awaitable[Response]]
 _API_VERSION = (API_VERSION_HEADER[0].encode(), API_VERSION_HEADER[1].encode())
 MAX_TAGS_PER_PUT = 100
+READY_TIMEOUT = 5.0  # seconds the store has to answer a readiness check
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"})
 # What each handler needs the caller to be allowed; "registry": any authenticated caller;
 # "listing": anyone, the handler showing only what the caller may pull.
 _ACTIONS = {
@@ -74,6 +82,10 @@ _NEEDED = {action: frozenset({action}) for action in ACTION_ORDER}
 class RegistryApp:
     def __init__(self, settings: Settings, driver: StorageDriver) -> None:
         self.settings = settings
+        self.metrics = Metrics(driver.name) if settings.metrics else None
+        if self.metrics is not None:
+            driver = InstrumentedDriver(driver, self.metrics)
+        self.draining = False  # set on SIGTERM: /readyz fails so balancers stop sending work
         self.store = RegistryStore(driver)
         self.uploads = Uploads(
             self.store,
@@ -101,13 +113,17 @@ class RegistryApp:
             if upstreams
             else None
         )
+        if self.mirror is not None and self.metrics is not None:
+            self.mirror.on_event = self.metrics.mirror_event
+            self.mirror.on_upstream_error = self.metrics.upstream_error
         n = r"(?P<name>.+)"
-        self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-            (re.compile(r"/v2/?"), {"GET": self.base, "HEAD": self.base}),
-            (re.compile(r"/v2/_catalog"), {"GET": self.catalog}),
-            (re.compile(rf"/v2/{n}/tags/list"), {"GET": self.tags}),
+        self.routes: list[tuple[re.Pattern[str], str, dict[str, Handler]]] = [
+            (re.compile(r"/v2/?"), "/v2/", {"GET": self.base, "HEAD": self.base}),
+            (re.compile(r"/v2/_catalog"), "/v2/_catalog", {"GET": self.catalog}),
+            (re.compile(rf"/v2/{n}/tags/list"), "/v2/{name}/tags/list", {"GET": self.tags}),
             (
                 re.compile(rf"/v2/{n}/manifests/(?P<reference>[^/]+)"),
+                "/v2/{name}/manifests/{reference}",
                 {
                     "GET": self.get_manifest,
                     "HEAD": self.get_manifest,
@@ -115,9 +131,14 @@ class RegistryApp:
                     "DELETE": self.delete_manifest,
                 },
             ),
-            (re.compile(rf"/v2/{n}/blobs/uploads/?"), {"POST": self.start_upload}),
+            (
+                re.compile(rf"/v2/{n}/blobs/uploads/?"),
+                "/v2/{name}/blobs/uploads/",
+                {"POST": self.start_upload},
+            ),
             (
                 re.compile(rf"/v2/{n}/blobs/uploads/(?P<upload_id>[^/]+)"),
+                "/v2/{name}/blobs/uploads/{uuid}",
                 {
                     "GET": self.upload_status,
                     "PATCH": self.patch_upload,
@@ -127,10 +148,21 @@ class RegistryApp:
             ),
             (
                 re.compile(rf"/v2/{n}/blobs/(?P<digest>[^/]+)"),
+                "/v2/{name}/blobs/{digest}",
                 {"GET": self.get_blob, "HEAD": self.get_blob, "DELETE": self.delete_blob},
             ),
-            (re.compile(rf"/v2/{n}/referrers/(?P<digest>[^/]+)"), {"GET": self.referrers}),
+            (
+                re.compile(rf"/v2/{n}/referrers/(?P<digest>[^/]+)"),
+                "/v2/{name}/referrers/{digest}",
+                {"GET": self.referrers},
+            ),
         ]
+        self.operations = {
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            **({"/metrics": self.serve_metrics} if self.metrics is not None else {}),
+        }
+        self._observed = self.metrics is not None or settings.access_log
 
     # -- ASGI ----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,17 +171,73 @@ class RegistryApp:
             return
         if scope["type"] != "http":
             return
+        if not self._observed:
+            await self._serve(scope, receive, send)
+            return
+        start = time.perf_counter()
+        received = sent = status = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal sent, status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            else:
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        try:
+            await self._serve(scope, counting_receive, counting_send)
+        finally:
+            if self.metrics is not None:
+                self.metrics.in_flight.dec()
+            self._observe(scope, status, received, sent, time.perf_counter() - start)
+
+    def _observe(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
+        route = scope.get("pier.route", "other")
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        if self.metrics is not None:
+            self.metrics.request(route, method, status, seconds, received, sent)
+        if self.settings.access_log:
+            client = scope.get("client")
+            caller = scope.get("pier.caller")
+            record = AccessRecord(
+                request_id=scope.get("pier.request_id", ""),
+                remote=f"{client[0]}:{client[1]}" if client else "-",
+                user=caller.name if caller is not None and caller.name != ANONYMOUS else "",
+                method=method,
+                route=route,
+                path=scope["path"],
+                repository=scope.get("pier.repository", ""),
+                status=status,
+                bytes_in=received,
+                bytes_out=sent,
+                seconds=seconds,
+                user_agent=_header(scope, b"user-agent") or "",
+            )
+            access_log.info(record.as_json() if self.settings.log_format == "json" else record.as_text())
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["pier.request_id"] = rid = request_id(_raw_header(scope, b"x-request-id"))
+        extra = [_API_VERSION, (b"x-request-id", rid.encode())]
         if self._inflight >= self.settings.max_inflight_requests:
             response = error_response(
                 RegistryError("TOOMANYREQUESTS", "server busy", headers={"Retry-After": "1"})
             )
-            response.raw_headers.append(_API_VERSION)
+            response.raw_headers += extra
             await response(scope, receive, send)
             return
         self._inflight += 1  # held until the body is sent: blob downloads count too
         try:
             response = await self._dispatch(Request(scope, receive))
-            response.raw_headers.append(_API_VERSION)
+            response.raw_headers += extra
             await response(scope, receive, send)
         finally:
             self._inflight -= 1
@@ -157,16 +245,23 @@ class RegistryApp:
     async def _dispatch(self, request: Request) -> Response:
         path = request.scope["path"]  # decoded, as uvicorn gave it (URL() would strip newlines)
         if self.token_server is not None and path == "/auth/token":
+            request.scope["pier.route"] = path
             return await self.token_server(request)
+        operation = self.operations.get(path)
+        if operation is not None:
+            request.scope["pier.route"] = path
+            return await operation(request)
         routes = [] if self.settings.token_only else self.routes
-        for pattern, methods in routes:
+        for pattern, template, methods in routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
+            request.scope["pier.route"] = template
             try:
                 params = match.groupdict()
                 if "name" in params:
                     validate_name(params["name"])
+                    request.scope["pier.repository"] = params["name"]
                 handler = methods.get(request.method)
                 if self.auth is not None:  # before anything else: a denial says nothing of what exists
                     await self._authorize(request, handler, params.get("name"))
@@ -216,6 +311,15 @@ class RegistryApp:
         ):
             raise RegistryError("DENIED", f"{name} mirrors {upstream.url}: it is read-only here")
 
+    async def _mirror_route(self, request: Request, name: str) -> Route | None:
+        """Where a mirrored name comes from; a bare name must also be pullable as what it maps to."""
+        if self.mirror is None:
+            return None
+        route = await self.mirror.route(name)
+        if route is not None and route.local != name and self.auth is not None:
+            self.auth.authorize(self._caller(request), route.local, _NEEDED["pull"])
+        return route
+
     def _caller(self, request: Request) -> Caller:
         return request.scope.get("pier.caller") or Caller(ANONYMOUS)
 
@@ -256,6 +360,33 @@ class RegistryApp:
                 log.exception("purging upload sessions failed")
             await asyncio.sleep(interval)
 
+    # -- operations ------------------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        """Alive: the process answers. Nothing else is checked, so a slow store never restarts it."""
+        return json_response({"status": "alive"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Ready: not draining, the store answers, and a mirror can write to its cache."""
+        if self.draining:
+            return json_response({"status": "draining"}, 503)
+        try:
+            await asyncio.wait_for(self._check_storage(), READY_TIMEOUT)
+        except Exception as exc:
+            log.warning("not ready: storage check failed: %s", exc)
+            return json_response({"status": "storage unavailable"}, 503)
+        return json_response({"status": "ready"})
+
+    async def _check_storage(self) -> None:
+        driver = self.store.driver
+        await driver.list(layout.REPOSITORIES)
+        if self.mirror is not None:
+            await driver.put_content(layout.HEALTH_PROBE, b"ok")
+
+    async def serve_metrics(self, request: Request) -> Response:
+        assert self.metrics is not None
+        body = await self.metrics.render(self.store.driver)
+        return Response(body, 200, media_type=METRICS_CONTENT_TYPE)
+
     # -- base and listings -----------------------------------------------------------
     async def base(self, request: Request) -> Response:
         return json_response({})
@@ -292,7 +423,7 @@ class RegistryApp:
         return json_response({"repositories": names}, headers=headers)
 
     async def tags(self, request: Request, name: str) -> Response:
-        route = await self.mirror.route(name) if self.mirror is not None else None
+        route = await self._mirror_route(request, name)
         if route is not None:
             assert self.mirror is not None
             every = await self.mirror.tags(route)
@@ -306,7 +437,7 @@ class RegistryApp:
 
     # -- manifests -------------------------------------------------------------------
     async def get_manifest(self, request: Request, name: str, reference: str) -> Response:
-        route = await self.mirror.route(name) if self.mirror is not None else None
+        route = await self._mirror_route(request, name)
         if route is not None:
             assert self.mirror is not None
             await self.mirror.manifest(route, reference)
@@ -363,7 +494,7 @@ class RegistryApp:
     # -- blobs -----------------------------------------------------------------------
     async def get_blob(self, request: Request, name: str, digest: str) -> Response:
         parsed = Digest.parse(digest)
-        route = await self.mirror.route(name) if self.mirror is not None else None
+        route = await self._mirror_route(request, name)
         if route is not None:
             assert self.mirror is not None
             if not await self.mirror.cached(route, parsed):
@@ -410,6 +541,8 @@ class RegistryApp:
             headers["content-length"] = str(await self.mirror.upstream_size(route, digest))
             return Response(b"", 200, headers)
         download = await self.mirror.download(route, digest)
+        if download is None:  # it reached the store meanwhile
+            return await self.get_blob(request, route.local, str(digest))
         if download.size is not None:
             headers["content-length"] = str(download.size)
         if "range" in request.headers:  # ranges are served from the cache, once it has the blob
@@ -506,6 +639,15 @@ class RegistryApp:
 
 
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
+def _raw_header(scope: Scope, name: bytes) -> bytes | None:
+    return next((v for k, v in scope["headers"] if k == name), None)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    value = _raw_header(scope, name)
+    return value.decode("latin-1") if value is not None else None
 
 
 def _base_url(request: Request) -> str:

@@ -58,6 +58,11 @@ _HELP = {
     "proxy_timeout": "timeout of requests to upstreams (default 30s)",
     "proxy_auth_file": "docker config.json holding logins for upstreams, by host",
     "proxy_cache_size": "evict mirrored images, least recently pulled first, past this size (0: never)",
+    "log_format": "text (a readable line per request) or json (one JSON object per line)",
+    "metrics": "serve Prometheus metrics at /metrics (default true)",
+    "shutdown_delay": "on SIGTERM, report not ready at /readyz this long before closing (default 0s)",
+    "shutdown_timeout": "then let in-flight requests finish for this long (default 30s)",
+    "notifications": "webhook endpoints as a JSON list (in a config file: [[notifications]] tables)",
 }
 
 

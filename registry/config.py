@@ -9,6 +9,7 @@ accept ``KiB``/``MiB``/``GiB`` suffixes and durations ``s``/``m``/``h``/``d``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -66,6 +67,11 @@ class Settings:
     proxy_timeout: float = 30.0  # connect/read timeout towards upstreams
     proxy_auth_file: str = ""  # docker config.json with the upstreams' logins (by host)
     proxy_cache_size: int = 0  # mirrored content beyond this is evicted, least recently pulled first
+    log_format: str = "text"  # text (a readable line per request) or json (one JSON object per line)
+    metrics: bool = True  # serve Prometheus metrics at /metrics
+    shutdown_delay: float = 0.0  # on SIGTERM: /readyz answers 503 this long before the listener closes
+    shutdown_timeout: float = 30.0  # then in-flight requests get this long to finish
+    notifications: str = ""  # webhook endpoints: a JSON list in the environment, a list of tables in a file
 
     @property
     def host(self) -> str:
@@ -91,6 +97,8 @@ FIELD_TYPES: dict[str, str] = {
     "proxy_ttl": "duration",
     "proxy_timeout": "duration",
     "proxy_cache_size": "size",
+    "shutdown_delay": "duration",
+    "shutdown_timeout": "duration",
 }
 
 
@@ -132,6 +140,8 @@ def _coerce(name: str, value: Any) -> Any:
     kind = FIELD_TYPES.get(name)
     if isinstance(value, list) and name == "proxy":  # a list in a config file
         return ",".join(str(item) for item in value)
+    if name == "notifications" and not isinstance(value, str):  # tables in a config file
+        return json.dumps(value)
     if kind == "size":
         return parse_size(value)
     if kind == "duration":
@@ -192,6 +202,8 @@ def load_settings(
             values[name] = _coerce(name, value)
     settings = Settings(**values)
     split_addr(settings.addr)
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key go together: give both, or neither for plain HTTP")
     return settings

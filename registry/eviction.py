@@ -61,23 +61,29 @@ async def evict(driver: StorageDriver, mirrored: Callable[[str], bool], limit: i
         return Eviction(sum(blobs[d].size for d in linked if d in blobs), [])
     # Exactly: what the cached manifests reference (a link may outlive an evicted manifest).
     references = await _references(driver, list(repos.revisions))
-    content = {d for item in cached for d in references[item]}
-    usage = sum(blobs[d].size for d in content if d in blobs)
-    if usage <= limit:
-        return Eviction(usage, [])
-
     users: dict[Digest, set[Manifest]] = {}
     for item, digests in references.items():
         for digest in digests:
             users.setdefault(digest, set()).add(item)
-    goal, freed, evicted, freeable = usage - int(limit * LOW_WATER), 0, [], set()
+    # Blobs a local repository links (a push in flight: its manifest is not there yet) stay.
+    local = {d for n, d in repos.layers if not mirrored(n)}
+    content = {d for item in cached for d in references[item]}
+    # Blobs fetched by digest alone, which no manifest references: the first to go.
+    loose = {d for d in linked if d not in users and d not in local and d in blobs}
+    usage = sum(blobs[d].size for d in content | loose if d in blobs)
+    if usage <= limit:
+        return Eviction(usage, [])
+
+    goal, evicted = usage - int(limit * LOW_WATER), []
+    freeable = set(loose)
+    freed = sum(blobs[d].size for d in loose)
     for item in sorted(cached, key=lambda m: repos.pulled.get(m, repos.revisions[m])):
         if freed >= goal:
             break
         evicted.append(item)
         for digest in references[item]:
             users[digest].discard(item)
-            if not users[digest] and digest in content and digest in blobs and digest not in freeable:
+            if not users[digest] and digest in content and digest in blobs and digest not in freeable | local:
                 freeable.add(digest)
                 freed += blobs[digest].size
 

@@ -301,4 +301,24 @@ async def collect(
                     report.details.append(f"purged link {name} -> {digest}")
     finally:
         await driver.delete(marker)
+    await add_gc_run(driver, report.bytes)
     return report
+
+
+async def read_gc_totals(driver: StorageDriver) -> dict[str, float]:
+    try:
+        data = json.loads(await driver.get_content(layout.GC_TOTALS))
+    except (PathNotFound, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+async def add_gc_run(driver: StorageDriver, freed_bytes: int) -> None:
+    """Add one GC run to the store's totals (read-modify-write: a concurrent run may lose one)."""
+    totals = await read_gc_totals(driver)
+    totals = {
+        "runs": int(totals.get("runs", 0)) + 1,
+        "freed_bytes": int(totals.get("freed_bytes", 0)) + freed_bytes,
+        "last_run": time.time(),
+    }
+    await driver.put_content(layout.GC_TOTALS, json.dumps(totals).encode())

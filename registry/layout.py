@@ -21,6 +21,8 @@
                                                    PUT referencing one of them (marker younger than
                                                    DOOMED_MARKER_LIFETIME) is refused, so the
                                                    client pushes it again
+    _gc/totals                                     runs and bytes freed by every GC run on this
+                                                   store (JSON), for /metrics
     _quarantine/<alg>/<hex>/data                   a corrupt blob moved aside by ``pier fsck
                                                    --repair``, never served again
     _quarantine/<alg>/<hex>/note.json              its actual digest and when it was moved
@@ -40,6 +42,8 @@ BLOBS = "blobs"
 REPOSITORIES = "repositories"
 UPLOADS = "_uploads"
 GC_DOOMED = "_gc/doomed"
+GC_TOTALS = "_gc/totals"
+HEALTH_PROBE = "_health/probe"  # written by a mirror's readiness check: its cache takes writes
 QUARANTINE = "_quarantine"
 # A doomed marker older than this is a leftover of a crashed GC: servers ignore it, GC removes it.
 DOOMED_MARKER_LIFETIME = 3600.0

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from . import layout
@@ -47,6 +47,7 @@ log = logging.getLogger("pier.mirror")
 WINDOW = 64 * 1024 * 1024  # bytes of a download kept in memory for the clients following it
 FLUSH_SIZE = 1024 * 1024  # upstream bytes gathered before they go to the spool, the hash and storage
 MAX_TAG_PAGES = 50
+EVICT_MIN_INTERVAL = 5.0  # seconds between two eviction checks (each lists the whole store)
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,21 @@ class Mirror:
         self.clients = {u.prefix: UpstreamClient(u, timeout) for u in upstreams}
         self.default = next((u for u in upstreams if u.default), None)
         self._downloads: dict[Digest, Download] = {}
+        # Hooks for metrics: (manifest|blob, hit|miss|stale) and (upstream prefix, reason).
+        self.on_event: Callable[[str, str], None] = lambda kind, result: None
+        self.on_upstream_error: Callable[[str, str], None] = lambda upstream, reason: None
 
     async def close(self) -> None:
+        downloads = [d.task for d in self._downloads.values() if d.task is not None]
+        for task in downloads:
+            task.cancel()
+        await asyncio.gather(*downloads, return_exceptions=True)
         for client in self.clients.values():
             await client.close()
+
+    def _upstream_failed(self, route: Route, exc: UpstreamError) -> None:
+        if not isinstance(exc, UpstreamNotFound):
+            self.on_upstream_error(route.upstream.prefix, str(exc.status) if exc.status else "unreachable")
 
     async def pulled(self, route: Route, digest: Digest) -> None:
         """Note a manifest pull, for least-recently-pulled eviction (only when there is a limit)."""
@@ -112,6 +124,7 @@ class Mirror:
                 await evict(self.store.driver, lambda name: self.proxied(name) is not None, self.cache_size)
             except Exception:
                 log.exception("mirror cache eviction failed")
+            await asyncio.sleep(EVICT_MIN_INTERVAL)  # a burst of downloads: one listing, not one each
 
     def proxied(self, name: str) -> Upstream | None:
         """The upstream whose prefix ``name`` is under: such names are read-only here."""
@@ -140,24 +153,32 @@ class Mirror:
         if is_digest(reference):
             digest = Digest.parse(reference)
             if await self.store.driver.exists(layout.revision_link(route.local, digest)):
+                self.on_event("manifest", "hit")
                 return  # immutable: never asked again
             try:
                 await self._fetch(route, reference)
             except UpstreamError as exc:
+                self._upstream_failed(route, exc)
                 raise as_registry_error(exc, "MANIFEST_UNKNOWN") from None
+            self.on_event("manifest", "miss")
             return
         validate_tag(reference)
         age = await self.store.tag_age(route.local, reference)
         if age is not None and age < self.ttl:
+            self.on_event("manifest", "hit")
             return
         try:
             if age is not None and await self._unchanged(route, reference):
+                self.on_event("manifest", "hit")
                 return
             await self._fetch(route, reference)
+            self.on_event("manifest", "miss")
         except (UpstreamUnavailable, UpstreamDenied) as exc:
+            self._upstream_failed(route, exc)
             if age is None:
                 raise as_registry_error(exc, "MANIFEST_UNKNOWN") from None
             log.warning("serving %s:%s from the cache (%.0f s old): %s", route.local, reference, age, exc)
+            self.on_event("manifest", "stale")
         except UpstreamNotFound as exc:
             raise as_registry_error(exc, "MANIFEST_UNKNOWN") from None
 
@@ -190,11 +211,18 @@ class Mirror:
                 route.upstream, f"manifest {reference} hashes to {actual}, not {expected}"
             )
         try:
-            await self.store.put_manifest(
+            _, manifest = await self.store.put_manifest(
                 route.local, reference, body, response.headers.get("content-type"), [], check_references=False
             )
         except RegistryError as exc:
             raise UpstreamUnavailable(route.upstream, f"manifest {reference} refused: {exc}") from None
+        # What the store already has (layers shared with other images) is this repository's now:
+        # the upstream vouched for it, so it is served from the cache even when the upstream is down.
+        digests = [d.digest for d in manifest.blobs]
+        present = await asyncio.gather(*(self.store.has_content(d) for d in digests))
+        await asyncio.gather(
+            *(self.store.link_blob(route.local, d) for d, p in zip(digests, present, strict=True) if p)
+        )
 
     async def tags(self, route: Route) -> list[str]:
         """The upstream's tags (every page of them), or the cached ones when it fails."""
@@ -210,6 +238,8 @@ class Mirror:
                     break
                 path = "tags/list?" + link.split("/tags/list?", 1)[1]
         except (UpstreamUnavailable, UpstreamDenied, ValueError, AttributeError) as exc:
+            if isinstance(exc, UpstreamError):
+                self._upstream_failed(route, exc)
             cached = await self.store.tags(route.local)
             if not cached:
                 raise as_registry_error(
@@ -226,12 +256,29 @@ class Mirror:
 
     # -- blobs -----------------------------------------------------------------------
     async def cached(self, route: Route, digest: Digest) -> bool:
-        """Whether the store has the blob; if so it is linked into the cached repository."""
-        if not await self.store.has_content(digest):
-            return False
-        if not await self.store.driver.exists(layout.layer_link(route.local, digest)):
+        """Whether the cache has the blob for this repository.
+
+        A blob the store holds for other repositories is linked here only once the upstream
+        confirms this repository has it: a mirrored name must not read anyone's blob by digest.
+        """
+        linked, present = await asyncio.gather(
+            self.store.driver.exists(layout.layer_link(route.local, digest)), self.store.has_content(digest)
+        )
+        if present and not linked:
+            await self._confirm(route, digest)
             await self.store.link_blob(route.local, digest)
-        return True
+        if present:
+            self.on_event("blob", "hit")
+        return present
+
+    async def _confirm(self, route: Route, digest: Digest) -> None:
+        """``BLOB_UNKNOWN`` (or why the upstream could not say) unless it has the blob there."""
+        try:
+            response = await route.client.send("HEAD", route.remote, f"blobs/{digest}")
+        except UpstreamError as exc:
+            self._upstream_failed(route, exc)
+            raise as_registry_error(exc, "BLOB_UNKNOWN") from None
+        response.release()
 
     async def upstream_size(self, route: Route, digest: Digest) -> int:
         """A blob's size, from a download in progress or a ``HEAD`` upstream (no download)."""
@@ -241,6 +288,7 @@ class Mirror:
         try:
             response = await route.client.send("HEAD", route.remote, f"blobs/{digest}")
         except UpstreamError as exc:
+            self._upstream_failed(route, exc)
             raise as_registry_error(exc, "BLOB_UNKNOWN") from None
         response.release()
         length = response.headers.get("content-length", "")
@@ -250,10 +298,18 @@ class Mirror:
             )
         return int(length)
 
-    async def download(self, route: Route, digest: Digest) -> Download:
-        """The running download of ``digest`` (joined), or a new one; ready once its size is known."""
+    async def download(self, route: Route, digest: Digest) -> Download | None:
+        """The running download of ``digest`` (joined), or a new one; ready once its size is known.
+
+        None: the blob arrived in the store meanwhile, and is served from there.
+        """
         download = self._downloads.get(digest)
+        if download is not None and not download.failed and download.route.local != route.local:
+            await self._confirm(route, digest)  # joining another repository's download
         if download is None or download.failed:
+            if await self.cached(route, digest):  # committed since the caller looked
+                return None
+            self.on_event("blob", "miss")
             download = Download(self, route, digest)
             self._downloads[digest] = download
             download.task = asyncio.create_task(download.run())
@@ -301,6 +357,7 @@ class Download:
     async def run(self) -> None:
         store, route = self.mirror.store, self.route
         writer = None
+        response = None
         try:
             response = await route.client.send("GET", route.remote, f"blobs/{self.digest}")
             length = response.headers.get("content-length", "")
@@ -351,11 +408,14 @@ class Download:
             self.mirror._evict_now.set()
         except UpstreamError as exc:
             log.warning("%s", exc)
+            self.mirror._upstream_failed(route, exc)
             self.error = exc
         except Exception as exc:  # storage failures: the clients must not wait forever
             log.exception("mirror download of %s failed", self.digest)
             self.error = UpstreamUnavailable(route.upstream, f"caching {self.digest} failed: {exc}")
         finally:
+            if response is not None:
+                response.release()  # a no-op once the body was read; a leak otherwise
             if writer is not None:
                 await writer.cancel()
             if self.mirror._downloads.get(self.digest) is self:

@@ -129,6 +129,11 @@ def _read_auth_file(path: str) -> dict[str, tuple[str, str]]:
     return logins
 
 
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.partition(" ")
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
@@ -147,6 +152,7 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (Authorization value, expiry)
         self._basic = False
+        self._origin = _origin(upstream.url)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -170,15 +176,19 @@ class UpstreamClient:
             return {"authorization": token[0]}
         return {}
 
-    async def _authenticate(self, header: str, scope: str) -> None:
+    async def _authenticate(self, header: str, scope: str) -> dict[str, str]:
+        """Answer the upstream's challenge: the Authorization header to retry with."""
         scheme, params = _challenge(header)
         if scheme == "basic":
             if not self.upstream.username:
                 raise UpstreamDenied(self.upstream, "asks for a login (Basic) and none is configured", 401)
             self._basic = True
-            return
+            return self._authorization(scope)
         if scheme != "bearer" or "realm" not in params:
             raise UpstreamDenied(self.upstream, f"unsupported challenge {header[:100]!r}", 401)
+        if urlsplit(self.upstream.url).scheme == "https" and not params["realm"].startswith("https://"):
+            # A login must not leave over plain HTTP because an HTTPS upstream said so.
+            raise UpstreamDenied(self.upstream, f"token realm {params['realm'][:100]!r} is not HTTPS", 401)
         query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
         login = self.upstream.username
         auth = aiohttp.BasicAuth(login, self.upstream.password) if login else None
@@ -199,24 +209,30 @@ class UpstreamClient:
             lifetime = 60.0
         if not isinstance(token, str) or not token:
             raise UpstreamUnavailable(self.upstream, "token server sent no token", 503)
-        self._tokens[scope] = (f"Bearer {token}", time.time() + lifetime - TOKEN_MARGIN)
+        header = f"Bearer {token}"
+        self._tokens[scope] = (header, time.time() + lifetime - min(TOKEN_MARGIN, lifetime / 2))
+        return {"authorization": header}
 
     async def _request(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        """Redirects followed by hand: a blob's CDN (Docker Hub's) must not get our token."""
-        origin = urlsplit(url).netloc
+        """Redirects followed by hand: a blob's CDN (Docker Hub's) must not get our credentials,
+        and neither may the same host over plain HTTP."""
         for _ in range(MAX_REDIRECTS):
             try:
                 response = await self.session.request(method, url, headers=headers, allow_redirects=False)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise UpstreamUnavailable(
-                    self.upstream, f"{method} {url}: {type(exc).__name__} {exc}".strip()
+                    self.upstream, f"{method} {url[:200]}: {type(exc).__name__} {exc}".strip()
                 ) from None
             location = response.headers.get("location")
             if response.status not in (301, 302, 303, 307, 308) or not location:
                 return response
             response.release()
-            url = urljoin(url, location)
-            if urlsplit(url).netloc != origin:
+            try:
+                url = urljoin(url, location)
+                same_origin = _origin(url) == self._origin
+            except ValueError:
+                raise UpstreamUnavailable(self.upstream, f"bad redirect {location[:200]!r}") from None
+            if not same_origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         raise UpstreamUnavailable(self.upstream, f"{method} {url}: more than {MAX_REDIRECTS} redirects")
 
@@ -230,11 +246,13 @@ class UpstreamClient:
         """
         scope = f"repository:{name}:pull"
         url = f"{self.upstream.url}/v2/{name}/{path}"
+        authorization = self._authorization(scope)
         for attempt in range(2):
-            response = await self._request(method, url, {**(headers or {}), **self._authorization(scope)})
-            if response.status == 401 and attempt == 0:
+            response = await self._request(method, url, {**(headers or {}), **authorization})
+            # Only the upstream's own challenge is answered, never one from where it redirected.
+            if response.status == 401 and attempt == 0 and _origin(str(response.url)) == self._origin:
                 response.release()
-                await self._authenticate(response.headers.get("www-authenticate", ""), scope)
+                authorization = await self._authenticate(response.headers.get("www-authenticate", ""), scope)
                 continue
             break
         status = response.status
@@ -253,24 +271,33 @@ class UpstreamClient:
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """``send``, then read a small body (a manifest) whole, at most ``limit`` bytes."""
         response = await self.send(method, name, path, headers)
+        body = bytearray()
         try:
-            body = await response.content.read(limit + 1)
-            if len(body) > limit:
-                raise UpstreamUnavailable(self.upstream, f"{path}: body over {limit} bytes")
+            while chunk := await response.content.read(limit + 1 - len(body)):  # read() gives what came
+                body += chunk
+                if len(body) > limit:
+                    raise UpstreamUnavailable(self.upstream, f"{path}: body over {limit} bytes")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(self.upstream, f"{path}: {type(exc).__name__} {exc}") from None
         finally:
             response.release()
-        return response, body
+        return response, bytes(body)
 
 
 async def body_chunks(
     upstream: Upstream, response: aiohttp.ClientResponse, size: int
 ) -> AsyncIterator[bytes]:
-    """A streamed body in pieces of ``size``, its transport failures as ``UpstreamUnavailable``."""
+    """A streamed body in pieces of at most about ``size``, its transport failures as
+    ``UpstreamUnavailable``."""
+    content = response.content
     try:
-        async for chunk in response.content.iter_chunked(size):
-            yield chunk
+        # What has arrived, up to ``size``: whole pieces from a fast upstream (one storage write
+        # and one hash call each, not one per few KiB read), no waiting on a slow one.
+        while chunk := await content.readany():
+            pending = bytearray(chunk)
+            while len(pending) < size and (more := content.read_nowait(size - len(pending))):
+                pending += more
+            yield bytes(pending)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamUnavailable(upstream, f"download cut: {type(exc).__name__} {exc}") from None
     finally:

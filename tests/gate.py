@@ -19,7 +19,9 @@ class Gate:
         self.mode = "pass"  # or "429", "500"
         self.blob_delay = 0.0  # seconds before a blob body starts
         self.blob_pace = 0.0  # seconds between 64 KiB pieces of a blob body
+        self.blob_redirect = ""  # base URL (another gate: a CDN) that blob GETs are sent to with 307
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of what it passed on
+        self.authorizations: list[str | None] = []  # the Authorization header of every request
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=60)
         gate = self
@@ -52,6 +54,14 @@ class Gate:
             )
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.authorizations.append(handler.headers.get("authorization"))
+        if self.blob_redirect and "/blobs/" in handler.path and handler.command == "GET":
+            handler.send_response(307)
+            handler.send_header("Location", f"{self.blob_redirect}{handler.path}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
         if self.mode in ("429", "500") and handler.path.startswith("/v2/"):
             body = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}'
             handler.send_response(int(self.mode))

@@ -493,3 +493,56 @@ def test_an_upstream_blob_over_the_size_limit_is_refused_and_not_cached(
     assert not mirror.storage.exists(blob_data_path(big.digest))
     small = min(image.layers, key=lambda blob: blob.size)
     assert sha256(get(mirror, f"/v2/up/library/app/blobs/{small.digest}").content) == small.digest
+
+
+def test_a_mirrored_name_reads_no_blob_the_upstream_does_not_have_there(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
+) -> None:
+    mirror = start_registry(*mirror_args(gate))
+    secret = write_blob(tmp_path / "secret", "application/octet-stream", os.urandom(4096))
+    push_blob(mirror.url, "team/secret", secret)
+    answer = get(mirror, f"/v2/up/library/app/blobs/{secret.digest}")
+    assert answer.status_code == 404 and error_code(answer) == "BLOB_UNKNOWN"
+    assert not mirror.storage.exists(f"repositories/up/library/app/_layers/sha256/{secret.digest[7:]}/link")
+    # A blob the store has for a local image, which the upstream also has there, is served.
+    shared = image.layers[0]
+    push_blob(mirror.url, "team/local", shared)
+    answer = get(mirror, f"/v2/up/library/app/blobs/{shared.digest}")
+    assert answer.status_code == 200 and sha256(answer.content) == shared.digest
+    assert gate.count("GET", f"/blobs/{shared.digest}") == 0  # checked with a HEAD, not fetched again
+
+
+def test_a_large_manifest_arriving_in_many_reads_is_read_whole(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
+) -> None:
+    document = json.loads(_manifest(image.config, image.layers[0]))
+    document["annotations"] = {f"note.{i}": "x" * 1000 for i in range(1500)}  # 1.5 MB
+    body = json.dumps(document).encode()
+    headers = _alice_token(upstream, "library/big")
+    for blob in (image.config, image.layers[0]):
+        push_blob(upstream.server.url, "library/big", blob, headers)
+    manifest = write_blob(tmp_path / "big", OCI_MANIFEST, body)
+    push_manifest(upstream.server.url, "library/big", "v1", manifest, headers)
+    mirror = start_registry(*mirror_args(gate))
+    answer = get(mirror, "/v2/up/library/big/manifests/v1")
+    assert answer.status_code == 200, answer.text
+    assert answer.content == body
+
+
+def test_credentials_never_follow_a_redirect_to_another_host(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
+) -> None:
+    cdn = PierServer(tmp_path / "cdn")  # holds the same blobs, open, as a CDN would
+    cdn.start()
+    try:
+        for blob in image.blobs:
+            push_blob(cdn.url, "library/app", blob)
+        with Gate(cdn.url) as cdn_gate:
+            gate.blob_redirect = cdn_gate.url
+            mirror = start_registry(*mirror_args(gate))
+            assert_pulls(tmp_path / "home", f"{mirror.host}/up/library/app:v1", image)
+            assert cdn_gate.count("GET", "/blobs/") == len(image.blobs)
+            assert set(cdn_gate.authorizations) == {None}
+            assert any(a and a.startswith("Bearer ") for a in gate.authorizations)
+    finally:
+        cdn.stop()
