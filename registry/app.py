@@ -44,6 +44,7 @@ from .manifests import MANIFEST_TYPES, OCI_INDEX
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .mirror import Mirror, Route
+from .notifications import Notifier
 from .references import Digest, is_digest, validate_name
 from .store import RegistryStore
 from .uploads import Uploads, UploadSession
@@ -86,6 +87,7 @@ class RegistryApp:
         if self.metrics is not None:
             driver = InstrumentedDriver(driver, self.metrics)
         self.draining = False  # set on SIGTERM: /readyz fails so balancers stop sending work
+        self.notifier = Notifier.from_settings(settings, driver)
         self.store = RegistryStore(driver)
         self.uploads = Uploads(
             self.store,
@@ -211,7 +213,7 @@ class RegistryApp:
             record = AccessRecord(
                 request_id=scope.get("pier.request_id", ""),
                 remote=f"{client[0]}:{client[1]}" if client else "-",
-                user=caller.name if caller is not None and caller.name != ANONYMOUS else "",
+                user=caller.account if caller is not None and caller.account != ANONYMOUS else "",
                 method=method,
                 route=route,
                 path=scope["path"],
@@ -320,6 +322,27 @@ class RegistryApp:
             self.auth.authorize(self._caller(request), route.local, _NEEDED["pull"])
         return route
 
+    async def _notify(self, request: Request, action: str, name: str, target: dict[str, object]) -> None:
+        """Queue the event in storage before the request is answered (a no-op without endpoints)."""
+        if not self.notifier.endpoints:
+            return
+        client = request.scope.get("client")
+        caller = request.scope.get("pier.caller")
+        details = {
+            "id": request.scope.get("pier.request_id", ""),
+            "addr": f"{client[0]}:{client[1]}" if client else "",
+            "host": request.headers.get("host", ""),
+            "method": request.method,
+            "useragent": request.headers.get("user-agent", ""),
+            "user": caller.account if caller is not None and caller.account != ANONYMOUS else "",
+        }
+        if "digest" in target:
+            kind = (
+                "manifests" if action != "delete" and target.get("mediaType") in MANIFEST_TYPES else "blobs"
+            )
+            target = {**target, "url": f"{_base_url(request)}/v2/{name}/{kind}/{target['digest']}"}
+        await self.notifier.publish(action, name, dict(target), details)
+
     def _caller(self, request: Request) -> Caller:
         return request.scope.get("pier.caller") or Caller(ANONYMOUS)
 
@@ -336,6 +359,7 @@ class RegistryApp:
                 self._purger = asyncio.create_task(self._purge_uploads_forever())
                 if self.mirror is not None and self.mirror.cache_size:
                     self._evicter = asyncio.create_task(self.mirror.evict_forever())
+                self.notifier.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in (self._purger, self._evicter):
@@ -345,6 +369,7 @@ class RegistryApp:
                             await task
                 if self.mirror is not None:
                     await self.mirror.close()
+                await self.notifier.close()
                 await self.store.driver.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -462,6 +487,8 @@ class RegistryApp:
         if request.method == "HEAD":
             return Response(b"", 200, headers)
         body = await self.store.manifest_body(record)
+        target = _manifest_target(record.media_type, str(record.digest), record.size)
+        await self._notify(request, "pull", name, {**target, **_tag_of(reference)})
         return Response(body, 200, headers)
 
     async def put_manifest(self, request: Request, name: str, reference: str) -> Response:
@@ -472,6 +499,9 @@ class RegistryApp:
         digest, manifest = await self.store.put_manifest(
             name, reference, body, request.headers.get("content-type"), tags
         )
+        target = _manifest_target(manifest.media_type, str(digest), len(body))
+        for tag in ([] if is_digest(reference) else [reference]) + tags or [""]:
+            await self._notify(request, "push", name, {**target, **({"tag": tag} if tag else {})})
         response = empty_response(
             201,
             {"location": f"/v2/{name}/manifests/{digest}", "docker-content-digest": str(digest)},
@@ -485,6 +515,9 @@ class RegistryApp:
     async def delete_manifest(self, request: Request, name: str, reference: str) -> Response:
         self._check_delete()
         await self.store.delete_manifest(name, reference)
+        await self._notify(
+            request, "delete", name, {"digest": reference} if is_digest(reference) else _tag_of(reference)
+        )
         return empty_response(202, {})
 
     def _check_delete(self) -> None:
@@ -518,6 +551,7 @@ class RegistryApp:
         headers["content-length"] = str(length)
         if request.method == "HEAD":
             return Response(b"", status, headers)
+        await self._notify(request, "pull", name, _blob_target(str(parsed), size))
         if self.settings.redirect:
             url = await self.store.blob_url(parsed, self.settings.redirect_expiry)
             if url is not None:  # the client fetches (and ranges) straight from the storage
@@ -545,6 +579,7 @@ class RegistryApp:
             return await self.get_blob(request, route.local, str(digest))
         if download.size is not None:
             headers["content-length"] = str(download.size)
+        await self._notify(request, "pull", route.local, _blob_target(str(digest), download.size))
         if "range" in request.headers:  # ranges are served from the cache, once it has the blob
             await download.done()
             return await self.get_blob(request, route.local, str(digest))
@@ -553,6 +588,7 @@ class RegistryApp:
     async def delete_blob(self, request: Request, name: str, digest: str) -> Response:
         self._check_delete()
         await self.store.delete_blob(name, Digest.parse(digest))
+        await self._notify(request, "delete", name, {"digest": digest})
         return empty_response(202, {})
 
     # -- uploads ---------------------------------------------------------------------
@@ -639,6 +675,21 @@ class RegistryApp:
 
 
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
+def _manifest_target(media_type: str, digest: str, size: int) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": digest, "size": size, "length": size}
+
+
+def _blob_target(digest: str, size: int | None) -> dict[str, object]:
+    target: dict[str, object] = {"mediaType": "application/octet-stream", "digest": digest}
+    if size is not None:
+        target["size"] = target["length"] = size
+    return target
+
+
+def _tag_of(reference: str) -> dict[str, str]:
+    return {} if is_digest(reference) else {"tag": reference}
 
 
 def _raw_header(scope: Scope, name: bytes) -> bytes | None:

@@ -11,6 +11,7 @@ import sys
 from .access import build as build_security
 from .auth import AuthConfigError
 from .config import ConfigError, Settings, load_settings
+from .notifications import parse_endpoints
 from .upstream import DOCKER_HUB, parse_upstreams
 
 _HELP = {
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(flags, config_file=args.config)
             build_security(settings)  # a bad auth setup fails here, once
             parse_upstreams(settings.proxy, settings.proxy_auth_file)  # and a bad proxy setting
+            parse_endpoints(settings.notifications)  # and bad webhooks
             if settings.tls_cert:
                 try:
                     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

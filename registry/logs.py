@@ -17,7 +17,7 @@ from typing import Any
 
 access_log = logging.getLogger("pier.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+_UNPRINTABLE = re.compile(r'[^\x21-\x7e]|["\\]')
 
 
 def request_id(header: bytes | None) -> str:

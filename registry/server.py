@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import time
+from typing import Any
 
 import uvicorn
 
@@ -10,7 +14,9 @@ from . import protocol
 from .app import RegistryApp
 from .backend import open_driver
 from .config import Settings, load_settings, to_environ
+from .logs import log_config
 
+log = logging.getLogger("pier.registry")
 S3_START_WAIT = 20.0  # seconds a starting server waits for its S3 store to answer
 
 
@@ -26,25 +32,53 @@ def app_from_environ() -> RegistryApp:
     return create_app(load_settings())
 
 
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM, first fail /readyz for ``shutdown_delay`` while still serving, so a load
+    balancer stops sending work here; then close the listener and let in-flight requests
+    finish within ``shutdown_timeout`` (uvicorn's graceful shutdown)."""
+
+    def __init__(self, config: uvicorn.Config, app: RegistryApp) -> None:
+        super().__init__(config)
+        self.app = app
+        self._drain_started: float | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        exiting = await super().on_tick(counter)
+        if not (exiting and self.should_exit) or self.force_exit:
+            return exiting
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+            self.app.draining = True
+            if self.app.settings.shutdown_delay > 0:
+                log.info("draining: not ready for %.0f s, then closing", self.app.settings.shutdown_delay)
+        return time.monotonic() - self._drain_started >= self.app.settings.shutdown_delay
+
+
 def serve(settings: Settings) -> None:
     """Open the storage here first, so a bad --root fails before uvicorn starts."""
     app = create_app(settings)
-    options = dict(
+    options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        log_config=log_config(settings.log_format, settings.log_level),
+        access_log=False,  # the app writes its own, with route, repository and user
         http="registry.protocol:BoundedHttpToolsProtocol",
         loop="uvloop",
         server_header=False,
         timeout_keep_alive=30,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )
     if settings.tls_cert:
         options.update(ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     if settings.workers > 1:
+        # Each worker is uvicorn's own server: SIGTERM closes its listener at once
+        # (shutdown_delay applies to single-process servers, one per container or unit).
         os.environ.update(to_environ(settings))
         os.environ.pop("PIER_CONFIG", None)  # already merged into the variables above
         uvicorn.run("registry.server:app_from_environ", factory=True, workers=settings.workers, **options)
     else:
-        uvicorn.run(app, **options)
+        server = DrainingServer(uvicorn.Config(app, **options), app)
+        server.run()
+        if not server.started:  # e.g. the address is in use: uvicorn has said why
+            sys.exit(3)
