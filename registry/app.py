@@ -39,7 +39,7 @@ from .http import (
     read_limited,
 )
 from .instrumented import InstrumentedDriver
-from .logs import AccessRecord, access_log, request_id
+from .logs import AccessLog, request_id
 from .manifests import MANIFEST_TYPES, OCI_INDEX
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -86,6 +86,7 @@ class RegistryApp:
         self.metrics = Metrics(driver.name) if settings.metrics else None
         if self.metrics is not None:
             driver = InstrumentedDriver(driver, self.metrics)
+            self.metrics.in_flight = lambda: self._inflight
         self.draining = False  # set on SIGTERM: /readyz fails so balancers stop sending work
         self.notifier = Notifier.from_settings(settings, driver)
         self.store = RegistryStore(driver)
@@ -164,7 +165,9 @@ class RegistryApp:
             "/readyz": self.readyz,
             **({"/metrics": self.serve_metrics} if self.metrics is not None else {}),
         }
-        self._observed = self.metrics is not None or settings.access_log
+        self.access_log = AccessLog(settings.log_format) if settings.access_log else None
+        self._flusher: asyncio.Task[None] | None = None
+        self._observed = self.metrics is not None or self.access_log is not None
 
     # -- ASGI ----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -173,60 +176,7 @@ class RegistryApp:
             return
         if scope["type"] != "http":
             return
-        if not self._observed:
-            await self._serve(scope, receive, send)
-            return
         start = time.perf_counter()
-        received = sent = status = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Message) -> None:
-            nonlocal sent, status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            else:
-                sent += len(message.get("body", b""))
-            await send(message)
-
-        if self.metrics is not None:
-            self.metrics.in_flight.inc()
-        try:
-            await self._serve(scope, counting_receive, counting_send)
-        finally:
-            if self.metrics is not None:
-                self.metrics.in_flight.dec()
-            self._observe(scope, status, received, sent, time.perf_counter() - start)
-
-    def _observe(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
-        route = scope.get("pier.route", "other")
-        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        if self.metrics is not None:
-            self.metrics.request(route, method, status, seconds, received, sent)
-        if self.settings.access_log:
-            client = scope.get("client")
-            caller = scope.get("pier.caller")
-            record = AccessRecord(
-                request_id=scope.get("pier.request_id", ""),
-                remote=f"{client[0]}:{client[1]}" if client else "-",
-                user=caller.account if caller is not None and caller.account != ANONYMOUS else "",
-                method=method,
-                route=route,
-                path=scope["path"],
-                repository=scope.get("pier.repository", ""),
-                status=status,
-                bytes_in=received,
-                bytes_out=sent,
-                seconds=seconds,
-                user_agent=_header(scope, b"user-agent") or "",
-            )
-            access_log.info(record.as_json() if self.settings.log_format == "json" else record.as_text())
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["pier.request_id"] = rid = request_id(_raw_header(scope, b"x-request-id"))
         extra = [_API_VERSION, (b"x-request-id", rid.encode())]
         if self._inflight >= self.settings.max_inflight_requests:
@@ -236,13 +186,50 @@ class RegistryApp:
             response.raw_headers += extra
             await response(scope, receive, send)
             return
+        observed = self._observed
+        received = [0]
+        status, sent = 500, 0
+        if observed:
+
+            async def counting_receive() -> Message:
+                message = await receive()
+                received[0] += len(message.get("body", b""))
+                return message
+
+            request = Request(scope, counting_receive)
+        else:
+            request = Request(scope, receive)
         self._inflight += 1  # held until the body is sent: blob downloads count too
         try:
-            response = await self._dispatch(Request(scope, receive))
+            response = await self._dispatch(request)
             response.raw_headers += extra
-            await response(scope, receive, send)
+            status = response.status_code
+            if observed and isinstance(response, StreamingResponse):
+                streamed = [0]
+
+                async def counting_send(message: Message) -> None:
+                    if message["type"] == "http.response.body":
+                        streamed[0] += len(message.get("body", b""))
+                    await send(message)
+
+                try:
+                    await response(scope, receive, counting_send)
+                finally:
+                    sent = streamed[0]
+            else:
+                sent = len(response.body)  # wrapping send costs more than the rest of a HEAD's logging
+                await response(scope, receive, send)
         finally:
             self._inflight -= 1
+            if observed:
+                self._observe(scope, status, received[0], sent, time.perf_counter() - start)
+
+    def _observe(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
+        if self.metrics is not None:
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.metrics.request(scope.get("pier.route", "other"), method, status, seconds, received, sent)
+        if self.access_log is not None:
+            self.access_log.record(scope, status, received, sent, seconds)
 
     async def _dispatch(self, request: Request) -> Response:
         path = request.scope["path"]  # decoded, as uvicorn gave it (URL() would strip newlines)
@@ -360,9 +347,11 @@ class RegistryApp:
                 if self.mirror is not None and self.mirror.cache_size:
                     self._evicter = asyncio.create_task(self.mirror.evict_forever())
                 self.notifier.start()
+                if self.access_log is not None:
+                    self._flusher = asyncio.create_task(self.access_log.flush_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                for task in (self._purger, self._evicter):
+                for task in (self._purger, self._evicter, self._flusher):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

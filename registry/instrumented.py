@@ -7,15 +7,13 @@ stream goes at the client's pace. A missing path is an answer, not an error.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from time import perf_counter
+from typing import Any
 
-from storage_backends import FileInfo, FileWriter, PathNotFound, StorageDriver
+from storage_backends import FileInfo, FileWriter, PathNotFound, StorageDriver, WriterBusy
 
 from .metrics import Metrics
-
-T = TypeVar("T")
 
 
 class InstrumentedWriter(FileWriter):
@@ -30,99 +28,210 @@ class InstrumentedWriter(FileWriter):
         await self.inner.write(data)
 
     async def sync(self) -> None:
-        await self.driver._timed("sync", self.inner.sync())
+        start = perf_counter()
+        try:
+            await self.inner.sync()
+        except BaseException:
+            self.driver.metrics.storage_error("sync")
+            raise
+        finally:
+            self.driver.metrics.storage_histogram("sync").observe(perf_counter() - start)
 
     async def commit(self) -> None:
-        await self.driver._timed("commit", self.inner.commit())
+        start = perf_counter()
+        try:
+            await self.inner.commit()
+        except BaseException:
+            self.driver.metrics.storage_error("commit")
+            raise
+        finally:
+            self.driver.metrics.storage_histogram("commit").observe(perf_counter() - start)
 
     async def cancel(self) -> None:
         await self.inner.cancel()
 
 
 class InstrumentedDriver(StorageDriver):
+    """Every primitive written out (no shared wrapper coroutine): this is on every request."""
+
     def __init__(self, inner: StorageDriver, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
-        self._latency = {}
-        self._errors = {}
-        self._metrics = metrics
+        self.metrics = metrics
+        self._h = {op: metrics.storage_histogram(op) for op in OPERATIONS}
 
-    def _observe(self, operation: str, seconds: float, failed: bool) -> None:
-        latency = self._latency.get(operation)
-        if latency is None:  # labels() once per operation: it is on every request's path
-            latency = self._latency[operation] = self._metrics.storage_latency.labels(self.name, operation)
-            self._errors[operation] = self._metrics.storage_errors.labels(self.name, operation)
-        latency.observe(seconds)
-        if failed:
-            self._errors[operation].inc()
-
-    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
-        start = time.perf_counter()
-        failed = False
+    async def get_content(self, path: str) -> bytes:
+        start = perf_counter()
         try:
-            return await call
+            return await self.inner.get_content(path)
         except PathNotFound:
             raise
         except BaseException:
-            failed = True
+            self.metrics.storage_error("get_content")
             raise
         finally:
-            self._observe(operation, time.perf_counter() - start, failed)
-
-    async def get_content(self, path: str) -> bytes:
-        return await self._timed("get_content", self.inner.get_content(path))
+            self._h["get_content"].observe(perf_counter() - start)
 
     async def put_content(self, path: str, data: bytes) -> None:
-        await self._timed("put_content", self.inner.put_content(path, data))
+        start = perf_counter()
+        try:
+            return await self.inner.put_content(path, data)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("put_content")
+            raise
+        finally:
+            self._h["put_content"].observe(perf_counter() - start)
+
+    async def stat(self, path: str) -> FileInfo:
+        start = perf_counter()
+        try:
+            return await self.inner.stat(path)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("stat")
+            raise
+        finally:
+            self._h["stat"].observe(perf_counter() - start)
+
+    async def list(self, path: str) -> list[str]:
+        start = perf_counter()
+        try:
+            return await self.inner.list(path)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("list")
+            raise
+        finally:
+            self._h["list"].observe(perf_counter() - start)
+
+    async def move(self, source: str, dest: str) -> None:
+        start = perf_counter()
+        try:
+            return await self.inner.move(source, dest)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("move")
+            raise
+        finally:
+            self._h["move"].observe(perf_counter() - start)
+
+    async def delete(self, path: str) -> None:
+        start = perf_counter()
+        try:
+            return await self.inner.delete(path)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("delete")
+            raise
+        finally:
+            self._h["delete"].observe(perf_counter() - start)
+
+    async def delete_files(self, paths: list[str]) -> None:
+        start = perf_counter()
+        try:
+            return await self.inner.delete_files(paths)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("delete_files")
+            raise
+        finally:
+            self._h["delete_files"].observe(perf_counter() - start)
+
+    async def exists(self, path: str) -> bool:
+        start = perf_counter()
+        try:
+            return await self.inner.exists(path)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("exists")
+            raise
+        finally:
+            self._h["exists"].observe(perf_counter() - start)
+
+    async def url_for(self, path: str, expires: float) -> str | None:
+        start = perf_counter()
+        try:
+            return await self.inner.url_for(path, expires)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("url_for")
+            raise
+        finally:
+            self._h["url_for"].observe(perf_counter() - start)
+
+    async def purge_incomplete(self, older_than: float) -> int:
+        start = perf_counter()
+        try:
+            return await self.inner.purge_incomplete(older_than)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("purge_incomplete")
+            raise
+        finally:
+            self._h["purge_incomplete"].observe(perf_counter() - start)
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        start = time.perf_counter()
+        start = perf_counter()
         first = True
         try:
             async for chunk in self.inner.reader(path, offset, length):
                 if first:
-                    self._observe("read", time.perf_counter() - start, False)
+                    self._h["read"].observe(perf_counter() - start)
                     first = False
                 yield chunk
         except PathNotFound:
             raise
         except Exception:
-            self._observe("read", time.perf_counter() - start, True)
+            self.metrics.storage_error("read")
             raise
 
     async def writer(self, path: str, append: bool = False) -> FileWriter:
-        return InstrumentedWriter(await self._timed("open_writer", self.inner.writer(path, append)), self)
-
-    async def stat(self, path: str) -> FileInfo:
-        return await self._timed("stat", self.inner.stat(path))
-
-    async def list(self, path: str) -> list[str]:
-        return await self._timed("list", self.inner.list(path))
-
-    async def move(self, source: str, dest: str) -> None:
-        await self._timed("move", self.inner.move(source, dest))
-
-    async def delete(self, path: str) -> None:
-        await self._timed("delete", self.inner.delete(path))
-
-    async def delete_files(self, paths: list[str]) -> None:
-        await self._timed("delete_files", self.inner.delete_files(paths))
+        start = perf_counter()
+        try:
+            writer = await self.inner.writer(path, append)
+        except (PathNotFound, WriterBusy):
+            raise
+        except BaseException:
+            self.metrics.storage_error("open_writer")
+            raise
+        finally:
+            self._h["open_writer"].observe(perf_counter() - start)
+        return InstrumentedWriter(writer, self)
 
     async def walk(self, path: str) -> AsyncIterator[FileInfo]:
         async for info in self.inner.walk(path):
             yield info
-
-    async def exists(self, path: str) -> bool:
-        return await self._timed("exists", self.inner.exists(path))
-
-    async def url_for(self, path: str, expires: float) -> str | None:
-        return await self._timed("url_for", self.inner.url_for(path, expires))
-
-    async def purge_incomplete(self, older_than: float) -> int:
-        return await self._timed("purge_incomplete", self.inner.purge_incomplete(older_than))
 
     async def close(self) -> None:
         await self.inner.close()
 
     def __getattr__(self, name: str) -> Any:  # backend-specific extras pass through
         return getattr(self.inner, name)
+
+
+OPERATIONS = (
+    *(
+        "get_content",
+        "put_content",
+        "stat",
+        "list",
+        "move",
+        "delete",
+        "delete_files",
+        "exists",
+        "url_for",
+        "purge_incomplete",
+    ),
+    "read",
+    "open_writer",
+)

@@ -2,22 +2,31 @@
 
 The access log is written by the app itself (uvicorn's own is off) because only the app
 knows the route template, the repository and the authenticated user. It never holds
-headers, query strings or bodies, so passwords, tokens and upload state stay out of it.
+headers (but User-Agent), query strings or bodies, so passwords, tokens and upload state
+stay out of it. Other records go through ``logging``, as JSON objects with ``log_format=json``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
+import os
 import re
+import sys
 import time
-import uuid
-from dataclasses import dataclass
-from typing import Any
+from json.encoder import encode_basestring_ascii as _q  # type: ignore[attr-defined]
+from typing import Any, TextIO
 
-access_log = logging.getLogger("pier.access")
+from starlette.types import Scope
+
+from .auth import ANONYMOUS
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _UNPRINTABLE = re.compile(r'[^\x21-\x7e]|["\\]')
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(6).hex()  # per process: ids stay unique across replicas and restarts
 
 
 def request_id(header: bytes | None) -> str:
@@ -26,7 +35,7 @@ def request_id(header: bytes | None) -> str:
         text = header.decode("latin-1")
         if _REQUEST_ID.fullmatch(text):
             return text
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ids):08x}"  # a counter, not uuid4: no system call per request
 
 
 def _printable(text: str, limit: int = 300) -> str:
@@ -34,45 +43,98 @@ def _printable(text: str, limit: int = 300) -> str:
     return _UNPRINTABLE.sub(lambda m: f"%{ord(m.group()):02X}" if ord(m.group()) < 256 else "?", text[:limit])
 
 
-@dataclass
-class AccessRecord:
-    request_id: str
-    remote: str
-    user: str
-    method: str
-    route: str
-    path: str
-    repository: str
-    status: int
-    bytes_in: int
-    bytes_out: int
-    seconds: float
-    user_agent: str
+class AccessLog:
+    """One line per request on standard output, in ``text`` or ``json``.
 
-    def as_json(self) -> str:
-        return json.dumps(
-            {
-                "time": _utc(time.time()),
-                "request_id": self.request_id,
-                "remote": self.remote,
-                "user": self.user or None,
-                "method": self.method,
-                "route": self.route,
-                "path": self.path[:1000],
-                "repository": self.repository or None,
-                "status": self.status,
-                "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out,
-                "duration_ms": round(self.seconds * 1000, 3),
-                "user_agent": self.user_agent[:200],
-            },
-            ensure_ascii=True,
+    A request only appends its scope and figures to a list; the lines are formatted and
+    written in batches, every ``FLUSH_INTERVAL`` (and at ``MAX_PENDING`` requests, and at
+    shutdown). The logging module's record, formatter and flush per line cost more than
+    the rest of a manifest HEAD; this costs under 4 µs a line.
+    """
+
+    FLUSH_INTERVAL = 0.2
+    MAX_PENDING = 2000
+
+    def __init__(self, log_format: str, stream: TextIO | None = None) -> None:
+        self.json = log_format == "json"
+        self.stream = stream or sys.stdout
+        self._pending: list[tuple[Any, ...]] = []
+        self._second = -1
+        self._stamp = ""
+
+    def record(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
+        # Only plain values are kept: holding on to scopes would make every GC pass longer.
+        caller = scope.get("pier.caller")
+        self._pending.append(
+            (
+                scope.get("client"),
+                caller.account if caller is not None and caller.account != ANONYMOUS else "",
+                scope["method"],
+                scope["path"],
+                scope.get("pier.request_id", ""),
+                scope.get("pier.route", "other"),
+                scope.get("pier.repository"),
+                next((v for k, v in scope["headers"] if k == b"user-agent"), b"") if self.json else b"",
+                status,
+                received,
+                sent,
+                seconds,
+                time.time(),
+            )
         )
+        if len(self._pending) >= self.MAX_PENDING:
+            self.flush()
 
-    def as_text(self) -> str:
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self.stream.write("".join([self._line(*entry) for entry in pending]))
+        self.stream.flush()
+
+    async def flush_forever(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.FLUSH_INTERVAL)
+                self.flush()
+        finally:
+            self.flush()
+
+    def _time(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+    def _line(
+        self,
+        client: tuple[str, int] | None,
+        user: str,
+        method: str,
+        path: str,
+        rid: str,
+        route: str,
+        repository: str | None,
+        agent: bytes,
+        status: int,
+        received: int,
+        sent: int,
+        seconds: float,
+        now: float,
+    ) -> str:
+        remote = f"{client[0]}:{client[1]}" if client else "-"
+        if not self.json:
+            return (
+                f'{remote} {_printable(user) or "-"} "{_printable(method, 20)} {_printable(path)}" '
+                f"{status} {sent} {seconds * 1000:.1f}ms id={rid}\n"
+            )
         return (
-            f'{self.remote} {_printable(self.user) or "-"} "{self.method} {_printable(self.path)}" '
-            f"{self.status} {self.bytes_out} {self.seconds * 1000:.1f}ms id={self.request_id}"
+            f'{{"time": "{self._time(now)}", "request_id": "{rid}", "remote": "{remote}", '
+            f'"user": {_q(user) if user else "null"}, "method": {_q(method[:20])}, '
+            f'"route": "{route}", "path": {_q(path[:1000])}, '
+            f'"repository": {_q(repository) if repository else "null"}, "status": {status}, '
+            f'"bytes_in": {received}, "bytes_out": {sent}, "duration_ms": {seconds * 1000:.3f}, '
+            f'"user_agent": {_q(agent[:200].decode("latin-1"))}}}\n'
         )
 
 
@@ -106,20 +168,18 @@ def log_config(log_format: str, level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"default": formatter, "access": {"format": "%(message)s"}},
+        "formatters": {"default": formatter},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "default",
                 "stream": "ext://sys.stderr",
             },
-            "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
         },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.error": {"level": level},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "pier": {"handlers": ["default"], "level": level, "propagate": False},
-            "pier.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
         },
     }

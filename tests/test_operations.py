@@ -17,7 +17,7 @@ import pytest
 
 from .helpers import push_blob, push_manifest, write_htpasswd
 from .images import build_image, sha256, write_blob
-from .servers import serve_refused
+from .servers import PierServer, serve_refused
 from .test_gc import run_storage_command
 
 
@@ -227,7 +227,7 @@ def test_webhooks_survive_a_failing_receiver_and_a_restart_and_arrive_once(
     time.sleep(1.0)
     assert receiver.refused >= 2 and not receiver.deliveries  # retried, with backoff
     server.stop()
-    queued = [p for p in (shared / "_events" / "audit").iterdir()]
+    queued = [line for p in (shared / "_events" / "audit").iterdir() for line in p.read_text().splitlines()]
     assert len(queued) == 4  # two pushes, a pull, a delete: stored before they were answered
 
     receiver.failing = False
@@ -274,3 +274,37 @@ def test_bad_webhook_settings_are_refused_in_one_line(tmp_path: Path) -> None:
     done = serve_refused(tmp_path, "--notifications", '[{"url": "http://x", "events": ["build"]}]')
     assert done.returncode == 2 and "events must be among push, pull, delete" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_replicas_on_one_store_deliver_each_event_once_in_batches(
+    start_registry, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    receiver.failing = False
+    hook = json.dumps([{"name": "pulls", "url": receiver.url, "events": ["pull"]}])
+    image = build_image(tmp_path / "image", "v1")
+    shared = tmp_path / "shared"
+    replicas = [start_registry("--notifications", hook, root=shared) for _ in range(2)]
+    for blob in image.blobs:
+        push_blob(replicas[0].url, "team/app", blob)
+    push_manifest(replicas[0].url, "team/app", "v1", image.manifest)
+
+    def pull(server: PierServer) -> None:
+        with httpx.Client() as http:
+            for _ in range(10):
+                assert http.get(f"{server.url}/v2/team/app/manifests/v1").status_code == 200
+
+    threads = [threading.Thread(target=pull, args=(replicas[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    deadline = time.monotonic() + 20
+    while len(receiver.events()) < 80 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.5)  # a second dispatcher would have posted by now
+    events = receiver.events()
+    assert len(events) == 80 and len({e["id"] for e in events}) == 80
+    assert {e["action"] for e in events} == {"pull"}
+    assert len(receiver.deliveries) < 80  # batched
+    receiver.server.shutdown()
