@@ -57,7 +57,8 @@ async def main():
             scope = {"type": "http", "method": "HEAD", "path": "/v2/bench/app/manifests/v1",
                      "raw_path": b"/v2/bench/app/manifests/v1", "query_string": b"", "scheme": "http",
                      "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 40000), "root_path": "",
-                     "headers": [(b"host", b"127.0.0.1:5000"), (b"accept", ACCEPT), (b"user-agent", b"bench")]}
+                     "headers": [(b"host", b"127.0.0.1:5000"), (b"accept", ACCEPT),
+                                 (b"user-agent", b"bench")]}
             started = time.perf_counter()
             for _ in range(count):
                 await app(dict(scope), receive, send)
@@ -170,7 +171,11 @@ def main() -> int:
         if measured.returncode != 0:
             raise RuntimeError(f"in-process measurement failed: {measured.stderr[-2000:]}")
         in_process = json.loads(measured.stderr.strip().splitlines()[-1])
-        print("in-process manifest HEAD, µs: " + ", ".join(f"{m} {v:.1f}" for m, v in in_process.items()))
+        print(flush=True)
+        print(
+            "in-process manifest HEAD, µs: " + ", ".join(f"{m} {v:.1f}" for m, v in in_process.items()),
+            flush=True,
+        )
 
         servers: dict[str, Server] = {}
         for label, extra in (("pier off", ["--metrics", "false"]), ("pier on", observed)):
@@ -188,6 +193,7 @@ def main() -> int:
                     os.sched_setaffinity(int(thread), {1})
         names = list(servers)
         results: dict[str, dict[str, list[float]]] = {n: {"head": [], "get": []} for n in names}
+        failures = dict.fromkeys(names, 0)
         try:
             for burst in range(args.rounds):
                 order = names[burst % len(names) :] + names[: burst % len(names)]
@@ -195,8 +201,11 @@ def main() -> int:
                     for label in order:
                         url = f"{servers[label].url}/v2/bench/app/manifests/v1"
                         stats = runner(url, method, args.seconds, args.connections, work)
-                        if stats["errors"] or not stats["requests"]:
-                            raise RuntimeError(f"{label} {method}: {stats['errors']:.0f} failed requests")
+                        if not stats["requests"]:
+                            raise RuntimeError(f"{label} {method}: no request answered")
+                        if stats["errors"]:  # reported, not hidden: a failed request is not a fast one
+                            print(f"    {label} {method}: {stats['errors']:.0f} failed requests", flush=True)
+                            failures[label] += int(stats["errors"])
                         results[label][kind].append(stats["rps"])
                 print(
                     f"burst {burst + 1:2}: HEAD/GET per second: "
@@ -209,7 +218,7 @@ def main() -> int:
             for server in servers.values():
                 server.stop()
         print(f"\nmedians of {args.rounds} bursts of {args.seconds:g} s; {args.connections} connections")
-        print(f"events received by the webhook: {receiver.events:,}")
+        print(f"events received by the webhook: {receiver.events:,}; failed requests: {failures}")
         print("| | pier off | pier on | overhead | distribution off | distribution on | overhead |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for kind, label in (("head", "Manifest HEAD"), ("get", "Manifest GET (a pull event each)")):

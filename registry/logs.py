@@ -25,6 +25,7 @@ from .auth import ANONYMOUS
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _UNPRINTABLE = re.compile(r'[^\x21-\x7e]|["\\]')
+FIELD_CACHE = 4096  # distinct (method, route, path, repository, user, agent) lines kept formatted
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(6).hex()  # per process: ids stay unique across replicas and restarts
 
@@ -61,6 +62,7 @@ class AccessLog:
         self._pending: list[tuple[Any, ...]] = []
         self._second = -1
         self._stamp = ""
+        self._fields: dict[tuple[Any, ...], str] = {}
 
     def record(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
         # Only plain values are kept: holding on to scopes would make every GC pass longer.
@@ -128,13 +130,21 @@ class AccessLog:
                 f'{remote} {_printable(user) or "-"} "{_printable(method, 20)} {_printable(path)}" '
                 f"{status} {sent} {seconds * 1000:.1f}ms id={rid}\n"
             )
+        key = (method, route, path, repository, user, agent)
+        fields = self._fields.get(key)
+        if fields is None:  # the same few paths, by the same clients, make most of the traffic
+            if len(self._fields) >= FIELD_CACHE:
+                self._fields.clear()
+            fields = self._fields[key] = (
+                f'"user": {_q(user) if user else "null"}, "method": {_q(method[:20])}, '
+                f'"route": "{route}", "path": {_q(path[:1000])}, '
+                f'"repository": {_q(repository) if repository else "null"}, '
+                f'"user_agent": {_q(agent[:200].decode("latin-1"))}'
+            )
         return (
-            f'{{"time": "{self._time(now)}", "request_id": "{rid}", "remote": "{remote}", '
-            f'"user": {_q(user) if user else "null"}, "method": {_q(method[:20])}, '
-            f'"route": "{route}", "path": {_q(path[:1000])}, '
-            f'"repository": {_q(repository) if repository else "null"}, "status": {status}, '
-            f'"bytes_in": {received}, "bytes_out": {sent}, "duration_ms": {seconds * 1000:.3f}, '
-            f'"user_agent": {_q(agent[:200].decode("latin-1"))}}}\n'
+            f'{{"time": "{self._time(now)}", "request_id": "{rid}", "remote": "{remote}", {fields}, '
+            f'"status": {status}, "bytes_in": {received}, "bytes_out": {sent}, '
+            f'"duration_ms": {seconds * 1000:.3f}}}\n'
         )
 
 

@@ -26,6 +26,7 @@ from .servers import PierServer, serve_refused
 from .skopeo import Skopeo
 from .storeview import blob_data_path
 from .test_gc import run_storage_command
+from .test_operations import metric
 from .tokens import write_signing_key
 
 ACL = """
@@ -149,6 +150,11 @@ def test_first_pull_fills_the_cache_and_the_second_needs_no_upstream(
     assert gate.url in never_seen.json()["errors"][0]["detail"]
     catalog = get(mirror, "/v2/_catalog").json()["repositories"]
     assert "up/library/app" in catalog
+    metrics = httpx.get(f"{mirror.url}/metrics").text
+    assert metric(metrics, "pier_mirror_requests_total", kind="blob", result="miss") == len(image.blobs)
+    assert metric(metrics, "pier_mirror_requests_total", kind="blob", result="hit") >= len(image.blobs)
+    assert metric(metrics, "pier_mirror_requests_total", kind="manifest", result="stale") >= 1
+    assert metric(metrics, "pier_mirror_upstream_errors_total", upstream="up", reason="unreachable") >= 1
 
 
 def test_bare_names_are_the_default_upstreams_and_local_repositories_stay_pushable(
