@@ -217,6 +217,14 @@ def main() -> int:
         finally:
             for server in servers.values():
                 server.stop()
+        statuses: dict[str, int] = {}
+        for line in (work / "pier-on.log").read_text(errors="replace").splitlines():
+            if '"request_id"' in line:
+                status = str(json.loads(line)["status"])
+                statuses[status] = statuses.get(status, 0) + 1
+            elif '"level": "error"' in line or '"level": "warning"' in line:
+                print("    pier on logged:", line[:600])
+        print(f"pier on's access log, requests by status: {statuses}")
         print(f"\nmedians of {args.rounds} bursts of {args.seconds:g} s; {args.connections} connections")
         print(f"events received by the webhook: {receiver.events:,}; failed requests: {failures}")
         print("| | pier off | pier on | overhead | distribution off | distribution on | overhead |")

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from storage_backends import PathNotFound, StorageDriver
+from storage_backends import StorageDriver
 
 from . import layout
 from .gc import read_gc_totals
@@ -109,10 +109,10 @@ class Metrics:
         return generate_latest(self.registry)
 
     async def _read_store(self, driver: StorageDriver) -> None:
-        try:
-            sessions = len(await driver.list(layout.UPLOADS))
-        except PathNotFound:
-            sessions = 0
+        # Sessions with their info file: an S3 store (SeaweedFS) may still list emptied folders.
+        sessions = 0
+        async for info in driver.walk(layout.UPLOADS):
+            sessions += info.path.endswith("/info")
         totals = await read_gc_totals(driver)
         self.store_figures = {
             "sessions": sessions,

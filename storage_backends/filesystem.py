@@ -52,7 +52,13 @@ def _tmp_name(target: Path) -> Path:
 
 
 def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a rename in ``directory`` durable. A folder that is gone already was emptied by a
+    concurrent delete of what was just renamed into it: nothing is left to make durable, and
+    the write must not fail (or be retried, which would write a deleted file again)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return
     try:
         os.fsync(fd)
     finally:

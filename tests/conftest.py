@@ -18,7 +18,15 @@ _names = itertools.count()
 
 
 # The registry's own suites run on every storage backend; the client's only on the default.
-STORAGE_SUITES = ("test_api_", "test_interop_skopeo", "test_replicas", "test_gc", "test_fsck", "test_mirror")
+STORAGE_SUITES = (
+    "test_api_",
+    "test_interop_skopeo",
+    "test_replicas",
+    "test_gc",
+    "test_fsck",
+    "test_mirror",
+    "test_operations",
+)
 BACKENDS = ("filesystem", "s3")
 
 
