@@ -278,9 +278,7 @@ def test_bad_webhook_settings_are_refused_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_replicas_on_one_store_deliver_each_event_once_in_batches(
-    start_registry, tmp_path: Path
-) -> None:
+def test_replicas_on_one_store_deliver_each_event_once_in_batches(start_registry, tmp_path: Path) -> None:
     receiver = Receiver()
     receiver.failing = False
     hook = json.dumps([{"name": "pulls", "url": receiver.url, "events": ["pull"]}])
