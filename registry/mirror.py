@@ -304,11 +304,13 @@ class Mirror:
         None: the blob arrived in the store meanwhile, and is served from there.
         """
         download = self._downloads.get(digest)
-        if download is not None and not download.failed and download.route.local != route.local:
-            await self._confirm(route, digest)  # joining another repository's download
         if download is None or download.failed:
             if await self.cached(route, digest):  # committed since the caller looked
                 return None
+            download = self._downloads.get(digest)  # or started by a request meanwhile
+        if download is not None and not download.failed and download.route.local != route.local:
+            await self._confirm(route, digest)  # joining another repository's download
+        if download is None or download.failed:
             self.on_event("blob", "miss")
             download = Download(self, route, digest)
             self._downloads[digest] = download

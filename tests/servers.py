@@ -112,6 +112,16 @@ class PierServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_lines(self, fragment: str, count: int = 1, timeout: float = 5.0) -> list[str]:
+        """Log lines holding ``fragment``, once there are ``count`` of them or ``timeout`` passed:
+        access lines are written in batches (every 0.2 s), after the replies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log().splitlines() if fragment in line]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
+
 
 @contextlib.contextmanager
 def run_distribution(config: Path, port: int) -> Iterator[str]:

@@ -80,7 +80,7 @@ def test_json_access_log_names_route_repository_and_user_and_never_secrets(
     assert answer.status_code == 404 and answer.headers["x-request-id"] == "trace-42"
     hostile = httpx.get(f"{server.url}/v2/team/app%0A%22forged%22/manifests/v1", auth=auth)
     assert hostile.status_code in (400, 404)
-    log_lines(server, '"route": "other"')  # the last request's line is there
+    server.log_lines('"route": "other"')  # the last request's line is there
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith('{"time"')]
     access = [entry for entry in lines if "request_id" in entry]
     tags = next(entry for entry in access if entry["request_id"] == "trace-42")
@@ -95,18 +95,9 @@ def test_json_access_log_names_route_repository_and_user_and_never_secrets(
 def test_text_access_log_cannot_be_forged_with_a_path(start_registry) -> None:
     server = start_registry("--access-log", "true")
     httpx.get(f"{server.url}/v2/x%0A127.0.0.1:1%20admin%20%22GET%20/v2/%22%20200/tags/list")
-    lines = log_lines(server, "/tags/list")
+    lines = server.log_lines("/tags/list")
     assert len(lines) == 1 and "%0A" in lines[0] and " admin " not in lines[0], lines
     assert lines[0].count('"') == 2  # the path's own quotes are escaped too
-
-
-def log_lines(server, fragment: str, count: int = 1) -> list[str]:  # type: ignore[no-untyped-def]
-    """The server's log lines holding ``fragment``, once there are ``count`` (written after replies)."""
-    deadline = time.monotonic() + 5
-    while True:
-        lines = [line for line in server.log().splitlines() if fragment in line]
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
 
 
 def _stream(chunks: int, pause: float) -> Iterator[bytes]:
