@@ -10,7 +10,9 @@ drift hits every server alike:
 - manifest ``HEAD``s per second at 16 connections (bench/registry.py's load generator:
   Debian's wrk cannot HEAD) — the issue's figure; HEADs send no events;
 - manifest ``GET``s per second at 16 connections (``wrk -t1``): each GET is a pull event,
-  which pier writes to storage before it answers (distribution keeps it in memory).
+  which pier writes to storage before it answers (distribution keeps it in memory);
+- the server's CPU time per request in those bursts (from /proc): the cost itself, which the
+  machine's noise moves much less than it moves throughput.
 
 And the same HEAD in-process (the ASGI app called directly), where the machine's noise
 does not reach.
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from servers import REPO_ROOT, Server, free_port  # bench/servers.py
 
-from registry import push_small_image, run_builtin, run_wrk, start_pier
+from registry import cpu_seconds, push_small_image, run_builtin, run_wrk, start_pier
 
 IN_PROCESS = """
 import asyncio, json, sys, time
@@ -193,6 +195,7 @@ def main() -> int:
                     os.sched_setaffinity(int(thread), {1})
         names = list(servers)
         results: dict[str, dict[str, list[float]]] = {n: {"head": [], "get": []} for n in names}
+        cpu: dict[str, dict[str, list[float]]] = {n: {"head": [], "get": []} for n in names}  # µs/request
         failures = dict.fromkeys(names, 0)
         try:
             for burst in range(args.rounds):
@@ -200,13 +203,16 @@ def main() -> int:
                 for kind, method, runner in (("head", "HEAD", run_builtin), ("get", "GET", run_wrk)):
                     for label in order:
                         url = f"{servers[label].url}/v2/bench/app/manifests/v1"
+                        before = cpu_seconds(servers[label].pid)
                         stats = runner(url, method, args.seconds, args.connections, work)
+                        used = cpu_seconds(servers[label].pid) - before
                         if not stats["requests"]:
                             raise RuntimeError(f"{label} {method}: no request answered")
                         if stats["errors"]:  # reported, not hidden: a failed request is not a fast one
                             print(f"    {label} {method}: {stats['errors']:.0f} failed requests", flush=True)
                             failures[label] += int(stats["errors"])
                         results[label][kind].append(stats["rps"])
+                        cpu[label][kind].append(used / stats["requests"] * 1e6)
                 print(
                     f"burst {burst + 1:2}: HEAD/GET per second: "
                     + ", ".join(
@@ -235,6 +241,13 @@ def main() -> int:
                 off = statistics.median(results[f"{system} off"][kind])
                 on = statistics.median(results[f"{system} on"][kind])
                 cells += [f"{off:,.0f} /s", f"{on:,.0f} /s", f"{(off / on - 1) * 100:+.1f}%"]
+            print(f"| {label} | " + " | ".join(cells) + " |")
+        for kind, label in (("head", "Server CPU per HEAD"), ("get", "Server CPU per GET")):
+            cells = []
+            for system in ("pier", "distribution"):
+                off = statistics.median(cpu[f"{system} off"][kind])
+                on = statistics.median(cpu[f"{system} on"][kind])
+                cells += [f"{off:.0f} µs", f"{on:.0f} µs", f"{(on / off - 1) * 100:+.1f}%"]
             print(f"| {label} | " + " | ".join(cells) + " |")
         off, on = in_process["pier off"], in_process["pier on"]
         print(

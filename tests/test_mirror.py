@@ -186,6 +186,35 @@ def test_bare_names_are_the_default_upstreams_and_local_repositories_stay_pushab
     assert get(mirror, f"/v2/{prefix}/library/app/manifests/v1").status_code == 200
 
 
+def test_a_bare_name_is_pulled_only_by_who_may_pull_the_name_it_maps_to(
+    start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
+) -> None:
+    # Both names reach the same cache: a grant on the bare name alone must not open it.
+    users = {"bob": "bob-secret", "carol": "carol-secret"}
+    htpasswd = write_htpasswd(tmp_path / "mirror-htpasswd", users)
+    acl = tmp_path / "mirror-acl.toml"
+    acl.write_text(
+        '[[rule]]\naccount = "bob"\nrepository = "library/*"\nactions = ["pull"]\n\n'
+        '[[rule]]\naccount = "carol"\nrepository = "library/*"\nactions = ["pull"]\n\n'
+        '[[rule]]\naccount = "carol"\nrepository = "127.0.0.1/library/*"\nactions = ["pull"]\n'
+    )
+    mirror = start_registry(
+        "--proxy", gate.url, "--proxy-timeout", "5s", "--htpasswd", str(htpasswd), "--acl", str(acl)
+    )
+    path = "/v2/library/app/manifests/v1"
+
+    def basic(user: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{users[user]}".encode()).decode()
+
+    refused = get(mirror, path, authorization=basic("bob"))
+    assert refused.status_code == 403 and error_code(refused) == "DENIED"
+    assert gate.count("GET", "/manifests/v1") == 0  # refused before anything was fetched
+    assert get(mirror, f"/v2/127.0.0.1{path[3:]}", authorization=basic("bob")).status_code == 403
+    allowed = get(mirror, path, authorization=basic("carol"))
+    assert allowed.status_code == 200 and allowed.headers["docker-content-digest"] == image.digest
+    assert get(mirror, path).status_code == 401  # and nobody anonymous
+
+
 def test_private_upstream_repositories_need_the_configured_login(
     start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
 ) -> None:
