@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from starlette.requests import ClientDisconnect, Request
@@ -43,12 +44,14 @@ from .logs import AccessLog, request_id
 from .manifests import MANIFEST_TYPES, OCI_INDEX
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
-from .mirror import Mirror, Route
 from .notifications import Notifier
 from .references import Digest, is_digest, validate_name
 from .store import RegistryStore
 from .uploads import Uploads, UploadSession
-from .upstream import parse_upstreams
+from .upstreams import parse_upstreams
+
+if TYPE_CHECKING:
+    from .mirror import Mirror, Route
 
 log = logging.getLogger("pier.registry")
 
@@ -103,8 +106,11 @@ class RegistryApp:
         self._purger: asyncio.Task[None] | None = None
         self._evicter: asyncio.Task[None] | None = None
         upstreams = parse_upstreams(settings.proxy, settings.proxy_auth_file)
-        self.mirror = (
-            Mirror(
+        self.mirror: Mirror | None = None
+        if upstreams:
+            from .mirror import Mirror  # its HTTP client (aiohttp) is a fifth of startup: only when used
+
+            self.mirror = Mirror(
                 self.store,
                 upstreams,
                 ttl=settings.proxy_ttl,
@@ -113,9 +119,6 @@ class RegistryApp:
                 max_blob=settings.max_blob_size,
                 cache_size=settings.proxy_cache_size,
             )
-            if upstreams
-            else None
-        )
         if self.mirror is not None and self.metrics is not None:
             self.mirror.on_event = self.metrics.mirror_event
             self.mirror.on_upstream_error = self.metrics.upstream_error

@@ -12,7 +12,7 @@ from .access import build as build_security
 from .auth import AuthConfigError
 from .config import ConfigError, Settings, load_settings
 from .notifications import parse_endpoints
-from .upstream import DOCKER_HUB, parse_upstreams
+from .upstreams import DOCKER_HUB, parse_upstreams
 
 _HELP = {
     "addr": "listen address HOST:PORT (default 127.0.0.1:5000)",

@@ -34,7 +34,6 @@ from .references import Digest, is_digest, validate_tag
 from .store import RegistryStore
 from .upstream import (
     MANIFEST_ACCEPT,
-    Upstream,
     UpstreamClient,
     UpstreamDenied,
     UpstreamError,
@@ -42,6 +41,7 @@ from .upstream import (
     UpstreamUnavailable,
     body_chunks,
 )
+from .upstreams import Upstream
 
 log = logging.getLogger("pier.mirror")
 WINDOW = 64 * 1024 * 1024  # bytes of a download kept in memory for the clients following it

@@ -23,13 +23,14 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from storage_backends import PathNotFound, StorageDriver
 
 from .config import ConfigError, Settings, parse_duration
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("pier.notifications")
 EVENTS = "_events"
@@ -127,7 +128,7 @@ class Notifier:
         self.instance = instance
         self._wake = {e.name: asyncio.Event() for e in endpoints}
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # aiohttp is imported with the first event
         self._unwritten: list[tuple[list[Endpoint], str, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -274,6 +275,8 @@ class Notifier:
             content_type = CLOUDEVENTS_TYPE
         else:
             body, content_type = {"events": events}, DISTRIBUTION_TYPE
+        import aiohttp  # here: a server without webhooks starts without it
+
         if self._session is None:
             self._session = aiohttp.ClientSession(headers={"user-agent": "pier-notifications"})
         try:
