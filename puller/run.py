@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
+import stat
 import shutil
 import subprocess
 import uuid
@@ -35,6 +37,89 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 class RunError(PierError):
     pass
+
+
+class CommandNotRunnable(RunError):
+    """The process cannot start: docker's wording, and its exit code (127 missing, 126 not executable)."""
+
+    def __init__(self, command: str, reason: str, exit_code: int) -> None:
+        super().__init__(f"exec: {json.dumps(command)}: {reason}")
+        self.exit_code = exit_code
+
+
+MAX_SYMLINK_HOPS = 40  # the kernel's limit (ELOOP)
+
+
+def _container_path(rootfs: Path, path: str, mounts: frozenset[str]) -> str | None:
+    """``path`` (absolute, in the container) with every symlink followed as the container would.
+
+    Symlinks are read inside ``rootfs`` only: an absolute target restarts at the rootfs,
+    and ``..`` stops at its top, as at the real root. None when the path goes through a
+    mount point (what is there is known only once the runtime mounts it) or loops.
+    """
+    pending = [part for part in path.split("/") if part][::-1]  # a stack: next component last
+    current: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if current:
+                current.pop()
+            continue
+        current.append(part)
+        if "/" + "/".join(current) in mounts:
+            return None
+        try:
+            info = os.lstat(os.path.join(rootfs, *current))
+        except OSError:  # missing, or below a file: the stat at the end says so
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return None
+            target = os.readlink(os.path.join(rootfs, *current))
+            current.pop()
+            if target.startswith("/"):
+                current = []
+            pending.extend(part for part in reversed(target.split("/")) if part)
+    return "/" + "/".join(current)
+
+
+def _executable_error(rootfs: Path, path: str, mounts: frozenset[str]) -> tuple[str, int] | None:
+    """Why the runtime could not exec ``path`` (Go's ``exec.LookPath`` wording), or None if it can."""
+    resolved = _container_path(rootfs, path, mounts)
+    if resolved is None:
+        return None
+    try:
+        mode = os.lstat(os.path.join(rootfs, resolved.lstrip("/"))).st_mode
+    except OSError as exc:
+        return f"stat {path}: {os.strerror(exc.errno or 2).lower()}", 127
+    if stat.S_ISDIR(mode):
+        return "is a directory", 126
+    if not stat.S_ISREG(mode) or not mode & 0o111:
+        return "permission denied", 126
+    return None
+
+
+def check_command(rootfs: Path, args: list[str], path_env: str, cwd: str, mounts: list[str]) -> None:
+    """Refuse, before the runtime starts, a command the container could not execute.
+
+    The lookup is the runtime's (``$PATH`` of the process, or the path itself when it has
+    a slash), done in the rootfs: the runtime would only log a line and exit 1.
+    """
+    points = frozenset(p for p in (_container_path(rootfs, m, frozenset()) for m in mounts) if p)
+    command = args[0]
+    if "/" in command:
+        error = _executable_error(rootfs, posixpath.join(cwd, command), points)
+        if error:
+            raise CommandNotRunnable(command, *error)
+        return
+    for directory in path_env.split(":"):
+        if _executable_error(rootfs, posixpath.join(cwd, directory or ".", command), points) is None:
+            return
+    raise CommandNotRunnable(command, "executable file not found in $PATH", 127)
 
 
 @dataclass
@@ -183,6 +268,8 @@ def build_config(template: dict, rootfs: Path, config: dict, options: RunOptions
         spec["mounts"].append(
             {"destination": parts[1], "type": "bind", "source": parts[0], "options": ["rbind", mode]}
         )
+    mounts = [m["destination"] for m in spec.get("mounts", []) if isinstance(m.get("destination"), str)]
+    check_command(rootfs, args, env["PATH"], process["cwd"], mounts)
     return spec
 
 
@@ -244,9 +331,10 @@ def run(
         state.status, state.exit_code = "exited", completed.returncode
         container.write_state(state)
         return completed.returncode
-    except BaseException:
+    except BaseException as exc:
         if state.status != "exited":
             state.status = "exited"
+            state.exit_code = exc.exit_code if isinstance(exc, CommandNotRunnable) else None
             container.write_state(state)
         raise
     finally:

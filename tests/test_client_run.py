@@ -228,3 +228,45 @@ def test_the_machine_runtime_really_runs(image_ref, tmp_path) -> None:
     chosen = os.path.basename(find_runtime(None))
     result = pier(tmp_path, "run", "--rm", image_ref, "true")
     assert result.returncode == 0, (chosen, cgroup_layout(), result.stderr)
+
+
+def test_a_missing_command_exits_127_with_dockers_message(image_ref, tmp_path) -> None:
+    """As docker: 127 for a command that is not there, 126 for one that cannot be executed."""
+    assert pier(tmp_path, "pull", "-q", image_ref).returncode == 0
+    cases = [
+        (["nosuchcmd"], 127, 'exec: "nosuchcmd": executable file not found in $PATH'),
+        (["/bin/nosuch", "-x"], 127, 'exec: "/bin/nosuch": stat /bin/nosuch: no such file or directory'),
+        (["/etc/passwd"], 126, 'exec: "/etc/passwd": permission denied'),
+        (["/etc"], 126, 'exec: "/etc": is a directory'),
+    ]
+    for command, code, message in cases:
+        result = pier(tmp_path, "run", "--rm", image_ref, *command)
+        assert (result.returncode, result.stderr) == (code, f"pier run: {message}\n"), command
+    kept = pier(tmp_path, "run", "--name", "never-started", image_ref, "nosuchcmd")
+    assert kept.returncode == 127
+    assert "exited (127)" in pier(tmp_path, "ps", "-a").stdout  # as `docker ps -a` shows it
+    found = pier(tmp_path, "run", "--rm", "-e", "PATH=/nowhere:/bin", image_ref, "true")
+    assert found.returncode == 0, found.stderr  # looked up in the container's own PATH
+
+
+def test_command_lookup_stays_inside_the_rootfs(tmp_path) -> None:
+    """An image's symlink to a host path is followed as the container sees it, never on the host."""
+    from puller.run import CommandNotRunnable, check_command
+
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "bin" / "real").write_bytes(b"#!/bin/sh\n")
+    (rootfs / "bin" / "real").chmod(0o755)
+    (rootfs / "bin" / "host-python").symlink_to(os.path.realpath("/usr/bin/python3"))  # exists on the host
+    (rootfs / "bin" / "up").symlink_to("../../../../../../../../usr/bin/python3")
+    (rootfs / "bin" / "via-link").symlink_to("/bin/real")
+    check_command(rootfs, ["real"], "/bin", "/", [])
+    check_command(rootfs, ["via-link"], "/bin", "/", [])
+    check_command(rootfs, ["../bin/real"], "/bin", "/bin", [])
+    for name in ("host-python", "up"):
+        with pytest.raises(CommandNotRunnable) as caught:
+            check_command(rootfs, [name], "/bin", "/", [])
+        assert caught.value.exit_code == 127
+    with pytest.raises(CommandNotRunnable, match="executable file not found"):
+        check_command(rootfs, ["real"], "/usr/bin", "/", [])
+    check_command(rootfs, ["/tools/x"], "/bin", "/", ["/tools"])  # a volume: the runtime decides
