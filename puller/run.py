@@ -16,8 +16,8 @@ import json
 import os
 import posixpath
 import re
-import stat
 import shutil
+import stat
 import subprocess
 import uuid
 from dataclasses import dataclass, field
