@@ -6,6 +6,7 @@ saved image is one entry of ``index.json`` annotated with
 ``org.opencontainers.image.ref.name`` (the tag, as skopeo and umoci expect) and
 ``io.containerd.image.name`` (the full reference). Loading copies every blob through
 the content store's verified download, so a tampered layout is refused, not imported.
+A layout is read from a directory or from a tar file (see ``sources``) alike.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .content_store import ContentStore, DigestMismatch
 from .errors import PierError
 from .image import DIGEST, OCI_INDEX, InvalidDocument, check_document, is_index, media_type_of, reachable
 from .reference import Reference, ReferenceError, parse_reference
+from .sources import Source, read_small
 
 LAYOUT_VERSION = "1.0.0"
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -39,64 +41,84 @@ class Loaded:
     reference: Reference | None
 
 
-def _blob_path(directory: Path, digest: str) -> Path:
+def blob_name(digest: str, where: str = "") -> str:
+    """``blobs/<alg>/<hex>``: the path of a blob in a layout, for a well-formed digest only."""
     if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
-        raise LayoutError(f"{directory}: invalid or unsupported digest {str(digest)[:100]!r}")
+        raise LayoutError(f"{where}: invalid or unsupported digest {str(digest)[:100]!r}")
     algorithm, _, hexpart = digest.partition(":")
-    return directory / "blobs" / algorithm / hexpart
+    return f"blobs/{algorithm}/{hexpart}"
 
 
-def _read_index(directory: Path) -> dict:
+def _blob_path(directory: Path, digest: str) -> Path:
+    return directory / blob_name(digest, str(directory))
+
+
+def is_layout(source: Source) -> bool:
+    return read_small(source, "oci-layout", MAX_INDEX_SIZE) is not None
+
+
+def read_index(source: Source) -> dict:
+    """``index.json`` of a layout, after checking its ``oci-layout`` marker."""
+    where = source.label
+    raw_marker = read_small(source, "oci-layout", MAX_INDEX_SIZE)
+    raw = read_small(source, "index.json", MAX_INDEX_SIZE)
+    if raw_marker is None or raw is None:
+        missing = "oci-layout" if raw_marker is None else "index.json"
+        raise LayoutError(f"{where} is not an OCI image layout: {missing} is missing")
     try:
-        marker = json.loads((directory / "oci-layout").read_text())
-        if marker.get("imageLayoutVersion") != LAYOUT_VERSION:
-            raise LayoutError(
-                f"{directory}: unsupported imageLayoutVersion {marker.get('imageLayoutVersion')!r}"
-            )
-        with (directory / "index.json").open("rb") as stream:
-            raw = stream.read(MAX_INDEX_SIZE + 1)
-    except FileNotFoundError as exc:
-        raise LayoutError(
-            f"{directory} is not an OCI image layout: {Path(exc.filename).name} is missing"
-        ) from None
+        marker = json.loads(raw_marker)
+        version = marker.get("imageLayoutVersion")
     except (ValueError, AttributeError):
-        raise LayoutError(f"{directory}/oci-layout is not valid JSON") from None
-    if len(raw) > MAX_INDEX_SIZE:
-        raise LayoutError(f"{directory}/index.json is larger than {MAX_INDEX_SIZE} bytes")
+        raise LayoutError(f"{where}/oci-layout is not valid JSON") from None
+    if version != LAYOUT_VERSION:
+        raise LayoutError(f"{where}: unsupported imageLayoutVersion {str(version)[:40]!r}")
     try:
         index = json.loads(raw)
     except ValueError:
-        raise LayoutError(f"{directory}/index.json is not valid JSON") from None
+        raise LayoutError(f"{where}/index.json is not valid JSON") from None
     if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
-        raise LayoutError(f"{directory}/index.json is not an image index")
+        raise LayoutError(f"{where}/index.json is not an image index")
     return index
+
+
+def new_index() -> dict:
+    return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
+def add_to_index(store: ContentStore, index: dict, reference: Reference, digest: str) -> None:
+    """Name ``digest`` in ``index`` by its tag (replacing an entry with that tag), as skopeo does."""
+    entries = index.setdefault("manifests", [])
+    tag = reference.tag or reference.digest or ""
+    entries[:] = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME) != tag]
+    body = store.read(digest)
+    entries.append(
+        {
+            "mediaType": media_type_of(body),
+            "digest": digest,
+            "size": len(body),
+            "annotations": {REF_NAME: tag, FULL_NAME: str(reference)},
+        }
+    )
 
 
 def save(store: ContentStore, images: list[tuple[Reference, str]], directory: Path) -> None:
     """Write (reference, digest) images into ``directory``, adding to a layout already there."""
+    if directory.exists() and not directory.is_dir():
+        raise LayoutError(f"{directory} is a file: give a directory, or a name ending in .tar")
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "oci-layout").exists():
-        index = _read_index(directory)
+        from .sources import DirectorySource
+
+        index = read_index(DirectorySource(directory))
     elif any(directory.iterdir()):
         raise LayoutError(f"{directory} is neither empty nor an OCI image layout")
     else:
-        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        index = new_index()
         (directory / "oci-layout").write_text(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
-    entries = index.setdefault("manifests", [])
     for reference, digest in images:
         for blob in reachable(store, digest):
             _export_blob(store, blob, directory)
-        tag = reference.tag or reference.digest or ""
-        entries[:] = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME) != tag]
-        body = store.read(digest)
-        entries.append(
-            {
-                "mediaType": media_type_of(body),
-                "digest": digest,
-                "size": len(body),
-                "annotations": {REF_NAME: tag, FULL_NAME: str(reference)},
-            }
-        )
+        add_to_index(store, index, reference, digest)
     temporary = directory / ".index.json.tmp"
     temporary.write_text(json.dumps(index, indent=2))
     os.replace(temporary, directory / "index.json")
@@ -115,14 +137,15 @@ def _export_blob(store: ContentStore, digest: str, directory: Path) -> None:
     os.replace(temporary, target)
 
 
-def _import_blob(store: ContentStore, digest: str, directory: Path) -> None:
+def import_blob(store: ContentStore, digest: str, source: Source, name: str | None = None) -> None:
+    """Copy ``name`` (default: the digest's layout path) into the store, refused unless it matches."""
     if store.has(digest):
         return
-    source = _blob_path(directory, digest)
+    name = name or blob_name(digest, source.label)
     try:
-        stream = source.open("rb")
+        stream = source.open(name)
     except FileNotFoundError:
-        raise LayoutError(f"{directory}: blob {digest} is missing from the layout") from None
+        raise LayoutError(f"{source.label}: blob {digest} is missing from the layout") from None
     with stream, store.download(digest) as download:
         if download.already_done:
             return
@@ -133,49 +156,59 @@ def _import_blob(store: ContentStore, digest: str, directory: Path) -> None:
             download.commit()
         except DigestMismatch as exc:
             raise LayoutError(
-                f"{directory}: blob {digest} does not match its digest (got {exc.actual})"
+                f"{source.label}: blob {digest} does not match its digest (got {exc.actual})"
             ) from None
 
 
-def _read_document(store: ContentStore, digest: str, directory: Path) -> tuple[bytes, dict]:
+def _has_blob(source: Source, digest: str) -> bool:
+    try:
+        source.open(blob_name(digest, source.label)).close()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _read_document(store: ContentStore, digest: str, source: Source) -> tuple[bytes, dict]:
     """A manifest or index of the layout, verified and checked before anything is imported."""
     if store.has(digest):
         body = store.read(digest)
     else:
         try:
-            with _blob_path(directory, digest).open("rb") as stream:
+            with source.open(blob_name(digest, source.label)) as stream:
                 body = stream.read(MAX_INDEX_SIZE + 1)
         except FileNotFoundError:
-            raise LayoutError(f"{directory}: blob {digest} is missing from the layout") from None
+            raise LayoutError(f"{source.label}: blob {digest} is missing from the layout") from None
         algorithm, _, expected = digest.partition(":")
         actual = hashlib.new(algorithm, body).hexdigest()
         if len(body) > MAX_INDEX_SIZE or actual != expected:
             raise LayoutError(
-                f"{directory}: blob {digest} does not match its digest (got {algorithm}:{actual})"
+                f"{source.label}: blob {digest} does not match its digest (got {algorithm}:{actual})"
             )
     try:
         return body, check_document(body)
     except InvalidDocument as exc:
-        raise LayoutError(f"{directory}: {digest} is not a valid manifest or index: {exc}") from None
+        raise LayoutError(f"{source.label}: {digest} is not a valid manifest or index: {exc}") from None
 
 
-def _import_tree(store: ContentStore, digest: str, directory: Path) -> None:
+def _import_tree(store: ContentStore, digest: str, source: Source) -> None:
     """Children first, the document naming them last: the store never holds a dangling manifest."""
-    body, document = _read_document(store, digest, directory)
+    body, document = _read_document(store, digest, source)
     if is_index(document):
         for entry in document.get("manifests", []):
-            if _blob_path(directory, entry["digest"]).exists() or store.has(entry["digest"]):
-                _import_tree(store, entry["digest"], directory)
+            if store.has(entry["digest"]) or _has_blob(source, entry["digest"]):
+                _import_tree(store, entry["digest"], source)
     else:
         for descriptor in [document["config"], *document.get("layers", [])]:
-            _import_blob(store, descriptor["digest"], directory)
+            import_blob(store, descriptor["digest"], source)
     store.put(digest, body)
 
 
 def _name_of(entry: dict, repository: str | None) -> Reference | None:
     """The full name if the layout recorded one; else ``repository`` with the layout's tag."""
-    annotations = entry.get("annotations") or {}
-    full, tag = annotations.get(FULL_NAME), annotations.get(REF_NAME)
+    annotations = entry.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    full, tag = (annotations.get(key) for key in (FULL_NAME, REF_NAME))
+    full, tag = (value if isinstance(value, str) else None for value in (full, tag))
     candidates = [f"{repository}:{tag}" if repository and tag else None, full]
     if tag and "/" in tag:
         candidates.append(tag)
@@ -188,14 +221,14 @@ def _name_of(entry: dict, repository: str | None) -> Reference | None:
     return None
 
 
-def load(store: ContentStore, directory: Path, repository: str | None = None) -> list[Loaded]:
+def load_layout(store: ContentStore, source: Source, repository: str | None = None) -> list[Loaded]:
     """Import every image of the layout; tags come from its annotations (``repository`` for bare tags)."""
-    index = _read_index(directory)
+    index = read_index(source)
     loaded = []
     for entry in index.get("manifests", []):
         digest = entry.get("digest", "") if isinstance(entry, dict) else ""
-        _blob_path(directory, digest)  # refuses anything but a well-formed digest
-        _import_tree(store, digest, directory)
+        blob_name(digest, source.label)  # refuses anything but a well-formed digest
+        _import_tree(store, digest, source)
         reference = _name_of(entry, repository)
         if reference is not None:
             store.set_ref(reference.name, reference.tag or "latest", digest)

@@ -1,0 +1,53 @@
+"""``pier save`` and ``pier load``: which format, from the path given and from what is in it.
+
+``pier save -o DIR`` writes an OCI image layout directory; ``-o NAME.tar`` (or
+``--format docker-archive``) a tar that docker, skopeo and pier read (see
+``docker_archive``). ``pier load`` takes any of them: a layout directory, a layout in a
+tar, or a ``docker save`` tar, and tells which it could not read, in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .content_store import ContentStore
+from .docker_archive import load_archive, save_archive
+from .layout import MAX_INDEX_SIZE, LayoutError, Loaded, is_layout, load_layout, save
+from .platforms import Platform
+from .reference import Reference
+from .sources import ARCHIVE_ERRORS, open_source, read_small
+
+FORMATS = ("oci-dir", "oci-archive", "docker-archive")
+
+
+def output_format(path: Path, requested: str | None) -> str:
+    """The format asked for, else a tar for a name ending in .tar and a layout directory otherwise."""
+    if requested:
+        return requested
+    return "docker-archive" if path.name.endswith(".tar") else "oci-dir"
+
+
+def save_images(
+    store: ContentStore, images: list[tuple[Reference, str]], path: Path, format: str, platform: Platform
+) -> None:
+    if format == "oci-dir":
+        save(store, images, path)
+    else:
+        save_archive(store, images, path, platform, docker=format == "docker-archive")
+
+
+def load_images(store: ContentStore, path: Path, repository: str | None = None) -> list[Loaded]:
+    """Import the images at ``path``: an OCI layout (directory or tar) first, else a docker archive."""
+    source = open_source(path)
+    try:
+        if is_layout(source):
+            return load_layout(store, source, repository)
+        if read_small(source, "manifest.json", MAX_INDEX_SIZE) is not None:
+            return load_archive(store, source, repository)
+        raise LayoutError(
+            f"{path} is not an OCI image layout (no oci-layout) nor a docker archive (no manifest.json)"
+        )
+    except ARCHIVE_ERRORS as exc:
+        raise LayoutError(f"{path} is a damaged archive: {exc}") from None
+    finally:
+        source.close()
