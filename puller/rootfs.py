@@ -5,11 +5,14 @@ once into ``<home>/rootfs/<chain-id>`` and shared, read-only, by every container
 that image (each container writes to its own overlay upper directory). The key is the
 image-spec ChainID of the layers, so two manifests with the same layers share one tree.
 A tree is unpacked under a temporary name and renamed into place when complete: an
-interrupted unpack never leaves a half rootfs that looks ready.
+interrupted unpack never leaves a half rootfs that looks ready. ``pier unpack`` into a
+directory of the user's choice follows the same rule: a failed unpack (a limit of
+``unpack_limits``, a broken layer, Ctrl-C) leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -17,23 +20,78 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .content_store import ContentStore
-from .image import Image
+from .image import Image, ImageError
 from .unpack import apply_layer
+from .unpack_limits import UnpackBudget, UnpackLimits
 
 LayerProgress = Callable[[str, int, int], None]  # (layer digest, index, count)
 
 
-def unpack_image(
-    store: ContentStore, image: Image, dest: Path, progress: LayerProgress | None = None
+def _apply_layers(
+    store: ContentStore, image: Image, dest: Path, budget: UnpackBudget, progress: LayerProgress | None
 ) -> None:
-    """Apply every layer of ``image`` on top of ``dest`` (created if missing)."""
+    """Apply every layer of ``image`` on top of ``dest`` (created if missing), all within one budget."""
     dest.mkdir(parents=True, exist_ok=True)
     layers = image.layers
     for number, layer in enumerate(layers, 1):
         if progress is not None:
             progress(layer["digest"], number, len(layers))
         with store.path(layer["digest"]).open("rb") as stream:
-            apply_layer(dest, stream, layer["mediaType"], layer["digest"])
+            apply_layer(dest, stream, layer["mediaType"], layer["digest"], budget)
+
+
+def _force_rmtree(path: Path) -> None:
+    """Delete a tree even where the image made directories read-only (as a non-root user)."""
+
+    def writable_and_retry(function: Callable[[str], object], name: str, _: object) -> None:
+        with contextlib.suppress(OSError):  # cleanup must not hide the error that caused it
+            os.chmod(os.path.dirname(name), 0o700)
+            function(name)
+
+    with contextlib.suppress(OSError):
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, onerror=writable_and_retry)
+
+
+def unpack_image(
+    store: ContentStore,
+    image: Image,
+    dest: Path,
+    progress: LayerProgress | None = None,
+    limits: UnpackLimits | None = None,
+) -> None:
+    """Write ``image``'s root filesystem into ``dest``, a new or empty directory: all of it, or nothing.
+
+    A new directory is unpacked beside it under a temporary name and renamed when complete;
+    an existing empty one (maybe a mount point, which cannot be renamed onto) is emptied
+    again on failure. ``limits`` default to those set in the environment.
+    """
+    dest = Path(dest)
+    budget = UnpackBudget(limits if limits is not None else UnpackLimits.from_env(), dest)
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir() or any(dest.iterdir()):
+            raise ImageError(f"{dest} is not an empty directory: unpack into a new one")
+        try:
+            _apply_layers(store, image, dest, budget, progress)
+        except BaseException:
+            for child in dest.iterdir():
+                _force_rmtree(child)
+            raise
+        return
+    temporary = dest.parent / f".{dest.name}.unpacking-{uuid.uuid4().hex}"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temporary.mkdir()
+    except OSError as exc:
+        raise ImageError(f"cannot create {dest}: {exc.strerror}") from exc
+    try:
+        _apply_layers(store, image, temporary, budget, progress)
+        os.rename(temporary, dest)
+    except BaseException:
+        _force_rmtree(temporary)
+        raise
 
 
 class RootfsCache:
@@ -57,7 +115,8 @@ class RootfsCache:
         self.root.mkdir(parents=True, exist_ok=True)
         temporary = self.root / f".unpacking-{uuid.uuid4().hex}"
         try:
-            unpack_image(self.store, image, temporary, progress)
+            budget = UnpackBudget(UnpackLimits.from_env(), self.root)
+            _apply_layers(self.store, image, temporary, budget, progress)
             try:
                 os.rename(temporary, target)
             except OSError:
@@ -65,7 +124,7 @@ class RootfsCache:
                     raise
                 shutil.rmtree(temporary)  # another process finished the same tree first
         except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
+            _force_rmtree(temporary)
             raise
         return target, True
 

@@ -7,6 +7,10 @@ earlier symlinks would leave the rootfs. The final component is never followed: 
 replaced. Whiteouts (``.wh.NAME``) and opaque directories (``.wh..wh..opq``) follow
 image-spec ``layer.md``; ownership, device nodes and xattrs are kept only when the
 caller may create them (root), as umoci does.
+
+Every layer is charged to an ``UnpackBudget`` (``unpack_limits``): decompressed bytes as
+they are read, entries as they come, and disk space before each write. Sparse members
+are written as sparse files: only their data regions take space.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import shutil
 import stat
 import tarfile
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,11 +28,22 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import PierError
+from .unpack_limits import UnpackBudget, UnpackLimits
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 MAX_SYMLINK_HOPS = 40
 COPY_BUFFER = 1 << 20
+# tarfile reads an extended header (PAX, GNU long name) whole into memory: names are at
+# most PATH_MAX and xattr values 64 KiB, so anything near this size is an attack.
+MAX_HEADER_BYTES = 8 << 20
+_HEADER_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 
 
 class UnsafeLayer(PierError):
@@ -35,6 +51,26 @@ class UnsafeLayer(PierError):
 
     def __init__(self, layer: str, entry: str, reason: str) -> None:
         super().__init__(f"layer {layer}: entry {entry!r}: {reason}")
+
+
+class BrokenLayer(PierError):
+    """A layer that cannot be read or written to the end (corrupt data, a failing disk)."""
+
+    def __init__(self, layer: str, problem: object) -> None:
+        super().__init__(f"layer {layer}: cannot unpack: {problem}")
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an extended header too large to hold in memory."""
+
+    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise _HeaderTooLarge(f"an extended tar header of {self.size} bytes (at most {MAX_HEADER_BYTES})")
+        return super()._proc_member(tarfile)  # type: ignore[misc]
 
 
 @contextmanager
@@ -162,8 +198,9 @@ def _ensure_dirs(root: str, path: str) -> None:
 
 
 class LayerApplier:
-    def __init__(self, rootfs: Path, layer: str) -> None:
+    def __init__(self, rootfs: Path, layer: str, budget: UnpackBudget) -> None:
         self.rootfs = str(rootfs)
+        self.budget = budget
         self.root = _Root(self.rootfs, layer)
         self.layer = layer
         self.is_root = os.geteuid() == 0
@@ -175,7 +212,9 @@ class LayerApplier:
         self.parents: dict[tuple[str, ...], str] = {}
 
     def apply(self, tar: tarfile.TarFile) -> None:
-        for member in tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # tarfile keeps every member read: a million of them is memory
+            self.budget.add_entry()
             self._entry(tar, member)
         for path, mtime in reversed(self.dir_times):  # children first changed their parents
             if _is_real_dir(self.rootfs, path):
@@ -217,6 +256,8 @@ class LayerApplier:
             self._routes_changed()
             return
         path = os.path.join(self._parent(member.name, parts), name)
+        if not member.isreg():
+            self.budget.space.take(0)  # an inode, a directory block
         if member.isdir():
             try:
                 mode = os.lstat(path).st_mode
@@ -242,6 +283,8 @@ class LayerApplier:
 
     def _regular(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         """Write a file and set its metadata through the open descriptor: no path is looked up twice."""
+        sparse = _sparse_map(self.layer, member)
+        self.budget.space.take(member.size if sparse is None else sum(size for _, size in sparse))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o600)
@@ -250,9 +293,12 @@ class LayerApplier:
                 self._routes_changed()
             fd = os.open(path, flags, 0o600)
         with os.fdopen(fd, "wb") as out:
-            source = tar.extractfile(member)
-            assert source is not None
-            shutil.copyfileobj(source, out, COPY_BUFFER)
+            if sparse is None:
+                source = tar.extractfile(member)
+                assert source is not None
+                shutil.copyfileobj(source, out, COPY_BUFFER)
+            else:
+                _write_sparse(tar, member, sparse, out)
             out.flush()
             if self.is_root:
                 os.fchown(fd, member.uid, member.gid)
@@ -326,9 +372,65 @@ class LayerApplier:
             os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
 
 
-def apply_layer(rootfs: Path, stream: BinaryIO, media_type: str, layer: str) -> None:
-    """Apply one layer (a tar stream, compressed or not) on top of ``rootfs``."""
+def _sparse_map(layer: str, member: tarfile.TarInfo) -> list[tuple[int, int]] | None:
+    """The data regions of a sparse member, checked to be in order and inside the file; None if not sparse."""
+    if member.sparse is None:
+        return None
+    end = 0
+    for offset, size in member.sparse:
+        if offset < end or size < 0 or offset + size > member.size:
+            raise UnsafeLayer(layer, member.name, "sparse map out of order or beyond the file's size")
+        end = offset + size
+    return list(member.sparse)
+
+
+def _write_sparse(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, regions: list[tuple[int, int]], out: BinaryIO
+) -> None:
+    """Only the data regions, each at its offset; the holes between stay holes (as GNU tar writes them)."""
+    source = tar.fileobj
+    assert source is not None
+    source.seek(member.offset_data)  # the regions' data follow each other in the archive
+    for offset, size in regions:
+        out.seek(offset)
+        while size > 0:
+            data = source.read(min(size, COPY_BUFFER))
+            if not data:
+                raise tarfile.ReadError("unexpected end of data")
+            out.write(data)
+            size -= len(data)
+    out.truncate(member.size)
+
+
+def _is_layer_fault(exc: Exception) -> bool:
+    """Whether ``exc`` is the layer's (or the disk's) fault rather than a bug: reported as one line."""
+    faults = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error, _HeaderTooLarge)
+    return isinstance(exc, faults) or type(exc).__name__ in ("IsalError", "ZstdError")
+
+
+def apply_layer(
+    rootfs: Path, stream: BinaryIO, media_type: str, layer: str, budget: UnpackBudget | None = None
+) -> None:
+    """Apply one layer (a tar stream, compressed or not) on top of ``rootfs``, within ``budget``.
+
+    Without a budget, the layer gets one of its own under the limits from the environment.
+    """
     rootfs = Path(rootfs)
     rootfs.mkdir(parents=True, exist_ok=True)
-    with decompressed(stream, media_type) as tar_stream, tarfile.open(fileobj=tar_stream, mode="r|") as tar:
-        LayerApplier(rootfs.resolve(), layer).apply(tar)
+    if budget is None:
+        budget = UnpackBudget(UnpackLimits.from_env(), rootfs)
+    budget.start_layer(layer)
+    try:
+        with (
+            decompressed(stream, media_type) as raw,
+            tarfile.open(fileobj=budget.counted(raw), mode="r|", tarinfo=_BoundedTarInfo) as tar,
+        ):
+            LayerApplier(rootfs.resolve(), layer, budget).apply(tar)
+    except PierError:
+        raise
+    except Exception as exc:
+        if not _is_layer_fault(exc):
+            raise
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BrokenLayer(layer, f"no space left on the device of {rootfs}") from exc
+        raise BrokenLayer(layer, exc) from exc

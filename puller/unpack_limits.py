@@ -1,0 +1,185 @@
+"""Bounds on what unpacking an image may take: bytes and entries per layer and per image, and disk space.
+
+A layer is untrusted input: 10 MB of gzip can expand to terabytes, a tar header can lie
+about sizes, and a full disk breaks every other program on the machine. So bytes are
+counted as the decompressor yields them (no header can hide any), entries as the tar
+reader yields them, and the target's free space (``statvfs``) is checked before anything
+is written, keeping a margin. The defaults let a 30 GB CUDA/PyTorch image through with
+room to spare; each limit has an environment variable to raise it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import PierError
+
+KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
+_UNITS = {"": 1, "b": 1, "kb": KB, "mb": MB, "gb": GB, "tb": TB}
+_UNITS.update({"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40})
+_SIZE = re.compile(r"\s*(\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+REFRESH_BYTES = 64 * MB  # statvfs again after this much, in case others write to the same disk
+
+
+class UnpackLimitError(PierError):
+    """An unpack stopped by one of its limits; the message names the limit and how to raise it."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1000``, ``64MB`` (10^6, as docker shows sizes) or ``64MiB`` (2^20)."""
+    match = _SIZE.fullmatch(text)
+    unit = _UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise ValueError(f"{text!r} is not a size (examples: 1000000, 64MB, 2GiB)")
+    return int(match.group(1)) * unit
+
+
+def human(size: int) -> str:
+    """``size`` in docker's units (MB = 10^6), for messages."""
+    for name, unit in (("TB", TB), ("GB", GB), ("MB", MB), ("kB", KB)):
+        if size >= unit:
+            return f"{size / unit:.3g} {name}"
+    return f"{size} B"
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """Ceilings of one unpack; ``min_free`` None keeps 1 GB or 5% of the file system, whichever is less."""
+
+    max_bytes: int = 256 * GB  # uncompressed tar bytes of all layers of the image
+    max_entries: int = 2_000_000
+    max_layer_bytes: int = 128 * GB
+    max_layer_entries: int = 1_000_000
+    min_free: int | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> UnpackLimits:
+        """The defaults, with each ``PIER_UNPACK_*`` variable that is set taking its place."""
+        values: dict[str, int] = {}
+        for field in fields(cls):
+            name = ENVIRONMENT[field.name]
+            text = environ.get(name, "").strip()
+            if not text:
+                continue
+            try:
+                value = parse_size(text) if field.name in SIZES else int(text)
+            except ValueError:
+                raise PierError(
+                    f"{name}={text!r}: expected a number"
+                    + (" or a size like 64MB" if field.name in SIZES else "")
+                ) from None
+            if value < 0:
+                raise PierError(f"{name}={text!r}: must not be negative")
+            values[field.name] = value
+        return cls(**values)
+
+
+ENVIRONMENT = {
+    "max_bytes": "PIER_UNPACK_MAX_BYTES",
+    "max_entries": "PIER_UNPACK_MAX_ENTRIES",
+    "max_layer_bytes": "PIER_UNPACK_MAX_LAYER_BYTES",
+    "max_layer_entries": "PIER_UNPACK_MAX_LAYER_ENTRIES",
+    "min_free": "PIER_UNPACK_MIN_FREE",
+}
+SIZES = {"max_bytes", "max_layer_bytes", "min_free"}
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent: where the unpacked bytes will land."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+class FreeSpace:
+    """The room left on the target's file system above the margin, checked before each write."""
+
+    def __init__(self, target: Path, min_free: int | None) -> None:
+        self.target = target  # as the user named it, for messages
+        self.path = _existing(target)
+        self.min_free = min_free
+        self._refresh()
+
+    def _refresh(self) -> None:
+        info = os.statvfs(self.path)
+        self.block = info.f_frsize or 4096
+        size = info.f_blocks * info.f_frsize
+        self.margin = self.min_free if self.min_free is not None else min(GB, size // 20)
+        self.free = info.f_bavail * info.f_frsize
+        self.left = self.free - self.margin
+        self.since = 0
+
+    def take(self, size: int) -> None:
+        """Account ``size`` bytes about to be written (a whole block at least): refuse before the margin."""
+        needed = -(-max(size, 1) // self.block) * self.block
+        if needed > self.left or self.since >= REFRESH_BYTES:
+            self._refresh()
+            if needed > self.left:
+                raise UnpackLimitError(
+                    f"not enough free space to unpack into {self.target}: {human(self.free)} free, writing "
+                    f"{human(needed)} more would leave less than {human(self.margin)} "
+                    f"(set {ENVIRONMENT['min_free']} to change that margin)"
+                )
+        self.left -= needed
+        self.since += needed
+
+
+class UnpackBudget:
+    """What one image's unpack may still take; its layers share it, in order."""
+
+    def __init__(self, limits: UnpackLimits, target: Path) -> None:
+        self.limits = limits
+        self.space = FreeSpace(target, limits.min_free)
+        self.bytes = self.entries = 0
+        self.layer = ""
+        self.layer_bytes = self.layer_entries = 0
+
+    def start_layer(self, layer: str) -> None:
+        self.layer = layer
+        self.layer_bytes = self.layer_entries = 0
+
+    def counted(self, stream: BinaryIO) -> BinaryIO:
+        """``stream`` (a layer's decompressed tar), stopping once it yields more than allowed."""
+        return _Counted(stream, self)  # type: ignore[return-value]
+
+    def add_bytes(self, count: int) -> None:
+        self.bytes += count
+        self.layer_bytes += count
+        if self.layer_bytes > self.limits.max_layer_bytes:
+            self._exceeded(f"{human(self.limits.max_layer_bytes)} of uncompressed data", "max_layer_bytes")
+        if self.bytes > self.limits.max_bytes:
+            self._exceeded(f"{human(self.limits.max_bytes)} of uncompressed data", "max_bytes")
+
+    def add_entry(self) -> None:
+        self.entries += 1
+        self.layer_entries += 1
+        if self.layer_entries > self.limits.max_layer_entries:
+            self._exceeded(f"{self.limits.max_layer_entries} entries", "max_layer_entries")
+        if self.entries > self.limits.max_entries:
+            self._exceeded(f"{self.limits.max_entries} entries", "max_entries")
+
+    def _exceeded(self, what: str, field: str) -> None:
+        scope = "layer" if field.startswith("max_layer") else "image"
+        raise UnpackLimitError(
+            f"layer {self.layer}: unpack stopped at more than {what} per {scope} "
+            f"(raise the limit with {ENVIRONMENT[field]})"
+        )
+
+
+class _Counted:
+    """A read-only stream that charges every byte it yields to a budget."""
+
+    def __init__(self, stream: BinaryIO, budget: UnpackBudget) -> None:
+        self._stream = stream
+        self._budget = budget
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._budget.add_bytes(len(data))
+        return data

@@ -1,0 +1,256 @@
+"""Bounded unpack: gzip bombs, entry floods and full disks stop at a limit, sparse files stay sparse.
+
+Each failure must be one line naming the limit and how to raise it, and must leave no
+partial rootfs behind. Images are made here byte by byte and loaded into a local store;
+``pier unpack`` runs as its own process, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from puller.content_store import ContentStore
+from puller.errors import PierError
+from puller.image import load_image, local_digest
+from puller.platforms import Platform
+from puller.reference import parse_reference
+from puller.rootfs import RootfsCache
+from puller.unpack import apply_layer
+
+from .helpers import run_pier
+from .images import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    gzip_bytes,
+    layer_tar,
+    sha256,
+)
+from .test_client_unpack import entry, make_tar
+
+MiB, GiB = 1 << 20, 1 << 30
+TAR = "application/vnd.oci.image.layer.v1.tar"
+
+
+def store_image(home: Path, name: str, layers: list[bytes]) -> str:
+    """``local/NAME:v1`` in the local store at ``home``: an image of these gzip layer blobs.
+
+    The config's diff_ids are stand-ins (digests of the compressed blobs): unpacking does
+    not read them, and a bomb's real one would cost seconds to compute.
+    """
+    store = ContentStore(home)
+
+    def put(media_type: str, data: bytes) -> dict:
+        digest = sha256(data)
+        store.put(digest, data)
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    descriptors = [put(OCI_LAYER_GZIP, data) for data in layers]
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descriptors]},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": put(OCI_CONFIG, json.dumps(config).encode()),
+        "layers": descriptors,
+    }
+    reference = parse_reference(f"local/{name}:v1")
+    store.set_ref(reference.name, "v1", put(OCI_MANIFEST, json.dumps(manifest).encode())["digest"])
+    return f"local/{name}:v1"
+
+
+def gzip_bomb(total: int) -> bytes:
+    """A gzip layer holding one file of ``total`` zero bytes, about 1000 times smaller than that.
+
+    Made of gzip members of 16 MiB of zeros each (a valid multi-member gzip stream), so
+    building a 2 GiB bomb costs milliseconds instead of compressing 2 GiB.
+    """
+    assert total % (16 * MiB) == 0
+    info = tarfile.TarInfo("zeros")
+    info.size, info.mtime = total, 1_700_000_000
+    chunk = gzip.compress(bytes(16 * MiB), compresslevel=9, mtime=0)
+    return (
+        gzip.compress(info.tobuf(tarfile.GNU_FORMAT), mtime=0)
+        + chunk * (total // (16 * MiB))
+        + gzip.compress(bytes(1024), mtime=0)
+    )
+
+
+def one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a failing ``pier`` prints, checked to be just that."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr.strip()
+
+
+def test_a_gzip_bomb_stops_at_the_layer_limit_fast_and_leaves_nothing(tmp_path) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    out.mkdir()
+    bomb = gzip_bomb(2 * GiB)
+    assert len(bomb) < 10 * 1000 * 1000  # 10 MB of gzip, 2 GiB of tar
+    reference = store_image(home, "bomb", [bomb])
+    start = time.monotonic()
+    result = run_pier(
+        home, "unpack", reference, str(out / "rootfs"), env={"PIER_UNPACK_MAX_LAYER_BYTES": "64MiB"}
+    )
+    elapsed = time.monotonic() - start
+    line = one_line_failure(result)
+    assert "per layer" in line and "67.1 MB" in line and "PIER_UNPACK_MAX_LAYER_BYTES" in line, line
+    assert elapsed < 5, f"took {elapsed:.1f} s to stop at 64 MiB"
+    assert os.listdir(out) == []  # no rootfs, no temporary tree
+
+
+@pytest.mark.parametrize(
+    ("env", "layers", "named"),
+    [
+        ({"PIER_UNPACK_MAX_BYTES": "3MB"}, [{"a": bytes(2 * 10**6)}, {"b": bytes(2 * 10**6)}], "per image"),
+        (
+            {"PIER_UNPACK_MAX_LAYER_ENTRIES": "50"},
+            [{f"f{k}": b"x" for k in range(60)}],
+            "50 entries per layer",
+        ),
+        (
+            {"PIER_UNPACK_MAX_ENTRIES": "80"},
+            [{f"a{k}": b"x" for k in range(45)}, {f"b{k}": b"x" for k in range(45)}],
+            "80 entries per image",
+        ),
+    ],
+    ids=["image-bytes", "layer-entries", "image-entries"],
+)
+def test_each_limit_stops_the_unpack_with_its_name(tmp_path, env, layers, named) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    out.mkdir()
+    reference = store_image(home, "many", [gzip_bytes(layer_tar(files)) for files in layers])
+    line = one_line_failure(run_pier(home, "unpack", reference, str(out / "rootfs"), env=env))
+    assert named in line and next(iter(env)) in line, line
+    assert os.listdir(out) == []
+    fine = run_pier(home, "unpack", reference, str(out / "rootfs"))  # the defaults let it through
+    assert fine.returncode == 0, fine.stderr
+
+
+def test_an_invalid_limit_setting_is_one_line(tmp_path) -> None:
+    home = tmp_path / "home"
+    reference = store_image(home, "small", [gzip_bytes(layer_tar({"a": b"x"}))])
+    line = one_line_failure(
+        run_pier(home, "unpack", reference, str(tmp_path / "rootfs"), env={"PIER_UNPACK_MAX_BYTES": "lots"})
+    )
+    assert "PIER_UNPACK_MAX_BYTES" in line and "lots" in line
+    assert not (tmp_path / "rootfs").exists()
+
+
+def test_the_run_cache_keeps_no_half_tree_when_a_limit_stops_it(tmp_path, monkeypatch) -> None:
+    home = tmp_path / "home"
+    reference = store_image(home, "cached", [gzip_bomb(256 * MiB)])
+    store = ContentStore(home)
+    image = load_image(store, _digest(store, reference), Platform.host())
+    monkeypatch.setenv("PIER_UNPACK_MAX_LAYER_BYTES", "16MiB")
+    with pytest.raises(PierError, match="PIER_UNPACK_MAX_LAYER_BYTES"):
+        RootfsCache(store).prepare(image)
+    assert os.listdir(store.root / "rootfs") == []
+
+
+def _digest(store: ContentStore, reference: str) -> str:
+    digest = local_digest(store, parse_reference(reference))
+    assert digest is not None
+    return digest
+
+
+def test_a_huge_extended_header_is_refused_before_it_is_read_into_memory(tmp_path) -> None:
+    info = entry("file")
+    info.pax_headers = {"comment": "x" * (20 * MiB)}
+    with pytest.raises(PierError, match="extended tar header"):
+        apply_layer(tmp_path / "rootfs", make_tar([(info, b"data")]), TAR, "sha256:huge-header")
+    assert not (tmp_path / "rootfs" / "file").exists()
+
+
+@pytest.mark.parametrize("form", ["gnu", "posix-0.0", "posix-0.1", "posix-1.0"])
+def test_sparse_members_stay_sparse(tmp_path, form) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    sparse = source / "disk.img"
+    regions = [40960, 512 * MiB, GiB - 2048]
+    with sparse.open("wb") as f:
+        f.truncate(GiB)
+        for offset in regions:
+            f.seek(offset)
+            f.write(b"A" * 1200)  # 3.6 KB of data in 1 GiB
+    archive = tmp_path / "layer.tar"
+    option = ["--format=gnu"] if form == "gnu" else ["--format=posix", f"--sparse-version={form[6:]}"]
+    subprocess.run(
+        ["tar", "--sparse", *option, "-cf", str(archive), "-C", str(source), "disk.img"], check=True
+    )
+    assert archive.stat().st_size < 64 * 1024
+    layer = io.BytesIO(gzip.compress(archive.read_bytes()))
+    apply_layer(tmp_path / "rootfs", layer, OCI_LAYER_GZIP, "sha256:sparse")
+    unpacked = tmp_path / "rootfs" / "disk.img"
+    info = unpacked.stat()
+    assert info.st_size == GiB
+    assert info.st_blocks * 512 < 1 * MiB, f"{info.st_blocks * 512} bytes allocated"
+    with unpacked.open("rb") as f:
+        for offset in regions:
+            f.seek(offset - 8)
+            assert f.read(1216) == bytes(8) + b"A" * 1200 + bytes(8)
+        f.seek(100 * MiB)
+        assert f.read(4096) == bytes(4096)
+
+
+def test_a_sparse_map_beyond_the_file_is_refused(tmp_path) -> None:
+    info = entry("liar")
+    info.pax_headers = {"GNU.sparse.map": f"0,512,{GiB},512", "GNU.sparse.size": "1024"}
+    with pytest.raises(PierError, match="sparse map"):
+        apply_layer(tmp_path / "rootfs", make_tar([(info, b"y" * 1024)]), TAR, "sha256:liar")
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 16 MiB tmpfs of its own: a real file system that fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def free_bytes(path: Path) -> int:
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
+
+
+@pytest.mark.parametrize("into", ["new", "mount-point"])
+def test_an_image_larger_than_the_free_space_stops_before_the_disk_fills(tmp_path, small_disk, into) -> None:
+    home = tmp_path / "home"
+    files = {f"data/{k}": bytes(3 * 10**6) for k in range(8)}  # 24 MB: more than the 16 MiB disk
+    reference = store_image(home, "big", [gzip_bytes(layer_tar(files))])
+    empty = free_bytes(small_disk)
+    target = small_disk / "rootfs" if into == "new" else small_disk
+    line = one_line_failure(
+        run_pier(home, "unpack", reference, str(target), env={"PIER_UNPACK_MIN_FREE": "1MB"})
+    )
+    assert "not enough free space" in line and "PIER_UNPACK_MIN_FREE" in line, line
+    assert os.listdir(small_disk) == []
+    assert free_bytes(small_disk) == empty
+    small = store_image(home, "fits", [gzip_bytes(layer_tar(dict(list(files.items())[:3])))])
+    fits = run_pier(home, "unpack", small, str(target))  # the default margin: 5% of the disk
+    assert fits.returncode == 0, fits.stderr
+    assert (target / "data" / "2").stat().st_size == 3 * 10**6
