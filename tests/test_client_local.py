@@ -200,3 +200,76 @@ def test_pier_pulls_and_runs_what_skopeo_pushed(registry, skopeo, tmp_path) -> N
     assert all(ContentStore(home).read(b.digest) == b.read() for b in image.blobs)
     ran = run_pier(home, "run", "--rm", reference)
     assert ran.returncode == 0 and ran.stdout == "built by pier tests\n", ran.stderr
+
+
+def test_version_and_flags_are_matched_exactly(tmp_path) -> None:
+    from importlib.metadata import version
+
+    shown = run_pier(tmp_path / "home", "--version")
+    assert shown.returncode == 0 and shown.stdout == f"pier {version('pier')}\n"
+    for args, usage in (
+        (["pull", "--qui", "example.org/x"], "usage: pier pull"),  # no prefix matching of --quiet
+        (["images", "--bogus"], "usage: pier images"),
+        (["unpack", "--plat", "linux/amd64", "x", str(tmp_path / "t")], "usage: pier unpack"),
+    ):
+        wrong = run_pier(tmp_path / "home", *args)
+        assert wrong.returncode == 2, (args, wrong.stderr)
+        assert wrong.stderr.startswith(usage), wrong.stderr  # the subcommand's usage, not pier's
+        assert f"unrecognized arguments: {args[1]}" in wrong.stderr
+
+
+def test_rmi_refuses_what_a_container_or_several_repositories_hold_unless_forced(pulled, index) -> None:
+    home, reference = pulled
+    ran = run_pier(home, "run", "--name", "keep", reference, "true")
+    assert ran.returncode == 0, ran.stderr
+    used = run_pier(home, "rmi", reference)
+    assert used.returncode == 1 and "conflict: container keep uses" in used.stderr, used.stderr
+    assert run_pier(home, "images", "-q").stdout.split() == [index.digest]  # nothing removed
+
+    assert run_pier(home, "tag", reference, "example.org/other/name:v1").returncode == 0
+    assert run_pier(home, "rmi", reference).returncode == 0  # another tag keeps the image
+    assert run_pier(home, "tag", "example.org/other/name:v1", "example.org/third:v1").returncode == 0
+    by_digest = run_pier(home, "rmi", index.digest[:19])  # as `pier images` shows it
+    assert by_digest.returncode == 1 and "tagged in several repositories" in by_digest.stderr
+    forced = run_pier(home, "rmi", "-f", index.digest)
+    assert forced.returncode == 0, forced.stderr
+    assert "Untagged: example.org/other/name:v1" in forced.stdout
+    assert "Untagged: example.org/third:v1" in forced.stdout
+    assert run_pier(home, "images", "-q").stdout == ""
+    assert run_pier(home, "ps", "-a", "-q").stdout == "keep\n"  # the container stays, as docker's does
+    assert run_pier(home, "rm", "keep").returncode == 0
+
+
+def test_images_and_ps_quiet_and_format(pulled, index) -> None:
+    home, reference = pulled
+    repository = reference.rsplit(":", 1)[0]
+    assert run_pier(home, "tag", reference, f"{repository}:v2").returncode == 0
+    quiet = run_pier(home, "images", "-q")
+    assert quiet.stdout == f"{index.digest}\n"  # one line per image, not per tag
+    listed = run_pier(home, "images", "--format", "{{.Repository}}:{{.Tag}} {{.Digest}}")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        f"{repository}:v1 {index.digest}",
+        f"{repository}:v2 {index.digest}",
+    ]
+    typo = run_pier(home, "images", "--format", "{{.Repo}}")
+    assert typo.returncode == 1
+    assert typo.stderr == (
+        "pier: --format: no field 'Repo' at the top level (fields: Created, Digest, Repository, Size, Tag)\n"
+    )
+
+    assert run_pier(home, "run", "--name", "first", reference, "sh", "-c", "exit 3").returncode == 3
+    assert run_pier(home, "ps", "-q").stdout == ""  # only running ones without -a
+    assert run_pier(home, "ps", "-a", "-q").stdout == "first\n"
+    shown = run_pier(home, "ps", "-a", "--format", "{{.ID}} {{.Status}} {{.ExitCode}} {{json .Command}}")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == 'first exited (3) 3 "sh -c exit 3"\n'
+    inspected = run_pier(home, "inspect", "--format", "{{.Digest}} {{index .Config.config.Env 0}}", reference)
+    assert inspected.returncode == 0, inspected.stderr
+    assert (
+        inspected.stdout
+        == f"{index.digest} PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    )
+    bad = run_pier(home, "inspect", "--format", "{{.Digest", reference)
+    assert bad.returncode == 1 and bad.stderr.startswith("pier: --format: '{{' at position 0 is never closed")
+    assert run_pier(home, "rm", "first").returncode == 0
