@@ -11,8 +11,11 @@ does not cover the request.
 The htpasswd file is the one ``htpasswd -B`` writes; only bcrypt entries are accepted,
 checked at the cost they were written with. bcrypt is slow on purpose, so it runs off the
 event loop, and a verified (user, password) pair is remembered for a minute under a keyed hash
-(BLAKE2b, a per-process key): the password itself is never kept, logged or echoed. Verified
-tokens are remembered the same way until they expire.
+(BLAKE2b, a per-process key): the password itself is never kept, logged or echoed. The file is
+looked at (one ``stat``) at most once a second: when it changed, it is re-read and every
+remembered login is forgotten, so a changed or removed password stops working within a second.
+Verified tokens are remembered the same way until they expire: a token issued before a user was
+removed stays valid until then (``token_lifetime``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import logging
 import re
 import secrets
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -44,6 +48,7 @@ ACTION_ORDER = ("pull", "push", "delete")  # the order scopes list them in
 ACTIONS = frozenset(ACTION_ORDER)
 REALM = "pier"
 CACHE_SECONDS = 60.0
+RELOAD_SECONDS = 1.0  # the htpasswd file is looked at no more often than this
 MAX_CACHED = 4096
 MAX_HEADER = 4096
 MAX_BEARER = 16 * 1024
@@ -76,9 +81,24 @@ class Htpasswd:
         self.path = Path(path)
         self._stamp: tuple[int, ...] | None = None
         self._users: dict[str, bytes] = {}
+        self._lock = threading.Lock()  # bcrypt threads and the event loop both reload
+        self._checked = time.monotonic()
+        self.generation = 0  # counts the contents read: a change means logins must be checked again
         self._load()
 
+    def refresh(self) -> int:
+        """Re-read the file if it changed, looking at most once a second; its generation."""
+        now = time.monotonic()
+        if now - self._checked >= RELOAD_SECONDS:
+            self._checked = now
+            self._current()
+        return self.generation
+
     def _load(self) -> None:
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
         info = self.path.stat()
         stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_size)
         if stamp == self._stamp:
@@ -95,6 +115,7 @@ class Htpasswd:
                 raise AuthConfigError(f"{self.path}:{number}: only bcrypt entries are accepted (htpasswd -B)")
             users[user] = hashed.encode()
         self._users, self._stamp = users, stamp
+        self.generation += 1
 
     def _current(self) -> dict[str, bytes]:
         try:
@@ -195,7 +216,8 @@ def parse_basic(value: str) -> tuple[str, str]:
 
 
 class Logins:
-    """Checks passwords against the htpasswd file, remembering good ones for a minute.
+    """Checks passwords against the htpasswd file, remembering good ones for a minute, or
+    until the file changes.
 
     Entries are keyed by the Basic credential as sent (its base64), so the common case, the
     same header again, costs one keyed hash: no decoding, no bcrypt.
@@ -206,10 +228,15 @@ class Logins:
         self._key = secrets.token_bytes(32)
         self._verified: dict[bytes, tuple[str, float]] = {}  # keyed hash -> (user, until)
         self._pending: dict[bytes, asyncio.Future[bool]] = {}
+        self._generation = htpasswd.generation  # of the file the remembered logins were checked with
 
     async def user_of(self, credentials: str) -> str | None:
         """The user a Basic credential (``base64(user:password)``) proves; None for a wrong
         password, ValueError for something that is not a Basic credential."""
+        generation = self.htpasswd.refresh()
+        if generation != self._generation:  # a password changed or a user left: check them all again
+            self._verified.clear()
+            self._generation = generation
         key = hashlib.blake2b(credentials.encode(), key=self._key, digest_size=32).digest()
         known = self._verified.get(key)
         if known is not None and known[1] > time.monotonic():
@@ -228,6 +255,8 @@ class Logins:
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         if not await asyncio.shield(pending):
             return None
+        if self.htpasswd.generation != generation:
+            return user  # checked against a newer file: right now, but not to be remembered
         if len(self._verified) >= MAX_CACHED:
             self._verified.clear()
         self._verified[key] = (user, time.monotonic() + CACHE_SECONDS)
