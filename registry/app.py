@@ -40,6 +40,7 @@ from .http import (
     read_limited,
 )
 from .instrumented import InstrumentedDriver
+from .limits import InflightLimiter, busy, client_key
 from .logs import AccessLog, request_id
 from .manifests import MANIFEST_TYPES, OCI_INDEX
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -87,9 +88,10 @@ class RegistryApp:
     def __init__(self, settings: Settings, driver: StorageDriver) -> None:
         self.settings = settings
         self.metrics = Metrics(driver.name) if settings.metrics else None
+        self.limiter = InflightLimiter(settings.max_inflight_requests, settings.max_inflight_per_client)
         if self.metrics is not None:
             driver = InstrumentedDriver(driver, self.metrics)
-            self.metrics.in_flight = lambda: self._inflight
+            self.metrics.in_flight = lambda: self.limiter.inflight
         self.draining = False  # set on SIGTERM: /readyz fails so balancers stop sending work
         self.notifier = Notifier.from_settings(settings, driver)
         self.store = RegistryStore(driver)
@@ -98,11 +100,12 @@ class RegistryApp:
             max_blob_size=settings.max_blob_size or None,
             session_timeout=settings.upload_timeout,
             max_sessions=settings.max_upload_sessions,
+            max_total_sessions=settings.max_upload_sessions_total,
+            max_client_sessions=settings.max_upload_sessions_per_client,
         )
         security = build_security(settings)
         self.auth = security.access
         self.token_server = security.token_server
-        self._inflight = 0
         self._purger: asyncio.Task[None] | None = None
         self._evicter: asyncio.Task[None] | None = None
         upstreams = parse_upstreams(settings.proxy, settings.proxy_auth_file)
@@ -182,10 +185,10 @@ class RegistryApp:
         start = time.perf_counter()
         scope["pier.request_id"] = rid = request_id(_raw_header(scope, b"x-request-id"))
         extra = [_API_VERSION, (b"x-request-id", rid.encode())]
-        if self._inflight >= self.settings.max_inflight_requests:
-            response = error_response(
-                RegistryError("TOOMANYREQUESTS", "server busy", headers={"Retry-After": "1"})
-            )
+        # Health, readiness and metrics are never limited: a busy server is not a dead one.
+        limited = scope["path"] not in self.operations
+        if limited and not self.limiter.enter():
+            response = error_response(busy("server busy"))
             response.raw_headers += extra
             await response(scope, receive, send)
             return
@@ -202,7 +205,7 @@ class RegistryApp:
             request = Request(scope, counting_receive)
         else:
             request = Request(scope, receive)
-        self._inflight += 1  # held until the body is sent: blob downloads count too
+        # The places are held until the body is sent: blob downloads count too.
         try:
             response = await self._dispatch(request)
             response.raw_headers += extra
@@ -223,7 +226,11 @@ class RegistryApp:
                 sent = len(response.body)  # wrapping send costs more than the rest of a HEAD's logging
                 await response(scope, receive, send)
         finally:
-            self._inflight -= 1
+            if limited:
+                self.limiter.leave()
+            admitted = scope.get("pier.admitted")
+            if admitted is not None:
+                self.limiter.release(admitted)
             if observed:
                 self._observe(scope, status, received[0], sent, time.perf_counter() - start)
 
@@ -238,6 +245,10 @@ class RegistryApp:
         path = request.scope["path"]  # decoded, as uvicorn gave it (URL() would strip newlines)
         if self.token_server is not None and path == "/auth/token":
             request.scope["pier.route"] = path
+            try:
+                self._admit(request.scope)
+            except RegistryError as error:
+                return error_response(error)
             return await self.token_server(request)
         operation = self.operations.get(path)
         if operation is not None:
@@ -265,6 +276,7 @@ class RegistryApp:
                         f"{request.method} is not supported on {path[:200]}",
                         headers={"Allow": ", ".join(methods)},
                     )
+                self._admit(request.scope)
                 return await handler(request, **params)
             except RegistryError as error:
                 return error_response(error)
@@ -292,6 +304,12 @@ class RegistryApp:
         else:
             assert name is not None
             self.auth.authorize(caller, name, _NEEDED[action])
+
+    def _admit(self, scope: Scope) -> None:
+        """Take a place of the caller's own (known once authorized), released in ``__call__``."""
+        key = client_key(scope)
+        self.limiter.admit(key)
+        scope["pier.admitted"] = key
 
     def _check_writable(self, handler: Handler | None, name: str) -> None:
         """A mirrored repository is the upstream's: pushes and deletes there are refused."""
@@ -618,7 +636,9 @@ class RegistryApp:
             digest = Digest.parse(query["digest"])
             await self.uploads.put_monolithic(name, digest, request.stream(), content_length(request))
             return self._blob_created(name, digest)
-        session = await self.uploads.start(name, query.get("digest-algorithm", "sha256"))
+        session = await self.uploads.start(
+            name, query.get("digest-algorithm", "sha256"), owner=client_key(request.scope)
+        )
         headers = self._session_headers(name, session.id, 0)
         headers["oci-chunk-min-length"] = str(self.settings.chunk_min_length)
         return empty_response(202, headers)

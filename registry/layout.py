@@ -15,7 +15,10 @@
     repositories/<name>/_uploads/<id>              marker of an open upload session (counted
                                                    against the per-repository limit)
     _uploads/<id>/data                             bytes of an open upload session
-    _uploads/<id>/info                             its repository and start time (JSON)
+    _uploads/<id>/info                             its repository, client and start time (JSON)
+    _uploads/_clients/<client>/<id>                marker of an open upload session, counted
+                                                   against its client's and the store's limits
+                                                   (<client>: a hash of the user or address)
     _gc/doomed/<run>                               written by ``pier gc`` before it deletes: the
                                                    digests it may delete, one per line; a manifest
                                                    PUT referencing one of them (marker younger than
@@ -41,6 +44,7 @@ from .references import Digest
 BLOBS = "blobs"
 REPOSITORIES = "repositories"
 UPLOADS = "_uploads"
+UPLOAD_CLIENTS = "_uploads/_clients"  # not a session: its name is no upload id
 GC_DOOMED = "_gc/doomed"
 GC_TOTALS = "_gc/totals"
 HEALTH_PROBE = "_health/probe"  # written by a mirror's readiness check: its cache takes writes
@@ -123,6 +127,14 @@ def upload_markers(name: str) -> str:
 
 def upload_marker(name: str, upload_id: str) -> str:
     return f"{REPOSITORIES}/{name}/_uploads/{upload_id}"
+
+
+def client_markers(client: str) -> str:
+    return f"{UPLOAD_CLIENTS}/{client}"
+
+
+def client_marker(client: str, upload_id: str) -> str:
+    return f"{UPLOAD_CLIENTS}/{client}/{upload_id}"
 
 
 def doomed_marker(run: str) -> str:

@@ -9,6 +9,7 @@ hashed; the cache is checked against the stored size before it is trusted.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -27,6 +28,14 @@ from .store import RegistryStore
 from .streams import BodyTooLarge, block_size, pump, too_large
 
 UPLOAD_ID_LENGTH = 32
+REAP_INTERVAL = 1.0  # seconds between looks at every session when the store's limit is reached
+REAP_BATCH = 32  # sessions looked at concurrently
+SESSIONS_RETRY_AFTER = 10  # seconds: sessions last far longer than requests
+
+
+def client_id(owner: str) -> str:
+    """The folder name of a client's markers: a hash, so any user name or address is a safe path."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -35,6 +44,7 @@ class UploadSession:
     name: str
     algorithm: str
     size: int
+    client: str = ""  # whose limit it counts against (client_id of a user or address)
 
 
 class _HashCache:
@@ -73,54 +83,99 @@ class Uploads:
         max_blob_size: int | None,
         session_timeout: float,
         max_sessions: int = 0,
+        max_total_sessions: int = 0,
+        max_client_sessions: int = 0,
     ) -> None:
         self.max_sessions = max_sessions  # per repository; 0: unlimited
+        self.max_total_sessions = max_total_sessions  # in the whole store; 0: unlimited
+        self.max_client_sessions = max_client_sessions  # per client (user or address); 0: unlimited
         self.store = store
         self.driver: StorageDriver = store.driver
         self.max_blob_size = max_blob_size
         self.session_timeout = session_timeout
         self._hashes = _HashCache()
+        self._reaped_at = -REAP_INTERVAL
 
     @staticmethod
     def range_header(size: int) -> str:
         return _range_header(size)
 
     # -- sessions ----------------------------------------------------------------
-    async def start(self, name: str, algorithm: str = "sha256") -> UploadSession:
+    async def start(self, name: str, algorithm: str = "sha256", owner: str = "") -> UploadSession:
+        """Open a session for ``owner`` (who it counts against: a user, or an address)."""
         if algorithm not in ALGORITHMS:
             raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {algorithm}")
-        if self.max_sessions:
-            await self._check_session_limit(name)
+        client = client_id(owner)
+        await self._check_session_limits(name, client)
         upload_id = uuid.uuid4().hex
-        info = {"name": name, "algorithm": algorithm, "started": time.time()}
+        info = {"name": name, "algorithm": algorithm, "started": time.time(), "client": client}
+        # Markers first: a session is counted before it exists, never the other way round.
         await self.driver.put_content(layout.upload_marker(name, upload_id), b"")
+        await self.driver.put_content(layout.client_marker(client, upload_id), b"")
         await self.driver.put_content(layout.upload_data(upload_id), b"")
         await self.driver.put_content(layout.upload_info(upload_id), json.dumps(info).encode())
-        return UploadSession(upload_id, name, algorithm, 0)
+        return UploadSession(upload_id, name, algorithm, 0, client)
 
-    async def _check_session_limit(self, name: str) -> None:
-        """Count the repository's markers; only at the limit are stale ones looked for.
+    async def _check_session_limits(self, name: str, client: str) -> None:
+        """Per client, per repository, then in the whole store: each counts markers, and only
+        at its limit looks for sessions that expired or vanished and no longer count.
 
-        Replicas count the same markers, so the limit holds across them, give or take the
+        Replicas count the same markers, so the limits hold across them, give or take the
         sessions that start at the same instant.
         """
-        markers = await self.driver.list(layout.upload_markers(name))
-        if len(markers) < self.max_sessions:
+        if self.max_client_sessions:
+            markers = layout.client_markers(client)
+            names = await self.driver.list(markers)
+            await self._check_count([f"{markers}/{n}" for n in names], self.max_client_sessions, "by you")
+        if self.max_sessions:
+            markers = layout.upload_markers(name)
+            names = await self.driver.list(markers)
+            await self._check_count([f"{markers}/{n}" for n in names], self.max_sessions, "here")
+        if self.max_total_sessions:
+            paths = [info.path async for info in self.driver.walk(layout.UPLOAD_CLIENTS)]
+            # Looking at every session is costly: at most once a second per process.
+            reap = time.monotonic() - self._reaped_at >= REAP_INTERVAL
+            if reap and len(paths) >= self.max_total_sessions:
+                self._reaped_at = time.monotonic()
+            await self._check_count(paths, self.max_total_sessions, "on this registry", reap=reap)
+
+    async def _check_count(self, markers: list[str], limit: int, where: str, reap: bool = True) -> None:
+        if len(markers) < limit:
             return
-        open_sessions = 0
-        for upload_id in markers:
-            try:
-                await self.get(name, upload_id)
-                open_sessions += 1
-            except RegistryError:  # expired or gone: its marker outlived it
-                await self.driver.delete(layout.upload_marker(name, upload_id))
-        if open_sessions >= self.max_sessions:
+        open_sessions = await self._reap(markers) if reap else len(markers)
+        if open_sessions >= limit:
             raise RegistryError(
                 "TOOMANYREQUESTS",
-                f"{open_sessions} upload sessions are open for this repository, the limit is "
-                f"{self.max_sessions}: finish or cancel one first",
-                headers={"Retry-After": "10"},
+                f"{open_sessions} upload sessions are open {where}, the limit is {limit}: "
+                "finish or cancel one first",
+                headers={"Retry-After": str(SESSIONS_RETRY_AFTER)},
             )
+
+    async def _reap(self, markers: list[str]) -> int:
+        """How many of the markers' sessions are open; the others' markers are removed."""
+
+        async def still_open(marker: str) -> bool:
+            if await self._is_open(marker.rsplit("/", 1)[-1]):
+                return True
+            await self.driver.delete(marker)  # its session expired or is gone
+            return False
+
+        alive = 0
+        for batch in range(0, len(markers), REAP_BATCH):
+            found = await asyncio.gather(*map(still_open, markers[batch : batch + REAP_BATCH]))
+            alive += sum(found)
+        return alive
+
+    async def _is_open(self, upload_id: str) -> bool:
+        """The session has its data and has not been idle too long (an expired one is removed)."""
+        try:
+            data = await self.driver.stat(layout.upload_data(upload_id))
+        except PathNotFound:
+            return False
+        if time.time() - data.mtime > self.session_timeout:
+            await self.cancel_id(upload_id)
+            return False
+        return True
 
     async def get(self, name: str, upload_id: str) -> UploadSession:
         unknown = RegistryError("BLOB_UPLOAD_UNKNOWN", f"unknown upload: {upload_id[:64]!r}")
@@ -133,25 +188,29 @@ class Uploads:
             raise unknown from None
         if info.get("name") != name:
             raise unknown
+        client = str(info.get("client", ""))
         if time.time() - data.mtime > self.session_timeout:
-            await self.cancel_id(upload_id, name)
+            await self.cancel_id(upload_id, name, client)
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload session expired")
-        return UploadSession(upload_id, name, info.get("algorithm", "sha256"), data.size)
+        return UploadSession(upload_id, name, info.get("algorithm", "sha256"), data.size, client)
 
     async def cancel(self, name: str, upload_id: str) -> None:
-        await self.get(name, upload_id)
-        await self.cancel_id(upload_id, name)
+        session = await self.get(name, upload_id)
+        await self.cancel_id(upload_id, name, session.client)
 
-    async def cancel_id(self, upload_id: str, name: str | None = None) -> None:
-        """Forget a session: its bytes, its info, and its repository's marker."""
+    async def cancel_id(self, upload_id: str, name: str | None = None, client: str | None = None) -> None:
+        """Forget a session: its bytes, its info, and its repository's and client's markers."""
         self._hashes.drop(upload_id)
-        if name is None:
+        if name is None or client is None:
             try:
-                name = json.loads(await self.driver.get_content(layout.upload_info(upload_id))).get("name")
-            except (PathNotFound, ValueError):
-                name = None
+                info = json.loads(await self.driver.get_content(layout.upload_info(upload_id)))
+                name, client = info.get("name"), info.get("client")
+            except (PathNotFound, ValueError, AttributeError):
+                name = client = None
         if isinstance(name, str) and name:
             await self.driver.delete(layout.upload_marker(name, upload_id))
+        if isinstance(client, str) and client:
+            await self.driver.delete(layout.client_marker(client, upload_id))
         await self.driver.delete(layout.upload_dir(upload_id))
 
     async def purge_expired(self) -> int:
@@ -160,6 +219,8 @@ class Uploads:
         purged = 0
         now = time.time()
         for upload_id in await self.driver.list(layout.UPLOADS):
+            if len(upload_id) != UPLOAD_ID_LENGTH:  # the clients' markers: reaped with their sessions
+                continue
             try:
                 info = await self.driver.stat(layout.upload_data(upload_id))
                 idle = now - info.mtime
@@ -268,7 +329,7 @@ class Uploads:
             actual = await self._digest_of(session, digest.algorithm)
             if actual != digest:
                 await writer.commit()
-                await self.cancel_id(session.id, session.name)
+                await self.cancel_id(session.id, session.name, session.client)
                 raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}")
             # Still holding the upload's lock: no append can slip in before the move.
             if await self.store.has_content(digest):
@@ -278,7 +339,7 @@ class Uploads:
             await self.store.link_blob(session.name, digest)
         finally:
             await writer.commit()
-        await self.cancel_id(session.id, session.name)
+        await self.cancel_id(session.id, session.name, session.client)
 
     async def _digest_of(self, session: UploadSession, algorithm: str) -> Digest:
         hasher = self._hashes.take(session.id, algorithm, session.size)
