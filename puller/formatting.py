@@ -172,7 +172,8 @@ def _run(commands: list[_Command], data: object) -> object:
         call, least, most = FUNCTIONS[function]
         if not least <= len(values) <= most:
             wanted = str(least) if least == most else f"{least} to {most}"
-            raise FormatError(f"--format: {function} takes {wanted} arguments, got {len(values)}")
+            plural = "" if wanted == "1" else "s"
+            raise FormatError(f"--format: {function} takes {wanted} argument{plural}, got {len(values)}")
         value = call(*values)
     return value
 
