@@ -3,6 +3,7 @@ pull --all-tags; against pier and against distribution (the reference registry).
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -192,3 +193,32 @@ def test_pull_all_tags(server, tmp_path) -> None:
     }
     one = run_pier(home, "pull", "--all-tags", f"{server}/client/all-tags:a")
     assert one.returncode == 1 and "without tag or digest" in one.stderr
+
+
+def test_remote_commands_ask_a_token_for_what_they_do(token_registry, tmp_path) -> None:
+    """distribution with token auth: each command asks for its scope (pull, delete) and gets in."""
+    host, tokens = token_registry
+    image = build_image(tmp_path / "layout", "v1")
+    push_token = tokens.issue("alice", ["repository:client/tokens:pull,push"])
+    headers = {"Authorization": f"Bearer {push_token}"}
+    for blob in image.blobs:
+        push_blob(f"http://{host}", "client/tokens", blob, headers)
+    push_manifest(f"http://{host}", "client/tokens", "v1", image.manifest, headers)
+    config = tmp_path / "docker" / "config.json"
+    config.parent.mkdir()
+    login = base64.b64encode(b"alice:wonderland").decode()
+    config.write_text(json.dumps({"auths": {host: {"auth": login}}}))
+    env = {"DOCKER_CONFIG": str(config.parent)}
+    home = tmp_path / "home"
+
+    listed = run_pier(home, "tags", f"{host}/client/tokens", env=env)
+    assert listed.returncode == 0 and listed.stdout == "v1\n", listed.stderr
+    shown = run_pier(
+        home, "inspect", "--remote", "--format", "{{.ManifestDigest}}", f"{host}/client/tokens:v1", env=env
+    )
+    assert shown.returncode == 0 and shown.stdout == f"{image.digest}\n", shown.stderr
+    deleted = run_pier(home, "delete", "-q", f"{host}/client/tokens:v1", env=env)
+    assert deleted.returncode == 0 and deleted.stdout == f"{image.digest}\n", deleted.stderr
+    asked = {scope for request in tokens.requests for scope in request["scopes"]}
+    assert "repository:client/tokens:delete" in asked
+    assert all(request["user"] == "alice" for request in tokens.requests)
