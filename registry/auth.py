@@ -49,6 +49,7 @@ ACTIONS = frozenset(ACTION_ORDER)
 REALM = "pier"
 CACHE_SECONDS = 60.0
 RELOAD_SECONDS = 1.0  # the htpasswd file is looked at no more often than this
+RECENT_SECONDS = 2.0  # a file changed this recently is read even when its stamp is unchanged
 MAX_CACHED = 4096
 MAX_HEADER = 4096
 MAX_BEARER = 16 * 1024
@@ -81,6 +82,7 @@ class Htpasswd:
         self.path = Path(path)
         self._stamp: tuple[int, ...] | None = None
         self._users: dict[str, bytes] = {}
+        self._text: str | None = None
         self._lock = threading.Lock()  # bcrypt threads and the event loop both reload
         self._checked = time.monotonic()
         self.generation = 0  # counts the contents read: a change means logins must be checked again
@@ -101,10 +103,16 @@ class Htpasswd:
     def _load_locked(self) -> None:
         info = self.path.stat()
         stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_size)
-        if stamp == self._stamp:
+        # A rewrite of the same size within one tick of the file system's clock keeps the
+        # stamp: while it is that recent, the contents are compared as well.
+        if stamp == self._stamp and time.time() - info.st_mtime > RECENT_SECONDS:
+            return
+        text = self.path.read_text()
+        if text == self._text:
+            self._stamp = stamp
             return
         users = {}
-        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -114,7 +122,7 @@ class Htpasswd:
             if not hashed.startswith(("$2y$", "$2b$", "$2a$")):
                 raise AuthConfigError(f"{self.path}:{number}: only bcrypt entries are accepted (htpasswd -B)")
             users[user] = hashed.encode()
-        self._users, self._stamp = users, stamp
+        self._users, self._stamp, self._text = users, stamp, text
         self.generation += 1
 
     def _current(self) -> dict[str, bytes]:
