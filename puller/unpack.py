@@ -34,16 +34,6 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 MAX_SYMLINK_HOPS = 40
 COPY_BUFFER = 1 << 20
-# tarfile reads an extended header (PAX, GNU long name) whole into memory: names are at
-# most PATH_MAX and xattr values 64 KiB, so anything near this size is an attack.
-MAX_HEADER_BYTES = 8 << 20
-_HEADER_TYPES = (
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-)
 
 
 class UnsafeLayer(PierError):
@@ -58,19 +48,6 @@ class BrokenLayer(PierError):
 
     def __init__(self, layer: str, problem: object) -> None:
         super().__init__(f"layer {layer}: cannot unpack: {problem}")
-
-
-class _HeaderTooLarge(Exception):
-    pass
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses an extended header too large to hold in memory."""
-
-    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
-        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
-            raise _HeaderTooLarge(f"an extended tar header of {self.size} bytes (at most {MAX_HEADER_BYTES})")
-        return super()._proc_member(tarfile)  # type: ignore[misc]
 
 
 @contextmanager
@@ -212,10 +189,17 @@ class LayerApplier:
         self.parents: dict[tuple[str, ...], str] = {}
 
     def apply(self, tar: tarfile.TarFile) -> None:
-        while (member := tar.next()) is not None:
+        while True:
+            member = tar.next()  # PAX records, long names, sparse maps: held in memory, bounded
+            self.budget.end_header()
+            if member is None:
+                break
             tar.members.clear()  # tarfile keeps every member read: a million of them is memory
             self.budget.add_entry()
             self._entry(tar, member)
+            assert tar.fileobj is not None
+            tar.fileobj.seek(tar.offset)  # data this entry left unread (a whiteout's) is no header
+            self.budget.start_header()
         for path, mtime in reversed(self.dir_times):  # children first changed their parents
             if _is_real_dir(self.rootfs, path):
                 os.utime(path, (mtime, mtime), follow_symlinks=False)
@@ -404,7 +388,7 @@ def _write_sparse(
 
 def _is_layer_fault(exc: Exception) -> bool:
     """Whether ``exc`` is the layer's (or the disk's) fault rather than a bug: reported as one line."""
-    faults = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error, _HeaderTooLarge)
+    faults = (OSError, EOFError, ValueError, IndexError, tarfile.TarError, zlib.error)
     return isinstance(exc, faults) or type(exc).__name__ in ("IsalError", "ZstdError")
 
 
@@ -423,7 +407,7 @@ def apply_layer(
     try:
         with (
             decompressed(stream, media_type) as raw,
-            tarfile.open(fileobj=budget.counted(raw), mode="r|", tarinfo=_BoundedTarInfo) as tar,
+            tarfile.open(fileobj=budget.counted(raw), mode="r|") as tar,  # reads the first header
         ):
             LayerApplier(rootfs.resolve(), layer, budget).apply(tar)
     except PierError:

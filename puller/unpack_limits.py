@@ -24,6 +24,9 @@ _UNITS = {"": 1, "b": 1, "kb": KB, "mb": MB, "gb": GB, "tb": TB}
 _UNITS.update({"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40})
 _SIZE = re.compile(r"\s*(\d+)\s*([a-z]*)\s*", re.IGNORECASE)
 REFRESH_BYTES = 64 * MB  # statvfs again after this much, in case others write to the same disk
+# tarfile holds a member's headers (PAX records, GNU long names, sparse maps) in memory:
+# names are at most PATH_MAX and xattr values 64 KiB, so anything near this is an attack.
+MAX_HEADER_BYTES = 8 << 20
 
 
 class UnpackLimitError(PierError):
@@ -139,6 +142,7 @@ class UnpackBudget:
         self.bytes = self.entries = 0
         self.layer = ""
         self.layer_bytes = self.layer_entries = 0
+        self.header_left: int | None = None  # bytes a header may still take, while one is read
 
     def start_layer(self, layer: str) -> None:
         self.layer = layer
@@ -146,9 +150,24 @@ class UnpackBudget:
 
     def counted(self, stream: BinaryIO) -> BinaryIO:
         """``stream`` (a layer's decompressed tar), stopping once it yields more than allowed."""
+        self.start_header()  # a tar starts with one
         return _Counted(stream, self)  # type: ignore[return-value]
 
+    def start_header(self) -> None:
+        """The bytes read from now on are one member's headers: at most ``MAX_HEADER_BYTES``."""
+        self.header_left = MAX_HEADER_BYTES
+
+    def end_header(self) -> None:
+        self.header_left = None
+
     def add_bytes(self, count: int) -> None:
+        if self.header_left is not None:
+            self.header_left -= count
+            if self.header_left < 0:
+                raise UnpackLimitError(
+                    f"layer {self.layer}: a tar header (PAX records, long name or sparse map) "
+                    f"of more than {human(MAX_HEADER_BYTES)}: refused"
+                )
         self.bytes += count
         self.layer_bytes += count
         if self.layer_bytes > self.limits.max_layer_bytes:
