@@ -40,6 +40,7 @@ from .layout import (
 from .platforms import Platform
 from .reference import Reference, ReferenceError, parse_reference
 from .sources import Source, read_small
+from .text import plural
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -212,7 +213,8 @@ def _load_item(store: ContentStore, source: Source, item: object) -> str:
     except (ValueError, KeyError, TypeError):
         raise LayoutError(f"{where}: {item['Config'][:200]} is not an image config with diff_ids") from None
     if len(_strings(diff_ids, "rootfs.diff_ids", where)) != len(layers):
-        raise LayoutError(f"{where}: {len(layers)} Layers for {len(diff_ids)} diff_ids in the config")
+        counts = f"{plural(len(layers), 'layer')} for {plural(len(diff_ids), 'diff_id')} in its config"
+        raise LayoutError(f"{where}/manifest.json: {counts}")
     descriptors = []
     for name, diff_id in zip(layers, diff_ids, strict=True):
         descriptor, actual = _scan_layer(source, name)

@@ -4,6 +4,7 @@ The transfer code calls ``report(digest, state, done, total)``; states are
 ``downloading``/``uploading`` (bytes moving), and ``exists``, ``mounted``, ``done``,
 ``pushed`` (finished). On a terminal each blob gets a live ``rich`` bar with its size and
 speed; otherwise one line is printed when a blob starts moving and one when it ends.
+Sizes are in docker's decimal units on both (rich's columns are decimal by default).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from rich.progress import (
     TextColumn,
     TransferSpeedColumn,
 )
+
+from .text import human_size
 
 Report = Callable[[str, str, int, int], None]
 MOVING = frozenset({"downloading", "uploading"})
@@ -46,11 +49,11 @@ class PlainReport:
             if state in MOVING:
                 if digest not in self.started:
                     self.started[digest] = time.monotonic()
-                    print(f"{_short(digest)}: {state} ({total} bytes)", file=self.stream, flush=True)
+                    print(f"{_short(digest)}: {state} ({human_size(total)})", file=self.stream, flush=True)
                 return
             elapsed = time.monotonic() - self.started.pop(digest, time.monotonic())
-            speed = f", {total / elapsed / 1e6:.1f} MB/s" if elapsed > 0.05 else ""
-            print(f"{_short(digest)}: {state} ({total} bytes{speed})", file=self.stream, flush=True)
+            speed = f", {human_size(int(total / elapsed))}/s" if elapsed > 0.05 else ""
+            print(f"{_short(digest)}: {state} ({human_size(total)}{speed})", file=self.stream, flush=True)
 
 
 class LiveReport:

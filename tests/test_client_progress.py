@@ -24,9 +24,9 @@ def test_plain_lines_when_not_a_terminal() -> None:
         report("sha256:" + "cd" * 32, "exists", 20, 20)
     lines = out.getvalue().splitlines()
     assert len(lines) == 3  # one line when a blob starts moving, not one per chunk
-    assert lines[0] == "abababababab: downloading (1000 bytes)"
-    assert lines[1].startswith("abababababab: done (1000 bytes")
-    assert lines[2] == "cdcdcdcdcdcd: exists (20 bytes)"
+    assert lines[0] == "abababababab: downloading (1kB)"
+    assert lines[1].startswith("abababababab: done (1kB")
+    assert lines[2] == "cdcdcdcdcdcd: exists (20B)"
 
 
 def test_live_bars_on_a_terminal() -> None:

@@ -1,0 +1,45 @@
+"""What the client prints: sizes in docker's units, counted nouns, and untrusted text made safe.
+
+Sizes use docker's decimal units everywhere (kB/MB/GB = 10^3/10^6/10^9, three
+significant digits: ``12.3MB``), so a pull's progress, ``pier images`` and a summary
+line agree. Text from a registry, an image's config or a loaded archive may carry NUL,
+escape sequences or bidi overrides that would rewrite the user's terminal: it goes
+through ``printable`` before it is shown.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+# Format characters that reorder or hide text on screen (Trojan Source, CVE-2021-42574).
+_INVISIBLE = frozenset("\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff")
+
+
+def human_size(size: int) -> str:
+    """``size`` bytes as docker prints it: ``5B``, ``1.23kB``, ``12.3MB``, ``1GB``."""
+    value, unit = float(max(size, 0)), 0
+    while unit < len(UNITS) - 1 and float(f"{value:.3g}") >= 1000:
+        value /= 1000
+        unit += 1
+    return f"{value:.3g}{UNITS[unit]}"
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 layer``, ``2 layers``, ``0 layers``."""
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
+
+
+def printable(text: str) -> str:
+    """``text`` on one line with every control or invisible character escaped (``\\x00``, ``\\u202e``)."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char == " " or (char.isprintable() and char not in _INVISIBLE):
+            out.append(char)
+        elif unicodedata.category(char) in ("Zs",) and char not in _INVISIBLE:
+            out.append(" ")
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
