@@ -44,10 +44,10 @@ def inspect_local(store: ContentStore, text: str, platform: Platform | None) -> 
         raise ImageError(
             f"{short} is not in the local store: pier inspect --remote {short} reads it from its registry"
         )
+    document = read_json(store, digest)  # one line, not a traceback, when the blob is gone
     found = Inspected(str(reference), digest, store.read(digest), None)
     if platform is None:
         return found
-    document = read_json(store, digest)
     image = load_image(store, digest, platform, need_layers=False)
     found.index = document if is_index(document) else None
     found.manifest_digest, found.manifest, found.config = image.digest, image.manifest, image.config
