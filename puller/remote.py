@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
@@ -25,6 +26,7 @@ from .transport import Transport, error_message
 MAX_CONFIG_SIZE = 32 * 1024 * 1024  # image configs with long histories exceed a manifest's 4 MiB
 MAX_TAGS_PAGE = 16 * 1024 * 1024
 MAX_TAG_PAGES = 10_000  # 10,000 pages of even 100 tags is more than any real repository
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # distribution's tag grammar
 
 
 class RemoteError(PierError):
@@ -131,6 +133,9 @@ def iter_tags(transport: Transport, reference: Reference, page_size: int | None 
             tags = []  # distribution's answer for a repository whose tags were all deleted
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
             raise RemoteError("the registry's tag list is not a list of strings")
+        for tag in tags:  # printed to a terminal and made into references: nothing but a tag
+            if not TAG.fullmatch(tag):
+                raise RemoteError(f"the registry listed an invalid tag {tag[:80]!r}")
         yield from tags
     raise RemoteError(f"the registry's tag list goes on past {MAX_TAG_PAGES} pages")
 

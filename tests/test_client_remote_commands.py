@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -101,10 +100,10 @@ def test_tags_follow_the_link_header_through_every_page(registry, tmp_path) -> N
     assert listed.stdout.split() == tags
 
 
-class LinkElsewhere:
-    """A registry whose tag list links its next page to another host, where a token would leak."""
+class TagServer:
+    """A hostile registry: every tag list it serves is ``body``, with ``link`` as its next page."""
 
-    def __init__(self) -> None:
+    def __init__(self, body: bytes, link: str | None) -> None:
         self.requests: list[str] = []
         outer = self
 
@@ -114,17 +113,18 @@ class LinkElsewhere:
 
             def do_GET(self) -> None:
                 outer.requests.append(self.path)
-                body = json.dumps({"name": "x/y", "tags": ["a"]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header("Link", '<http://198.51.100.7/v2/x/y/tags/list?last=a>; rel="next"')
+                if link:
+                    self.send_header("Link", link)
                 self.end_headers()
                 self.wfile.write(body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> LinkElsewhere:
+    def __enter__(self) -> TagServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -133,17 +133,32 @@ class LinkElsewhere:
         self.server.server_close()
 
 
-@pytest.fixture
-def link_elsewhere() -> Iterator[LinkElsewhere]:
-    with LinkElsewhere() as server:
-        yield server
+TAGS_A = json.dumps({"name": "x/y", "tags": ["a"]}).encode()
 
 
-def test_tags_refuse_a_next_page_on_another_host(link_elsewhere, tmp_path) -> None:
-    host = f"127.0.0.1:{link_elsewhere.server.server_address[1]}"
-    listed = run_pier(tmp_path / "home", "tags", f"{host}/x/y")
-    assert listed.returncode == 1 and "on another host (198.51.100.7)" in listed.stderr, listed.stderr
-    assert link_elsewhere.requests == ["/v2/x/y/tags/list"]
+@pytest.mark.parametrize(
+    ("body", "link", "message"),
+    [
+        # Following it would hand another host the registry's credentials.
+        (
+            TAGS_A,
+            '<http://198.51.100.7/v2/x/y/tags/list?last=a>; rel="next"',
+            "on another host (198.51.100.7)",
+        ),
+        (TAGS_A, '</v2/x/y/tags/list>; rel="next"', "link back to an earlier page"),
+        (json.dumps({"tags": ["ok", "\x1b[31mred"]}).encode(), None, "invalid tag '\\x1b[31mred'"),
+        (json.dumps({"tags": "a"}).encode(), None, "not a list of strings"),
+        (b"[" * 100_000 + b"]" * 100_000, None, "not JSON"),
+    ],
+)
+def test_tags_from_a_hostile_registry_are_one_line(
+    body: bytes, link: str | None, message: str, tmp_path
+) -> None:
+    with TagServer(body, link) as server:
+        listed = run_pier(tmp_path / "home", "tags", f"{server.host}/x/y")
+        assert listed.returncode == 1 and message in listed.stderr, listed.stderr
+        assert len(listed.stderr.splitlines()) == 1 and "\x1b" not in listed.stderr
+        assert server.requests == ["/v2/x/y/tags/list"]  # no second page was asked for
 
 
 def test_delete_resolves_a_tag_to_its_digest(server, tmp_path) -> None:
