@@ -361,11 +361,15 @@ def _sparse_map(layer: str, member: tarfile.TarInfo) -> list[tuple[int, int]] | 
     if member.sparse is None:
         return None
     end = 0
+    regions = []
     for offset, size in member.sparse:
+        if size == 0:
+            continue  # GNU tar fills unused slots of its header with (0, 0) and ends with (size, 0)
         if offset < end or size < 0 or offset + size > member.size:
             raise UnsafeLayer(layer, member.name, "sparse map out of order or beyond the file's size")
+        regions.append((offset, size))
         end = offset + size
-    return list(member.sparse)
+    return regions
 
 
 def _write_sparse(
