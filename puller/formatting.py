@@ -7,7 +7,7 @@ of the JSON data and indexes of its lists are ever looked up):
 - ``{{.}}`` the whole item; ``{{.Field.Sub}}`` a path of keys (exact, case-sensitive);
 - functions ``json X`` (compact JSON), ``index X K...`` (a key, or a list's position),
   ``join X SEP`` (a list's items joined), ``len X``, ``upper X``, ``lower X``;
-- arguments: field paths, ``"strings"`` (Go escapes), `` `raw strings` ``, integers;
+- arguments: field paths, ``"strings"`` (JSON's escapes), `` `raw strings` ``, integers;
 - pipelines: ``{{.Config | json}}`` passes the value on as the last argument.
 
 A value prints as Go prints it: lists as ``[a b]``, objects as ``map[k:v]``, null as
