@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
@@ -12,7 +13,7 @@ import pytest
 from puller.content_store import ContentStore
 
 from .helpers import push_blob, push_manifest, run_pier
-from .images import Image, build_image
+from .images import Image, build_image, build_index
 
 
 @pytest.fixture
@@ -148,3 +149,28 @@ def test_save_format_choices(pulled, tmp_path) -> None:
     named = tmp_path / "archive.bin"
     assert run_pier(home, "save", "--format", "docker-archive", reference, "-o", str(named)).returncode == 0
     assert "manifest.json" in members(named)
+
+
+def test_an_index_saved_to_a_tar_keeps_every_platform(skopeo, tmp_path) -> None:
+    index = build_index(tmp_path / "layout", "v1")
+    home = tmp_path / "home"
+    assert (
+        run_pier(home, "load", str(tmp_path / "layout"), "--name", "example.org/team/multi").returncode == 0
+    )
+    archive = tmp_path / "multi.tar"
+    saved = run_pier(
+        home, "save", "--platform", "linux/arm64", "example.org/team/multi:v1", "-o", str(archive)
+    )
+    assert saved.returncode == 0, saved.stderr
+    [item] = json.loads(members(archive)["manifest.json"])  # docker's side: one platform's image
+    assert item["Config"] == f"blobs/sha256/{index.image('arm64').config.digest.split(':')[1]}"
+    oci = tmp_path / "oci"
+    skopeo.run("copy", "--quiet", "--all", "--preserve-digests", f"oci-archive:{archive}:v1", f"oci:{oci}:v1")
+    assert json.loads((oci / "index.json").read_text())["manifests"][0]["digest"] == index.digest
+
+    compressed = tmp_path / "multi.tar.gz"
+    compressed.write_bytes(gzip.compress(archive.read_bytes(), compresslevel=1))
+    other = tmp_path / "other"
+    loaded = run_pier(other, "load", str(compressed))
+    assert loaded.stdout == f"Loaded example.org/team/multi:v1 {index.digest}\n", loaded.stderr
+    assert all(ContentStore(other).has(blob.digest) for blob in index.blobs)
