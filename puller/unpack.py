@@ -420,5 +420,5 @@ def apply_layer(
         if not _is_layer_fault(exc):
             raise
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise BrokenLayer(layer, f"no space left on the device of {rootfs}") from exc
+            raise BrokenLayer(layer, f"no space left on the device of {budget.space.target}") from exc
         raise BrokenLayer(layer, exc) from exc

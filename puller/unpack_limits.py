@@ -27,6 +27,7 @@ REFRESH_BYTES = 64 * MB  # statvfs again after this much, in case others write t
 # tarfile holds a member's headers (PAX records, GNU long names, sparse maps) in memory:
 # names are at most PATH_MAX and xattr values 64 KiB, so anything near this is an attack.
 MAX_HEADER_BYTES = 8 << 20
+INODE_MARGIN = 10_000  # files that stay creatable on the target, or 5% of its inodes if fewer
 
 
 class UnpackLimitError(PierError):
@@ -117,11 +118,16 @@ class FreeSpace:
         self.free = info.f_bavail * info.f_frsize
         self.left = self.free - self.margin
         self.since = 0
+        # Files need inodes too; some file systems (btrfs) have no fixed count and report 0.
+        self.inode_margin = min(INODE_MARGIN, info.f_files // 20)
+        self.inodes = info.f_favail
+        self.inodes_left = info.f_favail - self.inode_margin if info.f_files else None
 
     def take(self, size: int) -> None:
-        """Account ``size`` bytes about to be written (a whole block at least): refuse before the margin."""
+        """Account ``size`` bytes to be written (a block at least) and an inode; refuse past the margin."""
         needed = -(-max(size, 1) // self.block) * self.block
-        if needed > self.left or self.since >= REFRESH_BYTES:
+        short_of_inodes = self.inodes_left is not None and self.inodes_left < 1
+        if needed > self.left or self.since >= REFRESH_BYTES or short_of_inodes:
             self._refresh()
             if needed > self.left:
                 raise UnpackLimitError(
@@ -129,8 +135,15 @@ class FreeSpace:
                     f"{human(needed)} more would leave less than {human(self.margin)} "
                     f"(set {ENVIRONMENT['min_free']} to change that margin)"
                 )
+            if self.inodes_left is not None and self.inodes_left < 1:
+                raise UnpackLimitError(
+                    f"not enough free inodes to unpack into {self.target}: {self.inodes} left, and "
+                    f"{self.inode_margin} are kept free (make room on that file system, or unpack elsewhere)"
+                )
         self.left -= needed
         self.since += needed
+        if self.inodes_left is not None:
+            self.inodes_left -= 1
 
 
 class UnpackBudget:

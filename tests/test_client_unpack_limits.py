@@ -7,6 +7,7 @@ partial rootfs behind. Images are made here byte by byte and loaded into a local
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -216,13 +217,12 @@ def test_a_sparse_map_beyond_the_file_is_refused(tmp_path) -> None:
         apply_layer(tmp_path / "rootfs", make_tar([(info, b"y" * 1024)]), TAR, "sha256:liar")
 
 
-@pytest.fixture
-def small_disk(tmp_path) -> Iterator[Path]:
-    """A 16 MiB tmpfs of its own: a real file system that fills up."""
-    mount = tmp_path / "small"
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of its own at ``mount``: a real file system that fills up."""
     mount.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True, text=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
@@ -230,6 +230,13 @@ def small_disk(tmp_path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """16 MiB of space."""
+    with tmpfs(tmp_path / "small", "size=16m") as mount:
+        yield mount
 
 
 def free_bytes(path: Path) -> int:
@@ -277,3 +284,13 @@ def test_a_sparse_map_flood_is_refused_at_the_header_cap(tmp_path) -> None:
     with pytest.raises(PierError, match="tar header"):
         apply_layer(tmp_path / "rootfs", layer, OCI_LAYER_GZIP, "sha256:flood")
     assert os.listdir(tmp_path / "rootfs") == []
+
+
+def test_an_image_of_more_files_than_free_inodes_stops_before_they_run_out(tmp_path) -> None:
+    home = tmp_path / "home"
+    reference = store_image(home, "files", [gzip_bytes(layer_tar({f"f/{k}": b"" for k in range(300)}))])
+    with tmpfs(tmp_path / "few", "size=16m,nr_inodes=200") as mount:
+        empty = os.statvfs(mount).f_favail
+        line = one_line_failure(run_pier(home, "unpack", reference, str(mount / "rootfs")))
+        assert "not enough free inodes" in line, line
+        assert os.listdir(mount) == [] and os.statvfs(mount).f_favail == empty
