@@ -27,6 +27,7 @@ from puller.platforms import Platform
 from puller.reference import parse_reference
 from puller.rootfs import RootfsCache
 from puller.unpack import apply_layer
+from puller.unpack_limits import UnpackBudget, UnpackLimitError, UnpackLimits
 
 from .helpers import run_pier
 from .images import (
@@ -39,7 +40,7 @@ from .images import (
 )
 from .test_client_unpack import entry, make_tar
 
-MiB, GiB = 1 << 20, 1 << 30
+MiB, GiB, GB = 1 << 20, 1 << 30, 10**9
 TAR = "application/vnd.oci.image.layer.v1.tar"
 
 
@@ -294,3 +295,40 @@ def test_an_image_of_more_files_than_free_inodes_stops_before_they_run_out(tmp_p
         line = one_line_failure(run_pier(home, "unpack", reference, str(mount / "rootfs")))
         assert "not enough free inodes" in line, line
         assert os.listdir(mount) == [] and os.statvfs(mount).f_favail == empty
+
+
+def test_the_defaults_let_a_30_GB_image_through(tmp_path) -> None:
+    # A CUDA/PyTorch image as they come: ~30 GB in a few layers, the largest ~12 GB, ~400k files.
+    budget = UnpackBudget(UnpackLimits(), tmp_path)
+    for number, (size, files) in enumerate(
+        [(12 * GB, 150_000), (9 * GB, 120_000), (6 * GB, 80_000), (3 * GB, 50_000)]
+    ):
+        budget.start_layer(f"layer-{number}")
+        for _ in range(size // MiB):
+            budget.add_bytes(MiB)
+        for _ in range(files):
+            budget.add_entry()
+    budget.start_layer("too-big")
+    with pytest.raises(UnpackLimitError, match="PIER_UNPACK_MAX_LAYER_BYTES"):
+        budget.add_bytes(UnpackLimits().max_layer_bytes + 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1000", 1000),
+        ("64MB", 64 * 10**6),
+        ("64 MiB", 64 * MiB),
+        ("2gib", 2 * GiB),
+        ("256GB", 256 * GB),
+        ("0", 0),
+    ],
+)
+def test_sizes_are_read_in_both_unit_systems(text, size) -> None:
+    assert UnpackLimits.from_env({"PIER_UNPACK_MAX_BYTES": text}).max_bytes == size
+
+
+@pytest.mark.parametrize("text", ["lots", "64M", "1.5GB", "-1", "64 MB extra"])
+def test_a_size_that_is_not_one_is_refused(text) -> None:
+    with pytest.raises(PierError, match="PIER_UNPACK_MAX_BYTES"):
+        UnpackLimits.from_env({"PIER_UNPACK_MAX_BYTES": text})
