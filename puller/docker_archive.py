@@ -85,6 +85,23 @@ def save_archive(
     """Write ``images`` to the tar ``path``, atomically; ``docker=False`` leaves manifest.json out."""
     if path.is_dir():
         raise LayoutError(f"{path} is a directory: a tar is written to a file")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as out:
+            write_archive(store, images, out, platform, docker)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_archive(
+    store: ContentStore,
+    images: list[tuple[Reference, str]],
+    out: BinaryIO,
+    platform: Platform,
+    docker: bool = True,
+) -> None:
+    """The tar of ``images`` written to ``out`` front to back (a file, or a pipe as ``docker save >``)."""
     index = new_index()
     items: list[dict] = []
     blobs: dict[str, None] = {}  # every blob once, in a stable order
@@ -105,19 +122,14 @@ def save_archive(
     }
     if docker:
         files["manifest.json"] = json.dumps(items, indent=2).encode()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tarfile.open(temporary, "w", format=tarfile.PAX_FORMAT) as tar:
-            for directory in ("blobs", *sorted({blob_name(b).rsplit("/", 1)[0] for b in blobs})):
-                tar.addfile(_info(directory, 0, directory=True))
-            for blob in blobs:
-                with store.path(blob).open("rb") as stream:
-                    tar.addfile(_info(blob_name(blob), os.fstat(stream.fileno()).st_size), stream)
-            for name, data in files.items():
-                tar.addfile(_info(name, len(data)), io.BytesIO(data))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for directory in ("blobs", *sorted({blob_name(b).rsplit("/", 1)[0] for b in blobs})):
+            tar.addfile(_info(directory, 0, directory=True))
+        for blob in blobs:
+            with store.path(blob).open("rb") as stream:
+                tar.addfile(_info(blob_name(blob), os.fstat(stream.fileno()).st_size), stream)
+        for name, data in files.items():
+            tar.addfile(_info(name, len(data)), io.BytesIO(data))
 
 
 class _Hashing:

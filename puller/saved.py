@@ -8,10 +8,13 @@ tar, or a ``docker save`` tar, and tells which it could not read, in one line.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from .content_store import ContentStore
-from .docker_archive import load_archive, save_archive
+from .docker_archive import load_archive, save_archive, write_archive
 from .layout import MAX_INDEX_SIZE, LayoutError, Loaded, is_layout, load_layout, save
 from .platforms import Platform
 from .reference import Reference
@@ -34,6 +37,23 @@ def save_images(
         save(store, images, path)
     else:
         save_archive(store, images, path, platform, docker=format == "docker-archive")
+
+
+def save_to_stream(
+    store: ContentStore, images: list[tuple[Reference, str]], out: BinaryIO, format: str, platform: Platform
+) -> None:
+    """``pier save IMG > x.tar``: the tar written to a pipe or file the shell opened."""
+    if format == "oci-dir":
+        raise LayoutError("a layout directory cannot go to standard output: give -o DIR")
+    write_archive(store, images, out, platform, docker=format == "docker-archive")
+
+
+def load_from_stream(store: ContentStore, stream: BinaryIO, repository: str | None = None) -> list[Loaded]:
+    """``pier load < x.tar``: the tar is kept beside the store while it is read (it needs seeking)."""
+    with tempfile.NamedTemporaryFile(dir=store.root, prefix=".load-", suffix=".tar") as spool:
+        shutil.copyfileobj(stream, spool, 1 << 20)
+        spool.flush()
+        return load_images(store, Path(spool.name), repository)
 
 
 def load_images(store: ContentStore, path: Path, repository: str | None = None) -> list[Loaded]:

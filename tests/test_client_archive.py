@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from puller.content_store import ContentStore
 
 from .helpers import push_blob, push_manifest, run_pier
 from .images import Image, build_image, build_index
+from .servers import REPO_ROOT
 
 
 @pytest.fixture
@@ -174,3 +178,33 @@ def test_an_index_saved_to_a_tar_keeps_every_platform(skopeo, tmp_path) -> None:
     loaded = run_pier(other, "load", str(compressed))
     assert loaded.stdout == f"Loaded example.org/team/multi:v1 {index.digest}\n", loaded.stderr
     assert all(ContentStore(other).has(blob.digest) for blob in index.blobs)
+
+
+def test_save_to_stdout_and_load_from_stdin(pulled, image, tmp_path) -> None:
+    """`pier save IMG > x.tar` and `pier load < x.tar`, as docker users type them."""
+    home, reference = pulled
+    archive = tmp_path / "piped.tar"
+    with archive.open("wb") as out:
+        saved = subprocess.run(
+            [sys.executable, "-m", "puller", "save", reference],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PIER_HOME": str(home)},
+            cwd=REPO_ROOT,
+            timeout=120,
+        )
+    assert saved.returncode == 0, saved.stderr
+    assert json.loads(members(archive)["manifest.json"])[0]["RepoTags"] == [reference]
+    other = tmp_path / "other"
+    with archive.open("rb") as stream:
+        loaded = subprocess.run(
+            [sys.executable, "-m", "puller", "load"],
+            stdin=stream,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PIER_HOME": str(other)},
+            cwd=REPO_ROOT,
+            timeout=120,
+        )
+    assert loaded.stdout == f"Loaded {reference} {image.digest}\n", loaded.stderr
+    assert not [p for p in other.iterdir() if p.name.startswith(".load-")]  # the spooled copy is gone
