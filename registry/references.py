@@ -69,3 +69,16 @@ def validate_tag(tag: str) -> str:
     if not TAG_PATTERN.fullmatch(tag):
         raise RegistryError("TAG_INVALID", f"invalid tag: {tag[:200]!r}")
     return tag
+
+
+def lookup_reference(reference: str) -> Digest | str:
+    """A manifest reference to read or delete: a digest, or a tag.
+
+    One that is neither cannot name anything stored, so it is unknown (404
+    ``MANIFEST_UNKNOWN``, as distribution, zot and the spec's conformance suite have it), not
+    a bad request: only a write of a manifest answers ``TAG_INVALID``.
+    """
+    try:
+        return Digest.parse(reference) if is_digest(reference) else validate_tag(reference)
+    except RegistryError:
+        raise RegistryError("MANIFEST_UNKNOWN", f"not a tag or digest: {reference[:200]!r}") from None
