@@ -87,37 +87,56 @@ def _container_path(rootfs: Path, path: str, mounts: frozenset[str]) -> str | No
     return "/" + "/".join(current)
 
 
-def _executable_error(rootfs: Path, path: str, mounts: frozenset[str]) -> tuple[str, int] | None:
+def _may_execute(info: os.stat_result, user: dict) -> bool:
+    """Whether the container's user may execute a file of this mode (root: any x bit will do)."""
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    if uid == 0:
+        return bool(info.st_mode & 0o111)
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid == gid:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
+
+
+def _executable_error(
+    rootfs: Path, path: str, shown: str, mounts: frozenset[str], user: dict
+) -> tuple[str, int] | None:
     """Why the runtime could not exec ``path`` (Go's ``exec.LookPath`` wording), or None if it can."""
     resolved = _container_path(rootfs, path, mounts)
     if resolved is None:
         return None
     try:
-        mode = os.lstat(os.path.join(rootfs, resolved.lstrip("/"))).st_mode
+        info = os.lstat(os.path.join(rootfs, resolved.lstrip("/")))
     except OSError as exc:
-        return f"stat {path}: {os.strerror(exc.errno or 2).lower()}", 127
-    if stat.S_ISDIR(mode):
+        return f"stat {shown}: {os.strerror(exc.errno or 2).lower()}", 127
+    if stat.S_ISDIR(info.st_mode):
         return "is a directory", 126
-    if not stat.S_ISREG(mode) or not mode & 0o111:
+    if not stat.S_ISREG(info.st_mode) or not _may_execute(info, user):
         return "permission denied", 126
     return None
 
 
-def check_command(rootfs: Path, args: list[str], path_env: str, cwd: str, mounts: list[str]) -> None:
+def check_command(
+    rootfs: Path, args: list[str], path_env: str, cwd: str, mounts: list[str], user: dict | None = None
+) -> None:
     """Refuse, before the runtime starts, a command the container could not execute.
 
     The lookup is the runtime's (``$PATH`` of the process, or the path itself when it has
-    a slash), done in the rootfs: the runtime would only log a line and exit 1.
+    a slash), done in the rootfs as ``user`` (uid, gid): the runtime would only log a line
+    and exit 1.
     """
+    user = user or {"uid": 0, "gid": 0}
     points = frozenset(p for p in (_container_path(rootfs, m, frozenset()) for m in mounts) if p)
     command = args[0]
     if "/" in command:
-        error = _executable_error(rootfs, posixpath.join(cwd, command), points)
+        error = _executable_error(rootfs, posixpath.join(cwd, command), command, points, user)
         if error:
             raise CommandNotRunnable(command, *error)
         return
     for directory in path_env.split(":"):
-        if _executable_error(rootfs, posixpath.join(cwd, directory or ".", command), points) is None:
+        candidate = posixpath.join(cwd, directory or ".", command)
+        if _executable_error(rootfs, candidate, candidate, points, user) is None:
             return
     raise CommandNotRunnable(command, "executable file not found in $PATH", 127)
 
@@ -269,7 +288,7 @@ def build_config(template: dict, rootfs: Path, config: dict, options: RunOptions
             {"destination": parts[1], "type": "bind", "source": parts[0], "options": ["rbind", mode]}
         )
     mounts = [m["destination"] for m in spec.get("mounts", []) if isinstance(m.get("destination"), str)]
-    check_command(rootfs, args, env["PATH"], process["cwd"], mounts)
+    check_command(rootfs, args, env["PATH"], process["cwd"], mounts, process["user"])
     return spec
 
 

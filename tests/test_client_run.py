@@ -270,3 +270,12 @@ def test_command_lookup_stays_inside_the_rootfs(tmp_path) -> None:
     with pytest.raises(CommandNotRunnable, match="executable file not found"):
         check_command(rootfs, ["real"], "/usr/bin", "/", [])
     check_command(rootfs, ["/tools/x"], "/bin", "/", ["/tools"])  # a volume: the runtime decides
+    with pytest.raises(CommandNotRunnable, match=r'"./nothing": stat ./nothing: no such file'):
+        check_command(rootfs, ["./nothing"], "/bin", "/bin", [])
+
+    (rootfs / "bin" / "owner-only").write_bytes(b"#!/bin/sh\n")
+    (rootfs / "bin" / "owner-only").chmod(0o700)  # owned by root, as the image's files are here
+    check_command(rootfs, ["owner-only"], "/bin", "/", [], {"uid": 0, "gid": 0})
+    with pytest.raises(CommandNotRunnable) as caught:
+        check_command(rootfs, ["/bin/owner-only"], "/bin", "/", [], {"uid": 1000, "gid": 1000})
+    assert (str(caught.value), caught.value.exit_code) == ('exec: "/bin/owner-only": permission denied', 126)
