@@ -43,7 +43,7 @@ class DirectorySource:
         self.label = str(directory)
 
     def open(self, name: str) -> BinaryIO:
-        path = self.directory / name
+        path = self.directory / _normal(name)  # a name from manifest.json stays below the directory
         if not path.is_file():
             raise FileNotFoundError(name)
         return path.open("rb")

@@ -208,3 +208,23 @@ def test_save_to_stdout_and_load_from_stdin(pulled, image, tmp_path) -> None:
         )
     assert loaded.stdout == f"Loaded {reference} {image.digest}\n", loaded.stderr
     assert not [p for p in other.iterdir() if p.name.startswith(".load-")]  # the spooled copy is gone
+
+
+def test_an_extracted_docker_archive_cannot_name_files_outside_it(image, skopeo, tmp_path) -> None:
+    archive = skopeo_archive(skopeo, image, tmp_path)
+    extracted = tmp_path / "extracted"
+    with tarfile.open(archive) as tar:
+        tar.extractall(extracted, filter="data")
+    [item] = json.loads((extracted / "manifest.json").read_text())
+    outside = tmp_path / "outside.json"
+    outside.write_bytes((extracted / item["Config"]).read_bytes())  # a valid config, outside the folder
+    (extracted / item["Config"]).unlink()
+    item["Config"] = f"../{outside.name}"
+    (extracted / "manifest.json").write_text(json.dumps([item]))
+    home = tmp_path / "home"
+    refused = run_pier(home, "load", str(extracted))
+    assert refused.returncode == 1 and "is missing from the archive" in refused.stderr, refused.stderr
+    assert ContentStore(home).get_ref("example.org/team/app", "v1") is None
+    item["Config"] = str(outside)  # an absolute name: below the folder too
+    (extracted / "manifest.json").write_text(json.dumps([item]))
+    assert run_pier(home, "load", str(extracted)).returncode == 1
