@@ -9,6 +9,7 @@ regression shows here without building the Go suite.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 
@@ -285,7 +286,7 @@ async def push_referrers(client: httpx.AsyncClient, repo: str, subject: dict) ->
         raw = json.dumps(document).encode()
         put = await push_manifest(client, repo, sha256(raw), raw)
         assert put.status_code == 201, put.text
-        assert put.headers.get("oci-subject") in (None, subject["digest"])
+        assert put.headers["oci-subject"] == subject["digest"]  # MUST, where referrers are supported
         notes[sha256(raw)] = f"test {note}"
     children = [
         desc(OCI_MANIFEST, (await client.get(f"/v2/{repo}/manifests/{d}")).content) for d in list(notes)[:2]
@@ -339,6 +340,7 @@ async def test_referrers_of_a_subject_never_pushed(client: httpx.AsyncClient, re
     )
     put = await push_manifest(client, repo, sha256(referrer), referrer)
     assert put.status_code == 201, put.text
+    assert put.headers["oci-subject"] == sha256(absent)
     listed = await client.get(f"/v2/{repo}/referrers/{sha256(absent)}")
     assert listed.status_code == 200
     assert listed.headers["content-type"] == OCI_INDEX
@@ -394,3 +396,190 @@ async def test_error_bodies_use_spec_codes(client: httpx.AsyncClient, repo: str)
         assert 400 <= response.status_code < 500
         codes = error_codes(response)
         assert codes and set(codes) <= SPEC_ERROR_CODES, (method, path, codes)
+
+
+# -- The main-branch suite's additions: ranges, digests, cancel, data shapes ---------------
+
+
+async def test_blob_range_requests(client: httpx.AsyncClient, repo: str) -> None:
+    """206 with Content-Range for satisfiable ranges, 416 past the end; an invalid range may be ignored."""
+    data = os.urandom(2048)
+    digest = await push_blob(client, repo, data)
+    for header, first, last in (
+        ("bytes=500-1499", 500, 1499),
+        ("bytes=500-", 500, 2047),
+        ("bytes=-500", 1548, 2047),
+    ):
+        got = await client.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": header})
+        assert got.status_code == 206, header
+        assert got.content == data[first : last + 1]
+        assert got.headers["content-length"] == str(last - first + 1)
+        assert got.headers["content-range"] == f"bytes {first}-{last}/2048"
+    clipped = await client.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=2000-5000"})
+    assert clipped.status_code == 206
+    assert clipped.content == data[2000:]
+    beyond = await client.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=5000-10000"})
+    assert beyond.status_code == 416
+    backwards = await client.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=500-0"})
+    assert (backwards.status_code, backwards.content) in ((200, data), (416, backwards.content))
+
+
+async def test_empty_blob_round_trip(client: httpx.AsyncClient, repo: str) -> None:
+    empty = sha256(b"")
+    for started in (
+        await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": empty}, content=b""),
+        await client.put(
+            (await client.post(f"/v2/{repo}/blobs/uploads/")).headers["location"], params={"digest": empty}
+        ),
+    ):
+        assert started.status_code == 201, started.text
+    head = await client.head(f"/v2/{repo}/blobs/{empty}")
+    assert head.status_code == 200
+    assert head.headers["content-length"] == "0"
+    got = await client.get(f"/v2/{repo}/blobs/{empty}")
+    assert (got.status_code, got.content, got.headers["content-length"]) == (200, b"", "0")
+
+
+async def test_sha512_blobs_and_manifests(client: httpx.AsyncClient, repo: str) -> None:
+    """Non-canonical algorithms: sha512 blobs and a manifest pushed by its sha512 digest."""
+
+    def sha512(data: bytes) -> str:
+        return "sha512:" + hashlib.sha512(data).hexdigest()
+
+    config, layer = suite_config(), os.urandom(512)
+    for blob in (config, layer):
+        posted = await client.post(
+            f"/v2/{repo}/blobs/uploads/", params={"digest": sha512(blob)}, content=blob
+        )
+        assert posted.status_code == 201, posted.text
+        assert posted.headers["location"] == f"/v2/{repo}/blobs/{sha512(blob)}"
+        head = await client.head(f"/v2/{repo}/blobs/{sha512(blob)}")
+        assert head.headers.get("docker-content-digest", sha512(blob)) == sha512(blob)
+        assert (await client.get(f"/v2/{repo}/blobs/{sha512(blob)}")).content == blob
+    body = manifest_doc(
+        {"mediaType": OCI_CONFIG, "digest": sha512(config), "size": len(config)},
+        [{"mediaType": OCI_LAYER, "digest": sha512(layer), "size": len(layer)}],
+    )
+    put = await push_manifest(client, repo, sha512(body), body)
+    assert put.status_code == 201, put.text
+    got = await client.get(f"/v2/{repo}/manifests/{sha512(body)}")
+    assert got.content == body
+    assert got.headers.get("docker-content-digest", sha512(body)) == sha512(body)
+
+
+@pytest.mark.parametrize("style", ["post", "post-put", "chunked", "chunked-put", "stream"])
+async def test_every_upload_style_refuses_a_wrong_digest(
+    client: httpx.AsyncClient, repo: str, style: str
+) -> None:
+    """The suite's bad-digest uploads: the content gains five bytes after its digest was taken."""
+    data = os.urandom(3067)
+    digest, sent = sha256(data), data + b"oh no"
+    if style == "post":
+        done = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=sent)
+    else:
+        location = (await client.post(f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})).headers[
+            "location"
+        ]
+        if style == "post-put":
+            done = await client.put(location, params={"digest": digest}, content=sent)
+        elif style == "stream":
+            location = (await client.patch(location, content=sent)).headers["location"]
+            done = await client.put(location, params={"digest": digest})
+        else:
+            head, tail = sent[:1024], sent[1024:]
+            patched = await client.patch(location, content=head, headers={"Content-Range": "0-1023"})
+            assert patched.status_code == 202
+            rest = {"Content-Range": f"1024-{len(sent) - 1}"}
+            if style == "chunked-put":
+                done = await client.put(
+                    patched.headers["location"], params={"digest": digest}, content=tail, headers=rest
+                )
+            else:
+                location = (
+                    await client.patch(patched.headers["location"], content=tail, headers=rest)
+                ).headers["location"]
+                done = await client.put(location, params={"digest": digest})
+    assert done.status_code == 400, done.text
+    assert error_codes(done) == ["DIGEST_INVALID"]
+    assert (await client.head(f"/v2/{repo}/blobs/{digest}")).status_code == 404
+
+
+async def test_cancelled_upload_is_gone(client: httpx.AsyncClient, repo: str) -> None:
+    location = (await client.post(f"/v2/{repo}/blobs/uploads/")).headers["location"]
+    assert (await client.delete(location)).status_code == 204
+    after = await client.get(location)
+    assert after.status_code == 404
+    assert error_codes(after) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+async def test_manifest_put_with_a_wrong_digest(client: httpx.AsyncClient, repo: str) -> None:
+    """By a malformed digest, or by a digest the body (two spaces longer) does not have: 400."""
+    _, body = await push_image(client, repo, "base")
+    malformed = await push_manifest(client, repo, "sha256:baddigeststring", body)
+    assert malformed.status_code == 400
+    assert error_codes(malformed) == ["DIGEST_INVALID"]
+    mismatched = await push_manifest(client, repo, sha256(body), body + b"  ")
+    assert mismatched.status_code == 400
+    assert error_codes(mismatched) == ["DIGEST_INVALID"]
+    assert (await client.get(f"/v2/{repo}/manifests/sha256:baddigeststring")).status_code in (400, 404)
+
+
+async def test_manifest_push_with_tag_parameters(client: httpx.AsyncClient, repo: str) -> None:
+    """PUT by digest with ``?tag=`` (spec 1.1+dev): 201, OCI-Tag names each tag, each resolves."""
+    digest, body = await push_image(client, repo, "first")
+    put = await client.put(
+        f"/v2/{repo}/manifests/{digest}",
+        params=[("tag", "p-0"), ("tag", "p-1")],
+        content=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert put.status_code == 201, put.text
+    announced = {tag.strip() for value in put.headers.get_list("oci-tag") for tag in value.split(",")}
+    assert announced == {"p-0", "p-1"}
+    for tag in ("p-0", "p-1"):
+        assert (await client.get(f"/v2/{repo}/manifests/{tag}")).content == body
+
+
+async def test_data_shapes_the_suite_pushes(client: httpx.AsyncClient, repo: str) -> None:
+    """A ~3.9 MB manifest, an empty index, and non-distributable layers that were never pushed."""
+    config, layer = suite_config(), os.urandom(64)
+    for blob in (config, layer):
+        await push_blob(client, repo, blob)
+    notes = {f"large-annotation-{i}": "A" * 10000 for i in range(390)}
+    large = manifest_doc(desc(OCI_CONFIG, config), [desc(OCI_LAYER, layer)], annotations=notes)
+    assert (await push_manifest(client, repo, "large-manifest", large)).status_code == 201
+    assert (await client.get(f"/v2/{repo}/manifests/large-manifest")).content == large
+
+    empty_index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+    assert (await push_manifest(client, repo, "index", empty_index, OCI_INDEX)).status_code == 201
+
+    foreign = [
+        desc(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            os.urandom(256),
+            urls=["https://store.example.com/a"],
+        ),
+        desc(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+            os.urandom(256),
+            urls=["https://store.example.com/b"],
+        ),
+        desc(OCI_LAYER, layer),
+    ]
+    nondistributable = manifest_doc(desc(OCI_CONFIG, config), foreign)
+    put = await push_manifest(client, repo, "non-distributable-image", nondistributable)
+    assert put.status_code == 201, put.text
+
+
+async def test_tag_delete_is_immediate_and_unknown_repository_lists_nothing(
+    client: httpx.AsyncClient, repo: str
+) -> None:
+    await push_image(client, repo, "gone")
+    assert (await client.delete(f"/v2/{repo}/manifests/gone")).status_code == 202
+    assert (await client.head(f"/v2/{repo}/manifests/gone")).status_code == 404
+    never = await client.get(f"/v2/{repo}-never/tags/list")
+    assert never.status_code in (200, 404)
+    if never.status_code == 404:
+        assert error_codes(never) == ["NAME_UNKNOWN"]
+    else:
+        assert never.json()["tags"] in ([], None)
