@@ -24,10 +24,10 @@ FORMATS = ("oci-dir", "oci-archive", "docker-archive")
 
 
 def output_format(path: Path, requested: str | None) -> str:
-    """The format asked for, else a tar for a name ending in .tar and a layout directory otherwise."""
+    """The format asked for; else a tar for a new name ending in .tar, a layout directory otherwise."""
     if requested:
         return requested
-    return "docker-archive" if path.name.endswith(".tar") else "oci-dir"
+    return "docker-archive" if path.name.endswith(".tar") and not path.is_dir() else "oci-dir"
 
 
 def save_images(

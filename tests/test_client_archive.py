@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -228,3 +229,39 @@ def test_an_extracted_docker_archive_cannot_name_files_outside_it(image, skopeo,
     item["Config"] = str(outside)  # an absolute name: below the folder too
     (extracted / "manifest.json").write_text(json.dumps([item]))
     assert run_pier(home, "load", str(extracted)).returncode == 1
+
+
+def test_load_a_legacy_docker_save_tar_with_a_linked_layer(image, skopeo, tmp_path) -> None:
+    """docker before 25: ``<id>/layer.tar`` per layer, a repeated layer as a symlink to the first."""
+    files = members(skopeo_archive(skopeo, image, tmp_path))
+    [item] = json.loads(files["manifest.json"])
+    config = json.loads(files[item["Config"]])
+    config["rootfs"]["diff_ids"].append(config["rootfs"]["diff_ids"][0])  # the base layer again
+    config_body = json.dumps(config).encode()
+    config_name = f"{hashlib.sha256(config_body).hexdigest()}.json"
+    layers = [f"{'abcd'[i] * 64}/layer.tar" for i in range(len(item["Layers"]) + 1)]
+    legacy = tmp_path / "legacy.tar"
+    with tarfile.open(legacy, "w") as tar:
+
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for name, source in zip(layers, item["Layers"], strict=False):
+            add(name, files[source])
+        link = tarfile.TarInfo(layers[-1])
+        link.type, link.linkname = tarfile.SYMTYPE, f"../{layers[0]}"
+        tar.addfile(link)
+        add(config_name, config_body)
+        add(
+            "manifest.json",
+            json.dumps([{"Config": config_name, "RepoTags": ["app:v1"], "Layers": layers}]).encode(),
+        )
+        add("repositories", json.dumps({"app": {"v1": "d" * 64}}).encode())
+    home = tmp_path / "home"
+    loaded = run_pier(home, "load", "-i", str(legacy))
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.startswith("Loaded app:v1 sha256:")  # docker.io/library/app, shown as docker does
+    ran = run_pier(home, "run", "--rm", "app:v1")
+    assert ran.returncode == 0 and ran.stdout == "built by pier tests\n", ran.stderr
