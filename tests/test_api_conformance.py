@@ -36,7 +36,9 @@ async def test_reading_or_deleting_a_non_reference_is_manifest_unknown(
     assert missing_repo.status_code == 404
 
 
-async def test_writing_under_an_invalid_tag_is_still_tag_invalid(client: httpx.AsyncClient, repo: str) -> None:
+async def test_writing_under_an_invalid_tag_is_still_tag_invalid(
+    client: httpx.AsyncClient, repo: str
+) -> None:
     image = make_image(layer_sizes=(10,))
     await push_image(client, repo, image)
     for tag in ("-bad-", "a" * 200, ".INVALID_MANIFEST_NAME"):
