@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+import socket
 import time
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from . import protocol
 from .app import RegistryApp
@@ -54,8 +55,38 @@ class DrainingServer(uvicorn.Server):
         return time.monotonic() - self._drain_started >= self.app.settings.shutdown_delay
 
 
+class ListenError(OSError):
+    """The address cannot be listened on (taken, not ours, unknown host): said in one line."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket before uvicorn runs: uvicorn would log a taken port and exit
+    with a status of its own (or, with workers, from inside its supervisor)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restarts rebind at once
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        raise ListenError(f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}") from None
+    sock.set_inheritable(True)  # worker processes serve it too
+    return sock
+
+
 def serve(settings: Settings) -> None:
-    """Open the storage here first, so a bad --root fails before uvicorn starts."""
+    """Listen first (a taken port fails in one line), then open the storage (a bad --root fails
+    before uvicorn starts), then serve."""
+    sock = listen(settings.host, settings.port)
+    try:
+        _serve(settings, sock)
+    finally:
+        sock.close()
+
+
+def _serve(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings)
     options: dict[str, Any] = dict(
         host=settings.host,
@@ -76,9 +107,18 @@ def serve(settings: Settings) -> None:
         # (shutdown_delay applies to single-process servers, one per container or unit).
         os.environ.update(to_environ(settings))
         os.environ.pop("PIER_CONFIG", None)  # already merged into the variables above
-        uvicorn.run("registry.server:app_from_environ", factory=True, workers=settings.workers, **options)
+        config = uvicorn.Config(
+            "registry.server:app_from_environ", factory=True, workers=settings.workers, **options
+        )
+        _log_listening(settings)
+        Multiprocess(config, sockets=[sock]).run()  # what uvicorn.run does, on our socket
     else:
         server = DrainingServer(uvicorn.Config(app, **options), app)
-        server.run()
-        if not server.started:  # e.g. the address is in use: uvicorn has said why
-            sys.exit(3)
+        _log_listening(settings)
+        server.run(sockets=[sock])
+
+
+def _log_listening(settings: Settings) -> None:
+    """uvicorn says where it listens only when it binds the socket itself."""
+    scheme = "https" if settings.tls_cert else "http"
+    log.info("listening on %s://%s", scheme, settings.addr)

@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from registry.config import ConfigError, Settings, load_settings, parse_duration, parse_size
+from registry.config import ConfigError, Settings, format_default, load_settings, parse_duration, parse_size
 
 from .servers import REPO_ROOT, free_port, stop_process, wait_http
 
@@ -97,7 +97,7 @@ def test_serve_reads_environment_and_rejects_bad_config(tmp_path) -> None:
         env={**env, "PIER_ADDR": ""},
     )
     assert bad.returncode == 2
-    assert bad.stderr.startswith("pier: ") and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("pier serve: --addr must be HOST:PORT") and "Traceback" not in bad.stderr
     unusable = subprocess.run(
         [sys.executable, "-m", "registry", "serve", "--root", "/proc/no-such-folder"],
         capture_output=True,
@@ -108,3 +108,28 @@ def test_serve_reads_environment_and_rejects_bad_config(tmp_path) -> None:
     assert unusable.returncode == 2
     assert unusable.stderr.count("\n") == 1 and "no-such-folder" in unusable.stderr
     assert Settings().port == 5000
+
+
+def test_a_bad_value_names_its_source_and_only_the_winning_value_counts(tmp_path) -> None:
+    path = tmp_path / "pier.toml"
+    path.write_text('max_blob_size = "lots"\n')
+    with pytest.raises(ConfigError, match=rf"^{path}: max_blob_size must be a size"):
+        load_settings({}, environ={}, config_file=str(path))
+    with pytest.raises(ConfigError, match=r"^PIER_WORKERS must be an integer, not 'many'$"):
+        load_settings({}, environ={"PIER_WORKERS": "many"})
+    with pytest.raises(ConfigError, match=r"^--s3-addressing-style must be one of auto, path, virtual"):
+        load_settings({"s3_addressing_style": "sideways"}, environ={})
+    # A flag overrides a broken variable and a broken file: neither is read.
+    settings = load_settings(
+        {"max_blob_size": "1GiB"}, environ={"PIER_MAX_BLOB_SIZE": "?"}, config_file=str(path)
+    )
+    assert settings.max_blob_size == 1 << 30
+
+
+def test_help_defaults_are_written_as_users_write_them() -> None:
+    assert [format_default(n) for n in ("max_blob_size", "token_lifetime", "shutdown_delay", "fsync")] == [
+        "100GiB",
+        "5m",
+        "0s",
+        "true",
+    ]
