@@ -166,6 +166,14 @@ def test_the_run_cache_keeps_no_half_tree_when_a_limit_stops_it(tmp_path, monkey
     assert os.listdir(store.root / "rootfs") == []
 
 
+def test_pier_run_stops_at_the_limit_in_one_line(tmp_path) -> None:
+    home = tmp_path / "home"
+    reference = store_image(home, "bomb", [gzip_bomb(256 * MiB)])
+    result = run_pier(home, "run", "--rm", reference, "true", env={"PIER_UNPACK_MAX_LAYER_BYTES": "64MiB"})
+    assert "PIER_UNPACK_MAX_LAYER_BYTES" in one_line_failure(result)
+    assert os.listdir(home / "rootfs") == []
+
+
 def _digest(store: ContentStore, reference: str) -> str:
     digest = local_digest(store, parse_reference(reference))
     assert digest is not None
