@@ -222,9 +222,11 @@ def _load_item(store: ContentStore, source: Source, item: object) -> str:
     _check_name(source, item["Config"], config_digest)
     try:
         diff_ids = json.loads(config_body)["rootfs"]["diff_ids"]
+        if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+            raise TypeError
     except (ValueError, KeyError, TypeError):
         raise LayoutError(f"{where}: {item['Config'][:200]} is not an image config with diff_ids") from None
-    if len(_strings(diff_ids, "rootfs.diff_ids", where)) != len(layers):
+    if len(diff_ids) != len(layers):
         counts = f"{plural(len(layers), 'layer')} for {plural(len(diff_ids), 'diff_id')} in its config"
         raise LayoutError(f"{where}/manifest.json: {counts}")
     descriptors = []

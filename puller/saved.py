@@ -53,21 +53,28 @@ def load_from_stream(store: ContentStore, stream: BinaryIO, repository: str | No
     with tempfile.NamedTemporaryFile(dir=store.root, prefix=".load-", suffix=".tar") as spool:
         shutil.copyfileobj(stream, spool, 1 << 20)
         spool.flush()
-        return load_images(store, Path(spool.name), repository)
+        return load_images(store, Path(spool.name), repository, "standard input")
 
 
-def load_images(store: ContentStore, path: Path, repository: str | None = None) -> list[Loaded]:
+def load_images(
+    store: ContentStore, path: Path, repository: str | None = None, label: str | None = None
+) -> list[Loaded]:
     """Import the images at ``path``: an OCI layout (directory or tar) first, else a docker archive."""
-    source = open_source(path)
+    source = open_source(path, label)
     try:
         if is_layout(source):
-            return load_layout(store, source, repository)
-        if read_small(source, "manifest.json", MAX_INDEX_SIZE) is not None:
-            return load_archive(store, source, repository)
-        raise LayoutError(
-            f"{path} is not an OCI image layout (no oci-layout) nor a docker archive (no manifest.json)"
-        )
+            loaded = load_layout(store, source, repository)
+        elif read_small(source, "manifest.json", MAX_INDEX_SIZE) is not None:
+            loaded = load_archive(store, source, repository)
+        else:
+            raise LayoutError(
+                f"{source.label} is not an OCI image layout (no oci-layout) nor a docker archive "
+                "(no manifest.json)"
+            )
+        if not loaded:
+            raise LayoutError(f"{source.label} holds no image: its index.json or manifest.json lists none")
+        return loaded
     except ARCHIVE_ERRORS as exc:
-        raise LayoutError(f"{path} is a damaged archive: {exc}") from None
+        raise LayoutError(f"{source.label} is a damaged archive: {exc}") from None
     finally:
         source.close()

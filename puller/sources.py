@@ -53,24 +53,25 @@ class DirectorySource:
 
 
 class TarSource:
-    def __init__(self, path: Path) -> None:
-        self.label = str(path)
+    def __init__(self, path: Path, label: str | None = None) -> None:
+        self.label = label or str(path)
         try:
             self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 (open until close())
         except ARCHIVE_ERRORS:
             raise SourceError(
-                f"{path} is neither an OCI image layout nor a docker archive: not a directory or a tar file"
+                f"{self.label} is neither an OCI image layout nor a docker archive: "
+                "not a directory or a tar file"
             ) from None
         self.members: dict[str, tarfile.TarInfo] = {}
         try:
             for count, member in enumerate(self.tar):
                 if count >= MAX_MEMBERS:
-                    raise SourceError(f"{path}: more than {MAX_MEMBERS} entries")
+                    raise SourceError(f"{self.label}: more than {MAX_MEMBERS} entries")
                 if member.isfile() or member.issym() or member.islnk():
                     self.members[_normal(member.name)] = member
         except ARCHIVE_ERRORS as exc:
             self.tar.close()
-            raise SourceError(f"{path} is a damaged tar file: {exc}") from None
+            raise SourceError(f"{self.label} is a damaged tar file: {exc}") from None
 
     def open(self, name: str) -> BinaryIO:
         member = self.members.get(_normal(name))
@@ -92,13 +93,13 @@ def _normal(name: str) -> str:
     return posixpath.normpath("/" + name).lstrip("/")
 
 
-def open_source(path: Path) -> Source:
-    """A directory or a tar file; one readable line when ``path`` is neither."""
+def open_source(path: Path, label: str | None = None) -> Source:
+    """A directory or a tar file; one readable line when ``path`` is neither. ``label`` names it in errors."""
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir():
         return DirectorySource(path)
-    return TarSource(path)
+    return TarSource(path, label)
 
 
 def read_small(source: Source, name: str, limit: int) -> bytes | None:
