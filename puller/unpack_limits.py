@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import PierError
+from .text import human_size
 
 KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
 _UNITS = {"": 1, "b": 1, "kb": KB, "mb": MB, "gb": GB, "tb": TB}
@@ -41,14 +42,6 @@ def parse_size(text: str) -> int:
     if match is None or unit is None:
         raise ValueError(f"{text!r} is not a size (examples: 1000000, 64MB, 2GiB)")
     return int(match.group(1)) * unit
-
-
-def human(size: int) -> str:
-    """``size`` in docker's units (MB = 10^6), for messages."""
-    for name, unit in (("TB", TB), ("GB", GB), ("MB", MB), ("kB", KB)):
-        if size >= unit:
-            return f"{size / unit:.3g} {name}"
-    return f"{size} B"
 
 
 @dataclass(frozen=True)
@@ -130,9 +123,10 @@ class FreeSpace:
         if needed > self.left or self.since >= REFRESH_BYTES or short_of_inodes:
             self._refresh()
             if needed > self.left:
+                free, needed_, margin = human_size(self.free), human_size(needed), human_size(self.margin)
                 raise UnpackLimitError(
-                    f"not enough free space to unpack into {self.target}: {human(self.free)} free, writing "
-                    f"{human(needed)} more would leave less than {human(self.margin)} "
+                    f"not enough free space to unpack into {self.target}: {free} free, writing "
+                    f"{needed_} more would leave less than {margin} "
                     f"(set {ENVIRONMENT['min_free']} to change that margin)"
                 )
             if self.inodes_left is not None and self.inodes_left < 1:
@@ -179,14 +173,15 @@ class UnpackBudget:
             if self.header_left < 0:
                 raise UnpackLimitError(
                     f"layer {self.layer}: a tar header (PAX records, long name or sparse map) "
-                    f"of more than {human(MAX_HEADER_BYTES)}: refused"
+                    f"of more than {human_size(MAX_HEADER_BYTES)}: refused"
                 )
         self.bytes += count
         self.layer_bytes += count
-        if self.layer_bytes > self.limits.max_layer_bytes:
-            self._exceeded(f"{human(self.limits.max_layer_bytes)} of uncompressed data", "max_layer_bytes")
-        if self.bytes > self.limits.max_bytes:
-            self._exceeded(f"{human(self.limits.max_bytes)} of uncompressed data", "max_bytes")
+        limits = self.limits
+        if self.layer_bytes > limits.max_layer_bytes:
+            self._exceeded(f"{human_size(limits.max_layer_bytes)} of uncompressed data", "max_layer_bytes")
+        if self.bytes > limits.max_bytes:
+            self._exceeded(f"{human_size(limits.max_bytes)} of uncompressed data", "max_bytes")
 
     def add_entry(self) -> None:
         self.entries += 1
