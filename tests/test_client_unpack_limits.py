@@ -155,6 +155,25 @@ def test_an_invalid_limit_setting_is_one_line(tmp_path) -> None:
     assert not (tmp_path / "rootfs").exists()
 
 
+def test_a_zstd_bomb_stops_at_the_limit_too(tmp_path, monkeypatch) -> None:
+    import zstandard
+
+    info = tarfile.TarInfo("zeros")
+    info.size = 1 * GiB
+    compressor = zstandard.ZstdCompressor().compressobj()
+    chunks = [compressor.compress(info.tobuf(tarfile.GNU_FORMAT))]
+    chunks += [compressor.compress(bytes(16 * MiB)) for _ in range(64)]
+    bomb = b"".join(chunks) + compressor.compress(bytes(1024)) + compressor.flush()
+    assert len(bomb) < 1 * MiB
+    monkeypatch.setenv("PIER_UNPACK_MAX_LAYER_BYTES", "32MiB")
+    start = time.monotonic()
+    with pytest.raises(UnpackLimitError, match=r"33\.6MB of uncompressed data per layer"):
+        apply_layer(
+            tmp_path / "rootfs", io.BytesIO(bomb), "application/vnd.oci.image.layer.v1.tar+zstd", "sha256:z"
+        )
+    assert time.monotonic() - start < 3
+
+
 def test_the_run_cache_keeps_no_half_tree_when_a_limit_stops_it(tmp_path, monkeypatch) -> None:
     home = tmp_path / "home"
     reference = store_image(home, "cached", [gzip_bomb(256 * MiB)])
