@@ -23,7 +23,7 @@ from .text import human_size
 KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
 _UNITS = {"": 1, "b": 1, "kb": KB, "mb": MB, "gb": GB, "tb": TB}
 _UNITS.update({"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40})
-_SIZE = re.compile(r"\s*(\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+_SIZE = re.compile(r"\s*(\d+)\s*([a-z]*)\s*", re.IGNORECASE | re.ASCII)
 REFRESH_BYTES = 64 * MB  # statvfs again after this much, in case others write to the same disk
 # tarfile holds a member's headers (PAX records, GNU long names, sparse maps) in memory:
 # names are at most PATH_MAX and xattr values 64 KiB, so anything near this is an attack.
@@ -42,6 +42,12 @@ def parse_size(text: str) -> int:
     if match is None or unit is None:
         raise ValueError(f"{text!r} is not a size (examples: 1000000, 64MB, 2GiB)")
     return int(match.group(1)) * unit
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -64,14 +70,12 @@ class UnpackLimits:
             if not text:
                 continue
             try:
-                value = parse_size(text) if field.name in SIZES else int(text)
+                value = parse_size(text) if field.name in SIZES else _count(text)
             except ValueError:
                 raise PierError(
                     f"{name}={text!r}: expected a number"
                     + (" or a size like 64MB" if field.name in SIZES else "")
                 ) from None
-            if value < 0:
-                raise PierError(f"{name}={text!r}: must not be negative")
             values[field.name] = value
         return cls(**values)
 

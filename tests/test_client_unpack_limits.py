@@ -355,7 +355,13 @@ def test_sizes_are_read_in_both_unit_systems(text, size) -> None:
     assert UnpackLimits.from_env({"PIER_UNPACK_MAX_BYTES": text}).max_bytes == size
 
 
-@pytest.mark.parametrize("text", ["lots", "64M", "1.5GB", "-1", "64 MB extra"])
+@pytest.mark.parametrize("text", ["lots", "64M", "1.5GB", "-1", "64 MB extra", "\u0663MB"])
 def test_a_size_that_is_not_one_is_refused(text) -> None:
     with pytest.raises(PierError, match="PIER_UNPACK_MAX_BYTES"):
         UnpackLimits.from_env({"PIER_UNPACK_MAX_BYTES": text})
+
+
+@pytest.mark.parametrize("text", ["many", "-5", "1e6", "10MB", "\u0663"])
+def test_a_count_that_is_not_one_is_refused(text) -> None:
+    with pytest.raises(PierError, match="PIER_UNPACK_MAX_LAYER_ENTRIES"):
+        UnpackLimits.from_env({"PIER_UNPACK_MAX_LAYER_ENTRIES": text})
