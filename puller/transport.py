@@ -4,6 +4,8 @@ One ``Transport`` per registry host. It answers a 401 by following the challenge
 ``WWW-Authenticate`` (the Docker token flow: realm, service, scope, with or without
 credentials; or Basic) and reuses a token for its scope until it expires. Connection
 errors, 5xx and 429 are retried with exponential backoff, honouring ``Retry-After``.
+The rules (challenge grammar, token answers, where credentials may go) are ``oci``'s,
+shared with the mirror; every answer is untrusted: read with a cap, parsed strictly.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,12 +21,21 @@ from pathlib import Path
 
 import httpx
 
+from oci.challenge import ChallengeError, choose, parse_challenges
+from oci.headers import retry_after
+from oci.jsonsafe import UntrustedJSONError, loads
+from oci.policy import PolicyError, check_realm, same_origin
+from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response, token_request
+
 from .credentials import Credentials
 from .errors import PierError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ERROR_BODY = 64 * 1024  # an error body is read this far for its message, no further
 Body = Callable[[], bytes | Iterable[bytes]]
-_CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]+))')
+# What httpx raises for a server that breaks HTTP: bad URLs in Location, bad encodings, ...
+HTTP_FAILURES = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError)
+pause = time.sleep  # the backoff's sleep, one name for tests to replace
 
 
 class RegistryRequestError(PierError):
@@ -58,10 +68,31 @@ def registry_cas(host: str, ca_cert: str | None = None) -> list[str]:
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """``Bearer realm="...",service="...",scope="..."`` -> ("bearer", {...})."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {key.lower(): quoted or bare for key, quoted, bare in _CHALLENGE_PARAM.findall(rest)}
-    return scheme.lower(), params
+    """The first challenge of a header as (scheme, params); ("", {}) when it breaks the grammar."""
+    try:
+        first = parse_challenges(header)[0]
+    except ChallengeError:
+        return "", {}
+    return first.scheme, first.params
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Server-supplied text made safe for one terminal line: no control characters, bounded."""
+    cleaned = "".join(c if c.isprintable() else " " for c in text[: limit * 2])
+    return " ".join(cleaned.split())[:limit]
+
+
+def read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The body of a streamed response, refused once it passes ``limit`` bytes."""
+    body = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise RegistryRequestError(f"{what} is larger than {limit} bytes")
+    except HTTP_FAILURES as exc:
+        raise RegistryRequestError(f"{what}: connection lost: {printable(str(exc))}") from None
+    return bytes(body)
 
 
 class Transport:
@@ -81,9 +112,11 @@ class Transport:
         self.base_url = f"{'http' if plain else 'https'}://{host}"
         self.credentials = credentials
         self.retries = retries
+        self.timeout = timeout
         self._ssl = ssl.create_default_context()  # the system's trust store, not a bundled one
         for authority in authorities:
             self._ssl.load_verify_locations(cafile=authority)
+        # httpx drops Authorization on a redirect to another origin (oci.policy's rule too).
         self._client = httpx.Client(
             base_url=self.base_url, timeout=timeout, follow_redirects=True, verify=self._ssl
         )
@@ -102,50 +135,49 @@ class Transport:
             return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         return {}
 
-    def _authenticate(self, challenge: str, scope: str) -> None:
-        scheme, params = parse_challenge(challenge)
-        if scheme == "basic":
+    def _authenticate(self, header: str, scope: str) -> None:
+        try:
+            challenge = choose(header)
+        except ChallengeError as exc:
+            raise RegistryRequestError(
+                f"{self.base_url} asked for unusable auth ({exc}): {header[:100]!r}"
+            ) from None
+        if challenge.scheme == "basic":
             if self.credentials is None:
                 raise RegistryRequestError(f"{self.base_url} requires a login (Basic auth)")
             self._basic = True
             return
-        if scheme != "bearer" or "realm" not in params:
-            raise RegistryRequestError(f"{self.base_url} asked for unsupported auth: {challenge[:100]}")
-        scopes = sorted(set(params.get("scope", "").split()) | set(scope.split()))
-        service = params.get("service", "")
+        realm = challenge.params["realm"]
+        try:
+            check_realm(self.base_url, realm)
+        except PolicyError as exc:
+            raise RegistryRequestError(f"{self.base_url}: not sending credentials: {exc}") from None
         credentials = self.credentials
+        request = token_request(
+            realm,
+            challenge.params.get("service"),
+            sorted(set(challenge.params.get("scope", "").split()) | set(scope.split())),
+            has_login=credentials is not None and not credentials.identity_token,
+            refresh_token=credentials.identity_token if credentials is not None else None,
+        )
+        auth = (credentials.username, credentials.password) if request.basic and credentials else None
+        where = f"token service {realm[:100]!r}"
         try:
-            if credentials is not None and credentials.identity_token:
-                # docker's way with an identity token: the OAuth2 refresh grant, by POST.
-                form = {
-                    "grant_type": "refresh_token",
-                    "refresh_token": credentials.identity_token,
-                    "service": service,
-                    "scope": " ".join(scopes),
-                    "client_id": "pier",
-                }
-                answer = httpx.post(params["realm"], data=form, timeout=30, verify=self._ssl)
-            else:
-                query: dict[str, str | list[str]] = {"service": service, "scope": scopes}
-                auth = (credentials.username, credentials.password) if credentials is not None else None
-                answer = httpx.get(params["realm"], params=query, auth=auth, timeout=30, verify=self._ssl)
-        except httpx.TransportError as exc:
-            raise RegistryRequestError(f"token service {params['realm']} unreachable: {exc}") from None
-        if answer.status_code != 200:
-            raise RegistryRequestError(
-                f"token service {params['realm']} refused: {answer.status_code} {answer.text[:200]}"
-            )
+            # Its own client, without redirects: the login goes to the realm that passed the policy.
+            with (
+                httpx.Client(timeout=min(self.timeout, 30), verify=self._ssl) as http,
+                http.stream(request.method, request.url, data=request.form, auth=auth) as answer,
+            ):
+                if answer.status_code != 200:
+                    raise RegistryRequestError(f"{where} refused: {error_message(answer)}")
+                body = read_capped(answer, MAX_TOKEN_RESPONSE, f"{where}'s answer")
+        except HTTP_FAILURES as exc:
+            raise RegistryRequestError(f"{where} unreachable: {printable(str(exc))}") from None
         try:
-            body = answer.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise RegistryRequestError(f"token service {params['realm']} answered something other than JSON")
-        token = body.get("token") or body.get("access_token")
-        if not token:
-            raise RegistryRequestError(f"token service {params['realm']} sent no token")
-        lifetime = float(body.get("expires_in", 60))
-        self._tokens[scope] = (token, time.monotonic() + max(lifetime - 10, 5))
+            token = parse_token_response(body)
+        except TokenError as exc:
+            raise RegistryRequestError(f"{where} sent {exc}") from None
+        self._tokens[scope] = (token.value, expiry(token, time.monotonic()))
 
     def check_login(self) -> None:
         """Prove the credentials: ``GET /v2/`` must succeed once the challenge is answered with them."""
@@ -172,58 +204,71 @@ class Transport:
 
         ``scope`` is the token scope the request needs (space-separated when several, as for
         a cross-repository mount). ``content`` is a function giving the request body, called
-        again for each attempt, so a streamed upload can be retried from its start.
+        again for each attempt, so a streamed upload can be retried from its start. A ``path``
+        the registry gave (an upload's Location) on another origin gets no credentials.
         """
+        try:
+            url = str(self._client.base_url.join(path))
+        except HTTP_FAILURES:
+            raise RegistryRequestError(f"{self.base_url} gave an invalid URL: {path[:100]!r}") from None
+        own = same_origin(url, self.base_url)
         authenticated = False
         for attempt in range(self.retries + 1):
-            request_headers = {**(headers or {}), **self._auth_header(scope)}
+            request_headers = {**(headers or {}), **(self._auth_header(scope) if own else {})}
             body = content() if content is not None else None
             try:
-                request = self._client.build_request(method, path, headers=request_headers, content=body)
+                request = self._client.build_request(method, url, headers=request_headers, content=body)
                 response = self._client.send(request, stream=True)
-            except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise RegistryRequestError(f"{self.base_url} unreachable: {exc}") from None
-                time.sleep(min(2**attempt * 0.2, 5))
+            except HTTP_FAILURES as exc:
+                if attempt == self.retries or not isinstance(exc, httpx.TransportError):
+                    raise RegistryRequestError(
+                        f"{self.base_url}: {method} {path[:100]}: {printable(str(exc) or type(exc).__name__)}"
+                    ) from None
+                pause(min(2**attempt * 0.2, 5))
                 continue
-            if response.status_code == 401 and not authenticated:
+            # Only the registry's own challenge is answered, never one from where it redirected.
+            if (
+                response.status_code == 401
+                and not authenticated
+                and own
+                and same_origin(str(response.url), self.base_url)
+            ):
                 challenge = response.headers.get("www-authenticate", "")
                 response.close()
                 self._authenticate(challenge, scope)
                 authenticated = True
                 continue
             if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                delay = _retry_after(response) or min(2**attempt * 0.2, 5)
+                delay = retry_after(response.headers.get("retry-after"))
                 response.close()
-                time.sleep(delay)
+                pause(min(2**attempt * 0.2, 5) if delay is None else delay)
                 continue
             try:
                 yield response
-            except httpx.TransportError as exc:  # the body broke off while the caller read it
-                raise RegistryRequestError(f"{self.base_url}: connection lost in {path}: {exc}") from None
+            except HTTP_FAILURES as exc:  # the body broke off, or was not what it said, as it was read
+                raise RegistryRequestError(
+                    f"{self.base_url}: connection lost in {path[:100]}: {printable(str(exc))}"
+                ) from None
             finally:
                 response.close()
             return
         raise RegistryRequestError(f"{self.base_url}: gave up after {self.retries + 1} attempts")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    return min(float(value), 30.0) if value.isdigit() else None
-
-
 def error_message(response: httpx.Response) -> str:
-    """The registry's own words for an error response, in one line."""
+    """The registry's own words for an error response, in one printable line."""
+    status = f"{response.status_code} {printable(response.reason_phrase, 100)}".strip()
     try:
-        response.read()
-        errors = response.json().get("errors", [])
-        if errors:
-            first = errors[0]
-            line = f"{response.status_code} {first.get('code', '')}: {first.get('message', '')}".strip()
-            detail = first.get("detail")
-            if isinstance(detail, str) and detail:  # e.g. a mirror naming its upstream's answer
-                line += f" ({' '.join(detail.split())[:300]})"
-            return line
-    except (ValueError, AttributeError, httpx.HTTPError):
-        pass
-    return f"{response.status_code} {response.reason_phrase}"
+        body = read_capped(response, MAX_ERROR_BODY, "error body")
+        errors = loads(body).get("errors")  # type: ignore[union-attr]
+    except (RegistryRequestError, UntrustedJSONError, AttributeError):
+        return status
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return status
+    first = errors[0]
+    code, message = (first.get(key) if isinstance(first.get(key), str) else "" for key in ("code", "message"))
+    line = f"{response.status_code} {printable(code, 100)}: {printable(message, 200)}".strip(" :")
+    detail = first.get("detail")
+    if isinstance(detail, str) and detail:  # e.g. a mirror naming its upstream's answer
+        line += f" ({printable(detail)})"
+    return line

@@ -1,5 +1,6 @@
 """HTTP to the registries a mirror pulls from: their auth (Docker Hub's token flow, Basic),
-and failures told apart.
+and failures told apart. The auth rules (challenge grammar, token request and answer,
+where credentials may go) are ``oci``'s, shared with the client; only the I/O is here.
 
 The mirror serves from its cache whenever an upstream is unreachable, slow or refusing
 (429, 5xx), so those failures are ``UpstreamUnavailable``; an upstream that answers that it
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
+
+from oci.challenge import ChallengeError, choose
+from oci.policy import PolicyError, check_realm, same_origin
+from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response, token_request
 
 from .upstreams import Upstream
 
@@ -30,7 +34,6 @@ MANIFEST_ACCEPT = ", ".join(
     ]
 )
 MAX_REDIRECTS = 5
-TOKEN_MARGIN = 10.0  # seconds before expiry a cached token is no longer used
 
 
 class UpstreamError(Exception):
@@ -51,16 +54,6 @@ class UpstreamDenied(UpstreamError):
     """The upstream refused our credentials (or lack of them)."""
 
 
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-
-
-def _challenge(header: str) -> tuple[str, dict[str, str]]:
-    scheme, _, rest = header.partition(" ")
-    return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
-
-
 class UpstreamClient:
     """HTTP to one upstream, with tokens cached per scope until they expire.
 
@@ -74,7 +67,6 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (Authorization value, expiry)
         self._basic = False
-        self._origin = _origin(upstream.url)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -100,40 +92,40 @@ class UpstreamClient:
 
     async def _authenticate(self, header: str, scope: str) -> dict[str, str]:
         """Answer the upstream's challenge: the Authorization header to retry with."""
-        scheme, params = _challenge(header)
-        if scheme == "basic":
+        try:
+            challenge = choose(header)
+        except ChallengeError as exc:
+            message = f"unusable challenge ({exc}): {header[:100]!r}"
+            raise UpstreamDenied(self.upstream, message, 401) from None
+        if challenge.scheme == "basic":
             if not self.upstream.username:
                 raise UpstreamDenied(self.upstream, "asks for a login (Basic) and none is configured", 401)
             self._basic = True
             return self._authorization(scope)
-        if scheme != "bearer" or "realm" not in params:
-            raise UpstreamDenied(self.upstream, f"unsupported challenge {header[:100]!r}", 401)
-        if urlsplit(self.upstream.url).scheme == "https" and not params["realm"].startswith("https://"):
-            # A login must not leave over plain HTTP because an HTTPS upstream said so.
-            raise UpstreamDenied(self.upstream, f"token realm {params['realm'][:100]!r} is not HTTPS", 401)
-        query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
-        login = self.upstream.username
-        auth = aiohttp.BasicAuth(login, self.upstream.password) if login else None
+        realm = challenge.params["realm"]
         try:
-            async with self.session.get(params["realm"], params=query, auth=auth) as answer:
+            check_realm(self.upstream.url, realm)  # a login must not leave over plain HTTP
+        except PolicyError as exc:
+            raise UpstreamDenied(self.upstream, str(exc), 401) from None
+        login = self.upstream.username
+        request = token_request(realm, challenge.params.get("service"), [scope], has_login=bool(login))
+        auth = aiohttp.BasicAuth(login, self.upstream.password) if request.basic else None
+        try:
+            async with self.session.get(request.url, auth=auth, allow_redirects=False) as answer:
                 status = answer.status
-                data = await answer.json(content_type=None) if status == 200 else None
+                body = await _read_limited(answer, MAX_TOKEN_RESPONSE) if status == 200 else b""
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise UpstreamUnavailable(self.upstream, f"token server {params['realm']}: {exc!r}") from None
+            raise UpstreamUnavailable(self.upstream, f"token server {realm[:100]}: {exc!r}") from None
         if status in (401, 403):
             raise UpstreamDenied(self.upstream, f"token server refused: {status}", 401)
-        if status != 200 or not isinstance(data, dict):
+        if status != 200:
             raise UpstreamUnavailable(self.upstream, f"token server answered {status}", 503)
-        token = data.get("token") or data.get("access_token")
         try:
-            lifetime = float(data.get("expires_in") or 60)
-        except (TypeError, ValueError):
-            lifetime = 60.0
-        if not isinstance(token, str) or not token:
-            raise UpstreamUnavailable(self.upstream, "token server sent no token", 503)
-        header = f"Bearer {token}"
-        self._tokens[scope] = (header, time.time() + lifetime - min(TOKEN_MARGIN, lifetime / 2))
-        return {"authorization": header}
+            token = parse_token_response(body)
+        except TokenError as exc:
+            raise UpstreamUnavailable(self.upstream, f"token server sent {exc}", 503) from None
+        self._tokens[scope] = (token.authorization, expiry(token, time.time()))
+        return {"authorization": token.authorization}
 
     async def _request(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Redirects followed by hand: a blob's CDN (Docker Hub's) must not get our credentials,
@@ -151,10 +143,9 @@ class UpstreamClient:
             response.release()
             try:
                 url = urljoin(url, location)
-                same_origin = _origin(url) == self._origin
             except ValueError:
                 raise UpstreamUnavailable(self.upstream, f"bad redirect {location[:200]!r}") from None
-            if not same_origin:
+            if not same_origin(url, self.upstream.url):
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         raise UpstreamUnavailable(self.upstream, f"{method} {url}: more than {MAX_REDIRECTS} redirects")
 
@@ -172,7 +163,7 @@ class UpstreamClient:
         for attempt in range(2):
             response = await self._request(method, url, {**(headers or {}), **authorization})
             # Only the upstream's own challenge is answered, never one from where it redirected.
-            if response.status == 401 and attempt == 0 and _origin(str(response.url)) == self._origin:
+            if response.status == 401 and attempt == 0 and same_origin(str(response.url), self.upstream.url):
                 response.release()
                 authorization = await self._authenticate(response.headers.get("www-authenticate", ""), scope)
                 continue
@@ -204,6 +195,16 @@ class UpstreamClient:
         finally:
             response.release()
         return response, bytes(body)
+
+
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A whole body of at most ``limit`` bytes; ``ValueError`` past it."""
+    body = bytearray()
+    while chunk := await response.content.read(limit + 1 - len(body)):  # read() gives what came
+        body += chunk
+        if len(body) > limit:
+            raise ValueError(f"body over {limit} bytes")
+    return bytes(body)
 
 
 async def body_chunks(
