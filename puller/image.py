@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from oci.jsonsafe import UntrustedJSONError, loads
+
 from .content_store import ContentStore
 from .errors import PierError
 from .platforms import Platform
@@ -57,9 +59,9 @@ def check_document(body: bytes) -> dict:
     documents may rely on their shape, and no digest in them can name a path outside.
     """
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidDocument("not valid JSON") from None
+        document = loads(body)
+    except UntrustedJSONError as exc:
+        raise InvalidDocument(str(exc)) from None
     if not isinstance(document, dict):
         raise InvalidDocument("not a JSON object")
     if not isinstance(document.get("mediaType", ""), str):
@@ -70,7 +72,10 @@ def check_document(body: bytes) -> dict:
             raise InvalidDocument("an index without a manifests list")
         for number, entry in enumerate(entries):
             _check_descriptor(entry, f"manifests[{number}]")
-            if not isinstance(entry.get("platform", {}), dict):
+            platform = entry.get("platform", {})
+            if not isinstance(platform, dict) or not all(
+                isinstance(platform.get(key, ""), str) for key in ("os", "architecture", "variant")
+            ):
                 raise InvalidDocument(f"manifests[{number}] has an invalid platform")
         return document
     _check_descriptor(document.get("config"), "config")

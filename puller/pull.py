@@ -22,15 +22,15 @@ from .errors import PierError
 from .image import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
-    INDEX_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
     InvalidDocument,
     check_document,
+    is_index,
 )
 from .platforms import Platform
 from .reference import Reference
-from .transport import Credentials, RegistryRequestError, Transport, error_message
+from .transport import Credentials, RegistryRequestError, Transport, error_message, read_capped
 
 ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
@@ -75,11 +75,7 @@ class Remote:
                 raise PullError(
                     f"{self.reference.familiar()}: manifest {identifier}: {error_message(response)}"
                 )
-            body = b""
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_MANIFEST_SIZE:
-                    raise PullError(f"manifest {identifier} is larger than {MAX_MANIFEST_SIZE} bytes")
+            body = read_capped(response, MAX_MANIFEST_SIZE, f"manifest {identifier}")
             media_type = response.headers.get("content-type", "").split(";")[0].strip()
         try:
             declared = check_document(body).get("mediaType")
@@ -107,13 +103,15 @@ class Puller:
         self.parallel = max(1, parallel)
 
     def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
-        body, media_type, digest = self.remote.fetch_manifest(self.reference.identifier)
+        body, _, digest = self.remote.fetch_manifest(self.reference.identifier)
         index_digest = index_body = None
-        if media_type in INDEX_TYPES:
+        if is_index(json.loads(body)):  # by its checked shape: a Content-Type may say anything
             index_digest, index_body = digest, body
             child = self.remote.choose(json.loads(body), platform)
-            body, media_type, digest = self.remote.fetch_manifest(child["digest"])
+            body, _, digest = self.remote.fetch_manifest(child["digest"])
         manifest = json.loads(body)
+        if is_index(manifest):
+            raise PullError(f"{self.reference.familiar()}: the index names another index for {platform}")
         descriptors = [manifest["config"], *manifest.get("layers", [])]
         with ThreadPoolExecutor(self.parallel) as pool:
             list(pool.map(lambda d: self.fetch_blob(d["digest"], d["size"], progress), descriptors))
