@@ -24,6 +24,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "PAGINATION_NUMBER_INVALID": (400, "invalid number of results requested"),
     "UNKNOWN": (500, "unknown error"),  # distribution's code for a server-side failure
     "UNAVAILABLE": (503, "service unavailable"),  # distribution's too; a mirror's upstream failed
+    # Ours: the spec's table binds 4XX answers only; this 5XX one names its cause plainly.
+    "INSUFFICIENT_STORAGE": (507, "no space left on the registry's storage"),
 }
 
 

@@ -48,6 +48,7 @@ UPLOAD_CLIENTS = "_uploads/_clients"  # not a session: its name is no upload id
 GC_DOOMED = "_gc/doomed"
 GC_TOTALS = "_gc/totals"
 HEALTH_PROBE = "_health/probe"  # written by a mirror's readiness check: its cache takes writes
+SPACE_PROBE = "_health/space"  # written by /readyz after a write failed for lack of space
 QUARANTINE = "_quarantine"
 # A doomed marker older than this is a leftover of a crashed GC: servers ignore it, GC removes it.
 DOOMED_MARKER_LIFETIME = 3600.0

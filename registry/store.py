@@ -91,8 +91,14 @@ class RegistryStore:
         """A short-lived URL of the blob's bytes in the storage itself, where it has one (S3)."""
         return await self.driver.url_for(layout.blob_data(digest), expires)
 
-    async def has_content(self, digest: Digest) -> bool:
-        return await self.driver.exists(layout.blob_data(digest))
+    async def has_content(self, digest: Digest, size: int | None = None) -> bool:
+        """The content is stored, and whole when its ``size`` is known: a damaged (short)
+        file must be written again, never trusted as a reason to skip the write."""
+        try:
+            info = await self.driver.stat(layout.blob_data(digest))
+        except PathNotFound:
+            return False
+        return size is None or info.size == size
 
     async def link_blob(self, name: str, digest: Digest) -> None:
         await self.driver.put_content(layout.layer_link(name, digest), str(digest).encode())
@@ -138,6 +144,11 @@ class RegistryStore:
                 body = await self.driver.get_content(layout.blob_data(record.digest))
             except PathNotFound:
                 raise RegistryError("MANIFEST_UNKNOWN", str(record.digest)) from None
+            if len(body) != record.size or Digest.of(body, record.digest.algorithm) != record.digest:
+                # Never serve damaged bytes under a digest; a push of the manifest replaces them.
+                raise RegistryError(
+                    "MANIFEST_UNKNOWN", f"the stored copy of {record.digest} is damaged: push it again"
+                )
             self._manifests.put(record.digest, body)
         return body
 
@@ -168,7 +179,7 @@ class RegistryStore:
         if check_references:
             await self._check_references(name, manifest)
 
-        if not await self.has_content(digest):
+        if not await self.has_content(digest, len(body)):
             await self.driver.put_content(layout.blob_data(digest), body)
         link = {"mediaType": manifest.media_type, "size": len(body)}
         revision = layout.revision_link(name, digest)

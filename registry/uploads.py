@@ -332,7 +332,15 @@ class Uploads:
                 await self.cancel_id(session.id, session.name, session.client)
                 raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}")
             # Still holding the upload's lock: no append can slip in before the move.
-            if await self.store.has_content(digest):
+            stored = (await self.driver.stat(layout.upload_data(session.id))).size
+            if stored != writer.size:
+                await writer.commit()
+                await self.cancel_id(session.id, session.name, session.client)
+                raise RegistryError(
+                    "BLOB_UPLOAD_INVALID",
+                    f"storage holds {stored} bytes of the upload, {writer.size} were received",
+                )
+            if await self.store.has_content(digest, stored):
                 await self.driver.delete(layout.upload_data(session.id))
             else:
                 await self.driver.move(layout.upload_data(session.id), layout.blob_data(digest))
@@ -355,8 +363,9 @@ class Uploads:
     ) -> None:
         """``POST ?digest=``: stream straight to the blob's place, visible only if it verifies."""
         hasher = new_hasher(digest.algorithm)
-        exists = await self.store.has_content(digest)
-        writer = None if exists else await self.driver.writer(layout.blob_data(digest))
+        # Skipped only when a file of the announced size is there: a short one is replaced.
+        exists = content_length is not None and await self.store.has_content(digest, content_length)
+        writer = None if exists else await self.driver.writer(layout.blob_data(digest), size=content_length)
         try:
             received = await pump(body, writer, hasher, self.max_blob_size, block_size(content_length))
         except BaseException as exc:

@@ -7,8 +7,10 @@ from .base import (
     FileWriter,
     InvalidPath,
     PathNotFound,
+    ShortWrite,
     StorageDriver,
     StorageError,
+    StorageFull,
     WriterBusy,
 )
 from .filesystem import FilesystemDriver
@@ -19,8 +21,10 @@ __all__ = [
     "FilesystemDriver",
     "InvalidPath",
     "PathNotFound",
+    "ShortWrite",
     "StorageDriver",
     "StorageError",
+    "StorageFull",
     "WriterBusy",
     "open_storage",
 ]

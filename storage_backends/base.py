@@ -36,6 +36,18 @@ class WriterBusy(StorageError):
     """Another writer (in this or another process) holds the path for appending."""
 
 
+class StorageFull(StorageError):
+    """The storage has no room (ENOSPC, EDQUOT): nothing of the failed write became visible.
+
+    A distinct type so the registry can answer 507 and report itself not ready for writes,
+    instead of a bare 500, while reads go on.
+    """
+
+
+class ShortWrite(StorageError):
+    """A writer holds fewer (or more) bytes than were declared: it is never committed."""
+
+
 @dataclass(frozen=True)
 class FileInfo:
     path: str
@@ -109,7 +121,10 @@ class StorageDriver(ABC):
         """Stream ``length`` bytes (or to the end) starting at ``offset``."""
 
     @abstractmethod
-    async def writer(self, path: str, append: bool = False) -> FileWriter: ...
+    async def writer(self, path: str, append: bool = False, size: int | None = None) -> FileWriter:
+        """A streamed write to ``path``. A new file given its declared ``size`` is checked at
+        ``commit``: any other byte count cancels it and raises ``ShortWrite``, so a truncated
+        body is never stored under a name that promises all of it."""
 
     @abstractmethod
     async def stat(self, path: str) -> FileInfo:
@@ -159,6 +174,10 @@ class StorageDriver(ABC):
         except PathNotFound:
             return False
         return True
+
+    async def free_space(self) -> int | None:
+        """Bytes a write may still use, where the medium can tell cheaply (None: unknown)."""
+        return None
 
     async def url_for(self, path: str, expires: float) -> str | None:
         """A URL a client may fetch ``path`` from directly, or None where there is none."""

@@ -1,8 +1,12 @@
 """Local disk backend: every write lands in a temporary file, is fsynced, then renamed.
 
 A process killed at any moment leaves at most a hidden ``.tmp-*`` file, never a
-partial file at a real path. Appends (upload sessions) hold an exclusive ``flock``
-so that several server processes sharing one folder cannot interleave chunks.
+partial file at a real path. ``os.write`` may write less than it was given (a nearly
+full disk does exactly that): every write loops until all bytes are down, and a file is
+renamed into place only when its size on disk is the size written (and declared).
+ENOSPC and EDQUOT become ``StorageFull``, after the failed write is undone. Appends
+(upload sessions) hold an exclusive ``flock`` so that several server processes sharing
+one folder cannot interleave chunks.
 """
 
 from __future__ import annotations
@@ -12,14 +16,25 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
-from .base import FileInfo, FileWriter, PathNotFound, StorageDriver, WriterBusy, check_path
+from .base import (
+    FileInfo,
+    FileWriter,
+    PathNotFound,
+    ShortWrite,
+    StorageDriver,
+    StorageFull,
+    WriterBusy,
+    check_path,
+)
 
 READ_CHUNK = 4 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
@@ -46,6 +61,42 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 
 _start_writeback = _load_sync_file_range()
 
+P = ParamSpec("P")
+T = TypeVar("T")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _full_is_storage_full(function: Callable[P, T]) -> Callable[P, T]:
+    """Turn "no space" (ENOSPC, EDQUOT) from any step of a write into ``StorageFull``."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise StorageFull(f"no space left on the storage: {exc.strerror}") from exc
+            raise
+
+    return wrapper
+
+
+def _write_fully(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """``os.write`` until every byte is written: one call may write only part (a full disk)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # not expected from a regular file, but never loop forever
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+
+
+def _check_size(fd: int, expected: int, target: Path) -> None:
+    """The bytes on disk are the bytes written: else the file must not be renamed into place."""
+    actual = os.fstat(fd).st_size
+    if actual != expected:
+        raise ShortWrite(f"{target.name}: {actual} bytes on disk, {expected} written")
+
 
 def _tmp_name(target: Path) -> Path:
     return target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex}")
@@ -66,13 +117,16 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class _FilesystemWriter(FileWriter):
-    def __init__(self, target: Path, fd: int, start: int, temp: Path | None, fsync: bool):
+    def __init__(
+        self, target: Path, fd: int, start: int, temp: Path | None, fsync: bool, declared: int | None = None
+    ):
         self._target = target
         self._fd = fd
         self._start = start
         self._size = start
         self._temp = temp  # None when appending in place
         self._fsync = fsync
+        self._declared = declared  # the size a new file must have to be committed
         self._closed = False
         # Writes run in worker threads: commit/cancel wait for any write still running.
         self._lock = threading.Lock()
@@ -81,40 +135,57 @@ class _FilesystemWriter(FileWriter):
     def size(self) -> int:
         return self._size
 
+    @_full_is_storage_full
     def _write_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
             if self._closed:
                 raise ValueError("write to a closed writer")
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            try:
+                _write_fully(self._fd, data)
+            except BaseException:
+                # Undo the part that was written: the file holds exactly ``size`` bytes, so
+                # a chunk that failed for lack of space leaves the upload resumable.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+                raise
             if self._fsync and _start_writeback is not None and len(data) >= 1 << 20:
                 _start_writeback(self._fd, self._size, len(data))
+            self._size += len(data)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
         await asyncio.to_thread(self._write_all, data)
-        self._size += len(data)
 
+    @_full_is_storage_full
     def _commit(self) -> None:
         with self._lock:
             if not self._closed:
                 self._commit_locked()
 
     def _commit_locked(self) -> None:
-        try:
-            # A new file is fsynced before its rename makes it visible. An append (an upload
-            # chunk) is not: a chunk lost to a power cut shows as a shorter upload that the
-            # client resumes, and the blob it becomes is fsynced by ``sync`` before the move.
-            if self._fsync and self._temp is not None:
-                os.fsync(self._fd)
-        finally:
-            os.close(self._fd)
-            self._closed = True
         if self._temp is not None:
-            os.replace(self._temp, self._target)
+            try:
+                if self._declared is not None and self._declared != self._size:
+                    written, declared = self._size, self._declared
+                    raise ShortWrite(f"{self._target.name}: {written} bytes written, {declared} declared")
+                _check_size(self._fd, self._size, self._target)
+                # A new file is fsynced before its rename makes it visible. An append (an
+                # upload chunk) is not: a chunk lost to a power cut shows as a shorter upload
+                # that the client resumes, and its blob is fsynced by ``sync`` before the move.
+                if self._fsync:
+                    os.fsync(self._fd)
+            except BaseException:
+                self._cancel_locked()
+                raise
+        os.close(self._fd)
+        self._closed = True
+        if self._temp is not None:
+            try:
+                os.replace(self._temp, self._target)
+            except BaseException:
+                self._temp.unlink(missing_ok=True)
+                raise
             if self._fsync:
                 _fsync_dir(self._target.parent)
 
@@ -122,6 +193,7 @@ class _FilesystemWriter(FileWriter):
         if not self._closed:
             await asyncio.to_thread(self._commit)
 
+    @_full_is_storage_full
     def _sync(self) -> None:
         with self._lock:
             if not self._closed and self._fsync:
@@ -189,12 +261,13 @@ class FilesystemDriver(StorageDriver):
         temp = _tmp_name(target)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, data)
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
+            try:
+                _write_fully(fd, data)
+                _check_size(fd, len(data), target)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temp, target)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -202,8 +275,12 @@ class FilesystemDriver(StorageDriver):
         if self.fsync:
             _fsync_dir(target.parent)
 
+    @_full_is_storage_full
+    def _put_content_checked(self, path: str, data: bytes) -> None:
+        self._put_content(path, data)
+
     async def put_content(self, path: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put_content, path, data)
+        await asyncio.to_thread(self._put_content_checked, path, data)
 
     # -- streams -----------------------------------------------------------------
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -227,13 +304,14 @@ class FilesystemDriver(StorageDriver):
         finally:
             handle.close()
 
-    def _open_writer(self, path: str, append: bool) -> _FilesystemWriter:
+    @_full_is_storage_full
+    def _open_writer(self, path: str, append: bool, size: int | None = None) -> _FilesystemWriter:
         target = self._full(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         if not append:
             temp = _tmp_name(target)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            return _FilesystemWriter(target, fd, 0, temp, self.fsync)
+            return _FilesystemWriter(target, fd, 0, temp, self.fsync, size)
         try:
             fd = os.open(target, os.O_WRONLY | os.O_APPEND)
         except (FileNotFoundError, NotADirectoryError):
@@ -254,8 +332,12 @@ class FilesystemDriver(StorageDriver):
         start = os.fstat(fd).st_size
         return _FilesystemWriter(target, fd, start, None, self.fsync)
 
-    async def writer(self, path: str, append: bool = False) -> FileWriter:
-        return await asyncio.to_thread(self._open_writer, path, append)
+    async def writer(self, path: str, append: bool = False, size: int | None = None) -> FileWriter:
+        return await asyncio.to_thread(self._open_writer, path, append, size)
+
+    async def free_space(self) -> int | None:
+        st = await asyncio.to_thread(os.statvfs, self.root)
+        return st.f_bavail * st.f_frsize
 
     # -- metadata ----------------------------------------------------------------
     def _stat(self, path: str) -> FileInfo:
@@ -324,6 +406,7 @@ class FilesystemDriver(StorageDriver):
             for info in await asyncio.to_thread(self._walk_some, pending):
                 yield info
 
+    @_full_is_storage_full
     def _move(self, source: str, dest: str) -> None:
         src, dst = self._full(source), self._full(dest)
         for attempt in range(3):
