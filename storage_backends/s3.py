@@ -29,7 +29,17 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import FileInfo, FileWriter, PathNotFound, StorageDriver, StorageError, WriterBusy, check_path
+from .base import (
+    FileInfo,
+    FileWriter,
+    PathNotFound,
+    ShortWrite,
+    StorageDriver,
+    StorageError,
+    StorageFull,
+    WriterBusy,
+    check_path,
+)
 
 T = TypeVar("T")
 
@@ -47,6 +57,15 @@ _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _refusal(message: str, exc: ClientError) -> StorageError:
+    """A refusal as the registry should see it: a full store (HTTP 507, MinIO's
+    XMinioStorageFull) is ``StorageFull``, anything else a ``StorageError``."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status == 507 or _code(exc) == "XMinioStorageFull":
+        return StorageFull(f"{message}: {exc}")
+    return StorageError(f"{message}: {exc}")
 
 
 class _Segments:
@@ -140,7 +159,7 @@ class S3Driver(StorageDriver):
         except ClientError as exc:
             if raw:
                 raise
-            raise StorageError(f"S3 refused {getattr(function, '__name__', 'a call')}: {exc}") from None
+            raise _refusal(f"S3 refused {getattr(function, '__name__', 'a call')}", exc) from None
 
     async def _head(self, key: str) -> dict[str, Any] | None:
         try:
@@ -171,7 +190,7 @@ class S3Driver(StorageDriver):
         except ClientError as exc:
             if _code(exc) in _PRECONDITION:
                 raise
-            raise StorageError(f"S3 PUT {key}: {exc}") from None
+            raise _refusal(f"S3 PUT {key}", exc) from None
 
     async def _read_body(self, response: dict[str, Any]) -> AsyncIterator[bytes]:
         body = response["Body"]
@@ -264,10 +283,10 @@ class S3Driver(StorageDriver):
                     yield chunk
             position += item["size"]
 
-    async def writer(self, path: str, append: bool = False) -> FileWriter:
+    async def writer(self, path: str, append: bool = False, size: int | None = None) -> FileWriter:
         key = self.key(path)
         if not append:
-            return _ObjectWriter(self, key)
+            return _ObjectWriter(self, key, declared=size)
         return await _AppendWriter.open(self, path, key)
 
     # -- metadata ------------------------------------------------------------------
@@ -473,11 +492,16 @@ class S3Driver(StorageDriver):
 
 
 class _ObjectWriter(FileWriter):
-    """A new object: one PUT when small, else a multipart upload with parts in flight."""
+    """A new object: one PUT when small, else a multipart upload with parts in flight.
 
-    def __init__(self, driver: S3Driver, key: str, start: bytes = b"") -> None:
+    The object is completed only when the parts S3 acknowledged add up to every byte
+    written, and to the declared size if there is one; else the upload is aborted.
+    """
+
+    def __init__(self, driver: S3Driver, key: str, start: bytes = b"", declared: int | None = None) -> None:
         self._driver = driver
         self._key = key
+        self._declared = declared
         self._buffer = bytearray(start)
         self._size = len(start)
         self._upload_id: str | None = None
@@ -521,7 +545,7 @@ class _ObjectWriter(FileWriter):
                     PartNumber=number,
                     Body=part,
                 )
-                return {"PartNumber": number, "ETag": answer["ETag"]}
+                return {"PartNumber": number, "ETag": answer["ETag"], "Size": len(part)}
             finally:
                 self._slots.release()
 
@@ -536,12 +560,17 @@ class _ObjectWriter(FileWriter):
         self._closed = True
         driver = self._driver
         try:
+            if self._declared is not None and self._declared != self._size:
+                raise ShortWrite(f"{self._key}: {self._size} bytes written, {self._declared} declared")
             if self._upload_id is None:
                 await driver._put(self._key, bytes(self._buffer))
                 return
             if self._buffer or not self._parts:
                 await self._send(bytes(self._buffer))
             parts = await asyncio.gather(*self._parts)
+            stored = sum(part.pop("Size") for part in parts)
+            if stored != self._size:
+                raise ShortWrite(f"{self._key}: parts hold {stored} bytes, {self._size} written")
             await driver._call(
                 driver.client.complete_multipart_upload,
                 Bucket=driver.bucket,

@@ -10,7 +10,15 @@ from unittest import mock
 import httpx
 import pytest
 
-from storage_backends import InvalidPath, PathNotFound, StorageDriver, WriterBusy, open_storage
+from storage_backends import (
+    InvalidPath,
+    PathNotFound,
+    ShortWrite,
+    StorageDriver,
+    StorageError,
+    WriterBusy,
+    open_storage,
+)
 from storage_backends.s3 import MIN_PART, S3Driver
 
 from .seaweed import SeaweedS3
@@ -83,6 +91,22 @@ async def test_writer_is_invisible_until_commit(driver: StorageDriver) -> None:
     await cancelled.cancel()
     assert not await driver.exists("y/data")
     assert await driver.purge_incomplete(time.time() + 60) == 0  # the cancel left nothing behind
+
+
+@pytest.mark.parametrize("size", [1000, 2 * MIN_PART + 3])  # one PUT; a multipart upload on S3
+async def test_a_writer_off_its_declared_size_is_never_committed(driver: StorageDriver, size: int) -> None:
+    data = os.urandom(size)
+    for written in (data[:-1], data + b"x"):
+        writer = await driver.writer("blobs/x/data", size=size)
+        await writer.write(written)
+        with pytest.raises(ShortWrite):
+            await writer.commit()
+        assert not await driver.exists("blobs/x/data")
+    assert await driver.purge_incomplete(time.time() + 60) == 0  # nothing left half-written
+    writer = await driver.writer("blobs/x/data", size=size)
+    await writer.write(data)
+    await writer.commit()
+    assert await read_all(driver, "blobs/x/data") == data
 
 
 async def test_append_is_exclusive_and_rolls_back(driver: StorageDriver) -> None:
@@ -221,6 +245,24 @@ async def test_s3_purge_aborts_multipart_uploads_of_dead_writers(seaweed: Seawee
     assert client.list_multipart_uploads(Bucket=driver.bucket).get("Uploads")
     assert await driver.purge_incomplete(time.time() - 3600) == 0  # too young to be a leftover
     assert await driver.purge_incomplete(time.time() + 1) == 1
+    assert not client.list_multipart_uploads(Bucket=driver.bucket).get("Uploads")
+
+
+async def test_s3_a_failed_part_never_completes_the_object(seaweed: SeaweedS3) -> None:
+    """A part S3 refuses (here: its multipart upload was aborted under the writer) fails
+    the write, and the object never appears."""
+    driver = s3_driver(seaweed, seaweed.new_bucket(), part_size=MIN_PART)
+    writer = await driver.writer("blobs/x/data", size=3 * MIN_PART)
+    await writer.write(os.urandom(2 * MIN_PART))
+    await asyncio_sleep_until_parts_done(writer)
+    client = seaweed.client()
+    for upload in client.list_multipart_uploads(Bucket=driver.bucket)["Uploads"]:
+        client.abort_multipart_upload(Bucket=driver.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    with pytest.raises(StorageError):
+        await writer.write(os.urandom(MIN_PART))
+        await writer.commit()
+    await writer.cancel()
+    assert not await driver.exists("blobs/x/data")
     assert not client.list_multipart_uploads(Bucket=driver.bucket).get("Uploads")
 
 
