@@ -161,7 +161,7 @@ class Transport:
             refresh_token=credentials.identity_token if credentials is not None else None,
         )
         auth = (credentials.username, credentials.password) if request.basic and credentials else None
-        where = f"token service {realm[:100]!r}"
+        where = f"token service {printable(realm, 100)}"
         try:
             # Its own client, without redirects: the login goes to the realm that passed the policy.
             with (
@@ -170,7 +170,7 @@ class Transport:
             ):
                 if answer.status_code != 200:
                     raise RegistryRequestError(f"{where} refused: {error_message(answer)}")
-                body = read_capped(answer, MAX_TOKEN_RESPONSE, f"{where}'s answer")
+                body = read_capped(answer, MAX_TOKEN_RESPONSE, f"{where}: the answer")
         except HTTP_FAILURES as exc:
             raise RegistryRequestError(f"{where} unreachable: {printable(str(exc))}") from None
         try:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import ssl
+import subprocess
 import threading
+import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from puller.content_store import ContentStore
+from puller.platforms import Platform
 
 from .helpers import run_pier
 from .images import build_image
+from .scripted import Answer, Request, Script, ScriptedServer
+from .tls import make_certificates
 
 ZERO = "sha256:" + "0" * 64
 
@@ -142,3 +151,189 @@ def test_container_names_cannot_leave_the_containers_folder(registry, tmp_path) 
         tmp_path / "home", "run", "--rm", "--name", "../victim", f"{registry.host}/client/hostile-name:v1"
     )
     assert result.returncode == 1 and "invalid container name" in result.stderr
+
+
+# -- every answer is untrusted: auth, headers, sizes, depth ----------------------------
+
+
+def _docker_config(folder: Path, host: str, user: str = "alice", password: str = "secret") -> dict[str, str]:
+    """A docker config holding a login for ``host``; the environment that points pier at it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (folder / "config.json").write_text(json.dumps({"auths": {host: {"auth": pair}}}))
+    return {"DOCKER_CONFIG": str(folder)}
+
+
+def _challenge(realm: str) -> Script:
+    def script(request: Request) -> Answer:
+        return Answer(401, [("WWW-Authenticate", f'Bearer realm="{realm}",service="reg"')])
+
+    return script
+
+
+def _one_line_failure(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 1, result
+    assert fragment in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_credentials_never_go_from_an_https_registry_to_a_plain_http_realm(tmp_path) -> None:
+    certificates = make_certificates(tmp_path / "pki")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(certificates.cert, certificates.key)
+    with ScriptedServer(lambda r: Answer(200, body=b'{"token": "t"}')) as realm:
+        # Another host: "localhost" is not the registry's "127.0.0.1", and plain HTTP.
+        leak = f"http://localhost:{realm.server.server_address[1]}/token"
+        with ScriptedServer(_challenge(leak), tls=tls) as registry:
+            env = _docker_config(tmp_path / "docker", registry.host)
+            result = run_pier(
+                tmp_path / "home",
+                "pull",
+                "--ca-cert",
+                str(certificates.ca),
+                f"{registry.host}/a/b:1",
+                env=env,
+            )
+            login = run_pier(
+                tmp_path / "home",
+                "login",
+                "-u",
+                "alice",
+                "--password-stdin",
+                "--ca-cert",
+                str(certificates.ca),
+                registry.host,
+                env=env,
+                stdin="secret\n",
+            )
+    _one_line_failure(result, "refusing to downgrade")
+    _one_line_failure(login, "refusing to downgrade")
+    assert realm.requests == []  # the password never left, not even to be refused
+
+
+def test_a_plain_http_registry_may_send_the_login_only_to_its_own_host(tmp_path) -> None:
+    with ScriptedServer(lambda r: Answer(200, body=b'{"token": "t"}')) as realm:
+        elsewhere = f"http://localhost:{realm.server.server_address[1]}/token"
+        with ScriptedServer(_challenge(elsewhere)) as registry:
+            env = _docker_config(tmp_path / "docker", registry.host)
+            result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:1", env=env)
+    _one_line_failure(result, "plain HTTP on another host")
+    assert realm.requests == []
+
+
+def _image_registry(image, token: dict) -> Script:  # type: ignore[no-untyped-def]
+    """A registry serving one image, for a Bearer token only, from a realm on its own host."""
+    blobs = {blob.digest: blob for blob in (image.manifest, *image.blobs)}
+
+    def script(request: Request) -> Answer:
+        if request.path.startswith("/token"):
+            return Answer(200, [("Content-Type", "application/json")], json.dumps(token).encode())
+        if request.headers.get("authorization") != "Bearer t":
+            realm = f"http://{request.headers['host']}/token"
+            return Answer(401, [("WWW-Authenticate", f'Bearer realm="{realm}",service="reg"')])
+        if "/manifests/" in request.path:
+            return Answer(200, [("Content-Type", image.manifest.media_type)], image.manifest.read())
+        blob = blobs.get(request.path.rsplit("/", 1)[-1])
+        return Answer(200, body=blob.read()) if blob else Answer(404)
+
+    return script
+
+
+@pytest.mark.parametrize("expires_in", ["soon", -1, None, [1], 1e999])
+def test_a_token_with_a_nonsense_lifetime_is_used_for_the_default_one(expires_in, tmp_path) -> None:
+    image = build_image(tmp_path / "img", "v1")
+    with ScriptedServer(_image_registry(image, {"token": "t", "expires_in": expires_in})) as registry:
+        result = run_pier(tmp_path / "home", "pull", "-q", f"{registry.host}/a/b:v1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == image.digest
+
+
+@pytest.mark.parametrize(
+    "token, fragment",
+    [
+        ({"token": 5}, "no token"),
+        ({"token": "t\r\nX-Evil: 1"}, "characters an HTTP header cannot carry"),
+        ({"token": "t" * (2 << 20)}, "the answer is larger than 1048576 bytes"),
+        ([[[["deep"]]]] * 2, "not a JSON object"),
+    ],
+)
+def test_a_token_answer_without_a_usable_token_fails_in_one_line(token, fragment, tmp_path) -> None:
+    image = build_image(tmp_path / "img", "v1")
+    with ScriptedServer(_image_registry(image, token)) as registry:
+        result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:v1")
+    _one_line_failure(result, fragment)
+
+
+def test_a_deeply_nested_manifest_is_refused_without_recursion_error(tmp_path) -> None:
+    fake = FakeRegistry(b'{"layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    try:
+        result = run_pier(tmp_path / "home", "pull", f"{fake.host}/hostile/image:v1")
+    finally:
+        fake.close()
+    _one_line_failure(result, "nested more than")
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (json.dumps({"manifests": [{"digest": ZERO, "size": 2, "platform": {"os": 5}}]}), "invalid platform"),
+        (json.dumps({"manifests": [{"digest": ZERO, "size": 2, "platform": []}]}), "invalid platform"),
+    ],
+)
+def test_an_index_with_a_malformed_platform_is_refused(body: str, fragment: str, tmp_path) -> None:
+    fake = FakeRegistry(body.encode())
+    try:
+        result = run_pier(tmp_path / "home", "pull", f"{fake.host}/hostile/image:v1")
+    finally:
+        fake.close()
+    _one_line_failure(result, fragment)
+
+
+def test_an_index_naming_an_index_is_refused(tmp_path) -> None:
+    inner = json.dumps({"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}).encode()
+    inner_digest = "sha256:" + hashlib.sha256(inner).hexdigest()
+    platform = {"os": "linux", "architecture": Platform.host().architecture}
+    outer = json.dumps({"manifests": [{"digest": inner_digest, "size": len(inner), "platform": platform}]})
+
+    def script(request: Request) -> Answer:
+        return Answer(
+            200,
+            [("Content-Type", "application/json")],
+            inner if inner_digest in request.path else outer.encode(),
+        )
+
+    with ScriptedServer(script) as registry:
+        result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:1")
+    _one_line_failure(result, "names another index")
+
+
+def test_a_non_ascii_retry_after_is_ignored_not_a_crash(tmp_path) -> None:
+    busy = Answer(503, [("Retry-After", "²")], b'{"errors": [{"code": "UNAVAILABLE", "message": "busy"}]}')
+    with ScriptedServer(lambda request: busy) as registry:
+        result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:1")
+    _one_line_failure(result, "503 UNAVAILABLE: busy")
+    assert len(registry.requests) == 5  # retried with the usual backoff
+
+
+def test_an_endless_error_body_is_read_only_to_its_cap_and_printed_on_one_line(tmp_path) -> None:
+    def endless() -> Iterator[bytes]:
+        yield b'{"errors": [{"code": "DENIED", "message": "no\\nway \\u001b[31m'
+        while True:
+            yield b" " * 65536
+
+    forever = Answer(403, [("Content-Length", str(1 << 40))], endless())
+    with ScriptedServer(lambda request: forever) as registry:
+        started = time.monotonic()
+        result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:1")
+    _one_line_failure(result, "403 Forbidden")
+    assert time.monotonic() - started < 30
+
+
+def test_an_error_message_with_control_characters_is_printed_on_one_clean_line(tmp_path) -> None:
+    body = json.dumps(
+        {"errors": [{"code": "DENIED", "message": "no\nway \x1b[31mred\x07", "detail": "a\rb"}]}
+    )
+    with ScriptedServer(lambda request: Answer(403, body=body.encode())) as registry:
+        result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:1")
+    _one_line_failure(result, "403 DENIED: no way [31mred (a b)")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr and "\r" not in result.stderr
