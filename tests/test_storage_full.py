@@ -140,3 +140,20 @@ async def test_full_disk_answers_507_keeps_serving_reads_and_recovers(small_disk
         assert not [p for p in root.rglob(".tmp-*")], "a half-written file was left behind"
     finally:
         server.stop()
+
+
+async def test_readiness_after_a_full_store_rechecks_s3_with_a_probe_write(seaweed) -> None:  # type: ignore[no-untyped-def]
+    """S3 cannot tell its free space: a small probe write decides, and leaves nothing."""
+    from registry.space import SpaceWatch
+
+    from .test_storage_contract import s3_driver
+
+    driver = s3_driver(seaweed, seaweed.new_bucket())
+    watch = SpaceWatch()
+    assert await watch.writable(driver)  # never full: nothing checked
+    watch.mark_full()
+    assert watch.full_since is not None
+    assert await watch.writable(driver)
+    assert watch.full_since is None
+    assert [info.path async for info in driver.walk("")] == []
+    await driver.close()
