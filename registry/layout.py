@@ -29,6 +29,8 @@
     _quarantine/<alg>/<hex>/data                   a corrupt blob moved aside by ``pier fsck
                                                    --repair``, never served again
     _quarantine/<alg>/<hex>/note.json              its actual digest and when it was moved
+    _health/probe, _health/space                   small writes of /readyz: a mirror's cache takes
+                                                   writes; a store that was full has room again
 
 A repository exists once it has a ``_manifests`` or ``_layers`` folder. Every file is
 written atomically by the backend; content is immutable once committed. Names, tags,
