@@ -195,10 +195,10 @@ class InstrumentedDriver(StorageDriver):
             self.metrics.storage_error("read")
             raise
 
-    async def writer(self, path: str, append: bool = False) -> FileWriter:
+    async def writer(self, path: str, append: bool = False, size: int | None = None) -> FileWriter:
         start = perf_counter()
         try:
-            writer = await self.inner.writer(path, append)
+            writer = await self.inner.writer(path, append, size)
         except (PathNotFound, WriterBusy):
             raise
         except BaseException:
@@ -211,6 +211,9 @@ class InstrumentedDriver(StorageDriver):
     async def walk(self, path: str) -> AsyncIterator[FileInfo]:
         async for info in self.inner.walk(path):
             yield info
+
+    async def free_space(self) -> int | None:
+        return await self.inner.free_space()
 
     async def close(self) -> None:
         await self.inner.close()
