@@ -49,10 +49,19 @@ def _from_helper(helper: str, server: str) -> Credentials | None:
     executable = shutil.which(f"docker-credential-{helper}")
     if executable is None:
         raise CredentialsError(f"docker credential helper docker-credential-{helper} is not installed")
-    result = subprocess.run([executable, "get"], input=server, capture_output=True, text=True, timeout=30)
+    try:
+        result = subprocess.run([executable, "get"], input=server, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CredentialsError(f"docker-credential-{helper} get failed: {exc}") from None
     if result.returncode != 0:
         return None  # the helper has nothing for this server
-    answer = json.loads(result.stdout)
+    try:
+        answer = json.loads(result.stdout)
+    except ValueError:
+        answer = None
+    fields = ("Username", "Secret")
+    if not isinstance(answer, dict) or not all(isinstance(answer.get(f, ""), str) for f in fields):
+        raise CredentialsError(f"docker-credential-{helper} get answered something other than credentials")
     if answer.get("Username") == "<token>":  # docker's convention for an identity token
         return Credentials("<token>", "", identity_token=answer.get("Secret", ""))
     return Credentials(answer.get("Username", ""), answer.get("Secret", ""))
@@ -61,22 +70,19 @@ def _from_helper(helper: str, server: str) -> Credentials | None:
 def lookup(domain: str) -> Credentials | None:
     """The credentials docker would use for ``domain``, or None for anonymous access."""
     path = config_path()
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError as exc:
-        raise CredentialsError(f"{path} is not valid JSON: {exc}") from None
+    config = _read_config(path)
     keys = _keys(domain)
-    helpers = config.get("credHelpers") or {}
+    helpers = _section(config, "credHelpers", path)
     for key in keys:
-        if key in helpers:
+        if isinstance(helpers.get(key), str):
             return _from_helper(helpers[key], key)
-    auths = config.get("auths") or {}
+    auths = _section(config, "auths", path)
     for key in keys:
         entry = auths.get(key)
         if not entry:
             continue
+        if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+            raise CredentialsError(f"{path}: the auths entry for {key} is not an object of strings")
         if entry.get("identitytoken"):
             return Credentials(entry.get("username", ""), "", identity_token=str(entry["identitytoken"]))
         if entry.get("auth"):
@@ -88,8 +94,17 @@ def lookup(domain: str) -> Credentials | None:
         if entry.get("username"):
             return Credentials(entry["username"], entry.get("password", ""))
     if config.get("credsStore"):
+        if not isinstance(config["credsStore"], str):
+            raise CredentialsError(f"{path}: credsStore is not a helper name")
         return _from_helper(config["credsStore"], keys[0])
     return None
+
+
+def _section(config: dict, name: str, path: Path) -> dict:
+    section = config.get(name) or {}
+    if not isinstance(section, dict):
+        raise CredentialsError(f"{path}: {name} is not an object")
+    return section
 
 
 def _server_key(domain: str) -> str:
@@ -101,7 +116,7 @@ def _read_config(path: Path) -> dict:
         config = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except ValueError as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CredentialsError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise CredentialsError(f"{path} does not hold a JSON object")
@@ -118,15 +133,23 @@ def _write_config(path: Path, config: dict) -> None:
     os.replace(temporary, path)
 
 
-def _helper_for(config: dict, key: str) -> str | None:
-    return (config.get("credHelpers") or {}).get(key) or config.get("credsStore") or None
+def _helper_for(config: dict, key: str, path: Path) -> str | None:
+    helper = _section(config, "credHelpers", path).get(key) or config.get("credsStore") or None
+    if helper is not None and not isinstance(helper, str):
+        raise CredentialsError(f"{path}: the credential helper for {key} is not a helper name")
+    return helper
 
 
 def _run_helper(helper: str, action: str, payload: str) -> None:
     executable = shutil.which(f"docker-credential-{helper}")
     if executable is None:
         raise CredentialsError(f"docker credential helper docker-credential-{helper} is not installed")
-    result = subprocess.run([executable, action], input=payload, capture_output=True, text=True, timeout=30)
+    try:
+        result = subprocess.run(
+            [executable, action], input=payload, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CredentialsError(f"docker-credential-{helper} {action} failed: {exc}") from None
     if result.returncode != 0:
         message = result.stdout.strip() or result.stderr.strip()
         raise CredentialsError(f"docker-credential-{helper} {action} failed: {message[:200]}")
@@ -137,13 +160,14 @@ def save(domain: str, credentials: Credentials) -> str:
     path = config_path()
     config = _read_config(path)
     key = _server_key(domain)
-    helper = _helper_for(config, key)
+    helper = _helper_for(config, key, path)
     if helper:
         payload = {"ServerURL": key, "Username": credentials.username, "Secret": credentials.password}
         _run_helper(helper, "store", json.dumps(payload))
         return f"docker-credential-{helper}"
     pair = f"{credentials.username}:{credentials.password}".encode()
-    config.setdefault("auths", {})[key] = {"auth": base64.b64encode(pair).decode()}
+    config["auths"] = _section(config, "auths", path)
+    config["auths"][key] = {"auth": base64.b64encode(pair).decode()}
     _write_config(path, config)
     return str(path)
 
@@ -153,11 +177,11 @@ def erase(domain: str) -> bool:
     path = config_path()
     config = _read_config(path)
     key = _server_key(domain)
-    helper = _helper_for(config, key)
+    helper = _helper_for(config, key, path)
     if helper:
         _run_helper(helper, "erase", key)
         return True
-    auths = config.get("auths") or {}
+    auths = _section(config, "auths", path)
     found = [k for k in _keys(domain) if k in auths]
     for k in found:
         del auths[k]

@@ -61,3 +61,29 @@ def test_broken_config_is_a_clear_error(docker_config, tmp_path) -> None:
     docker_config({"auths": {"h": {"auth": "%%%"}}})
     with pytest.raises(CredentialsError, match="not valid base64"):
         lookup("h")
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ([1, 2], "does not hold a JSON object"),
+        ({"auths": ["localhost:5000"]}, "auths is not an object"),
+        ({"auths": {"localhost:5000": {"auth": 5}}}, "not an object of strings"),
+        ({"credHelpers": "testhelper"}, "credHelpers is not an object"),
+        ({"credsStore": {"name": "x"}}, "credsStore is not a helper name"),
+    ],
+)
+def test_a_config_of_the_wrong_shape_is_a_clear_error(docker_config, config, message) -> None:
+    docker_config(config)
+    with pytest.raises(CredentialsError, match=message):
+        lookup("localhost:5000")
+
+
+@pytest.mark.parametrize("answer", ["not json", "[1]", '{"Username": 5, "Secret": "x"}'])
+def test_a_helper_answering_garbage_is_a_clear_error(docker_config, tmp_path, answer) -> None:
+    helper = tmp_path / "docker-credential-broken"
+    helper.write_text(f"#!/bin/sh\ncat > /dev/null\necho '{answer}'\n")
+    helper.chmod(0o755)
+    docker_config({"credsStore": "broken"})
+    with pytest.raises(CredentialsError, match="answered something other than credentials"):
+        lookup("registry.example")
