@@ -337,3 +337,36 @@ def test_an_error_message_with_control_characters_is_printed_on_one_clean_line(t
         result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:1")
     _one_line_failure(result, "403 DENIED: no way [31mred (a b)")
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr and "\r" not in result.stderr
+
+
+def test_credentials_never_follow_the_registry_to_another_origin(tmp_path) -> None:
+    """Neither a redirect nor an upload Location on another origin gets the registry's login."""
+    image = build_image(tmp_path / "img", "v1")
+    contents = {blob.digest: blob.read() for blob in (image.manifest, *image.blobs)}
+
+    def cdn_script(request: Request) -> Answer:
+        if request.method == "GET":
+            return Answer(200, body=contents.get(request.path.rsplit("/", 1)[-1], image.manifest.read()))
+        return Answer(404)
+
+    with ScriptedServer(cdn_script) as cdn:
+        elsewhere = f"http://localhost:{cdn.server.server_address[1]}"
+
+        def registry_script(request: Request) -> Answer:
+            if not request.headers.get("authorization"):
+                return Answer(401, [("WWW-Authenticate", 'Basic realm="r"')])
+            if request.method == "HEAD":
+                return Answer(404)
+            if request.method == "POST":
+                return Answer(202, [("Location", f"{elsewhere}/upload/1")])
+            return Answer(307, [("Location", f"{elsewhere}{request.path}")])
+
+        with ScriptedServer(registry_script) as registry:
+            env = _docker_config(tmp_path / "docker", registry.host)
+            pulled = run_pier(tmp_path / "home", "pull", "-q", f"{registry.host}/a/b:v1", env=env)
+            pushed = run_pier(tmp_path / "home", "push", f"{registry.host}/a/b:v1", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pushed.returncode == 1 and "Traceback" not in pushed.stderr  # the "upload" answers 404
+    assert any(r.method == "PUT" for r in cdn.requests)  # the upload went to the Location given
+    assert sum(1 for r in registry.requests if r.headers.get("authorization")) > 2
+    assert [r.headers.get("authorization") for r in cdn.requests] == [None] * len(cdn.requests)
