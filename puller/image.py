@@ -139,12 +139,18 @@ class Image:
 
 
 def read_json(store: ContentStore, digest: str) -> dict:
+    """A stored JSON object (manifest, index, config): a registry wrote it, so it is checked."""
     try:
-        return json.loads(store.read(digest))
+        document = loads(store.read(digest))
     except FileNotFoundError:
         raise ImageError(
             f"{digest} is not in the local store: pull the image (for this platform) again"
         ) from None
+    except UntrustedJSONError as exc:
+        raise ImageError(f"{digest} in the local store is not usable JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ImageError(f"{digest} in the local store is not a JSON object")
+    return document
 
 
 def local_digest(store: ContentStore, reference: Reference) -> str | None:

@@ -34,6 +34,7 @@ from .transport import Credentials, RegistryRequestError, Transport, error_messa
 
 ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+MAX_CONFIG_SIZE = 64 * 1024 * 1024  # a config is JSON read whole; real ones are KiBs
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
 
@@ -113,6 +114,8 @@ class Puller:
         if is_index(manifest):
             raise PullError(f"{self.reference.familiar()}: the index names another index for {platform}")
         descriptors = [manifest["config"], *manifest.get("layers", [])]
+        if manifest["config"]["size"] > MAX_CONFIG_SIZE:
+            raise PullError(f"{self.reference.familiar()}: its config is larger than {MAX_CONFIG_SIZE} bytes")
         with ThreadPoolExecutor(self.parallel) as pool:
             list(pool.map(lambda d: self.fetch_blob(d["digest"], d["size"], progress), descriptors))
         self.store.put(digest, body)

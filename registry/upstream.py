@@ -184,17 +184,15 @@ class UpstreamClient:
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """``send``, then read a small body (a manifest) whole, at most ``limit`` bytes."""
         response = await self.send(method, name, path, headers)
-        body = bytearray()
         try:
-            while chunk := await response.content.read(limit + 1 - len(body)):  # read() gives what came
-                body += chunk
-                if len(body) > limit:
-                    raise UpstreamUnavailable(self.upstream, f"{path}: body over {limit} bytes")
+            body = await _read_limited(response, limit)
+        except ValueError as exc:
+            raise UpstreamUnavailable(self.upstream, f"{path}: {exc}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(self.upstream, f"{path}: {type(exc).__name__} {exc}") from None
         finally:
             response.release()
-        return response, bytes(body)
+        return response, body
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -370,3 +370,32 @@ def test_credentials_never_follow_the_registry_to_another_origin(tmp_path) -> No
     assert any(r.method == "PUT" for r in cdn.requests)  # the upload went to the Location given
     assert sum(1 for r in registry.requests if r.headers.get("authorization")) > 2
     assert [r.headers.get("authorization") for r in cdn.requests] == [None] * len(cdn.requests)
+
+
+def _serve_config(config: bytes, size: int | None = None) -> Script:
+    """A registry whose image has no layers and ``config`` as its config (declared ``size``)."""
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    body = manifest(config_digest=digest, size=len(config) if size is None else size)
+
+    def script(request: Request) -> Answer:
+        if "/manifests/" in request.path:
+            return Answer(200, [("Content-Type", "application/vnd.oci.image.manifest.v1+json")], body)
+        return Answer(200, body=config) if digest in request.path else Answer(404)
+
+    return script
+
+
+def test_a_deeply_nested_config_is_refused_in_one_line_where_it_is_read(tmp_path) -> None:
+    with ScriptedServer(_serve_config(b"[" * 100_000 + b"]" * 100_000)) as registry:
+        reference = f"{registry.host}/a/b:v1"
+        pulled = run_pier(tmp_path / "home", "pull", "-q", reference)
+    assert pulled.returncode == 0, pulled.stderr  # its digest is right: the bytes are what was named
+    unpacked = run_pier(tmp_path / "home", "unpack", reference, str(tmp_path / "rootfs"))
+    _one_line_failure(unpacked, "not usable JSON: nested more than")
+
+
+def test_a_config_larger_than_any_real_one_is_not_downloaded(tmp_path) -> None:
+    with ScriptedServer(_serve_config(b"{}", size=10**12)) as registry:
+        result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:v1")
+        assert not any("/blobs/" in r.path for r in registry.requests)
+    _one_line_failure(result, "config is larger than 67108864 bytes")
