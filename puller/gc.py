@@ -7,8 +7,9 @@ Partial downloads are kept: they are how an interrupted pull resumes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+from oci.jsonsafe import loads
 
 from .containers import Containers
 from .content_store import ContentStore
@@ -27,14 +28,18 @@ def _live_images(store: ContentStore, live: set[str]) -> list[Image]:
     images = []
     for digest in live:
         try:
-            document = json.loads(store.read(digest))
+            document = loads(store.read(digest))  # bounded depth: a registry wrote these bytes
         except (ValueError, UnicodeDecodeError):
             continue  # a layer
         if not isinstance(document, dict) or is_index(document) or "layers" not in document:
             continue  # an index or an image config: only manifests name a rootfs
         config_digest = (document.get("config") or {}).get("digest", "")
         if config_digest and store.has(config_digest):
-            images.append(Image(digest, document, json.loads(store.read(config_digest))))
+            try:
+                config = loads(store.read(config_digest))
+            except ValueError:
+                config = {}
+            images.append(Image(digest, document, config if isinstance(config, dict) else {}))
     return images
 
 

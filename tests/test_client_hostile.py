@@ -392,6 +392,10 @@ def test_a_deeply_nested_config_is_refused_in_one_line_where_it_is_read(tmp_path
     assert pulled.returncode == 0, pulled.stderr  # its digest is right: the bytes are what was named
     unpacked = run_pier(tmp_path / "home", "unpack", reference, str(tmp_path / "rootfs"))
     _one_line_failure(unpacked, "not usable JSON: nested more than")
+    # The collector reads the configs of the images that stay: this one stays, its copy goes.
+    assert run_pier(tmp_path / "home", "tag", reference, f"{reference}-copy").returncode == 0
+    removed = run_pier(tmp_path / "home", "rmi", f"{reference}-copy")
+    assert removed.returncode == 0 and "Traceback" not in removed.stderr, removed.stderr
 
 
 def test_a_config_larger_than_any_real_one_is_not_downloaded(tmp_path) -> None:
