@@ -34,7 +34,7 @@ from .transport import Credentials, RegistryRequestError, Transport, error_messa
 
 ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
-MAX_CONFIG_SIZE = 64 * 1024 * 1024  # a config is JSON read whole; real ones are KiBs
+MAX_CONFIG_SIZE = 32 * 1024 * 1024  # a config is JSON read whole (remote.py has the same bound)
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
 

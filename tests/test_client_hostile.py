@@ -402,4 +402,4 @@ def test_a_config_larger_than_any_real_one_is_not_downloaded(tmp_path) -> None:
     with ScriptedServer(_serve_config(b"{}", size=10**12)) as registry:
         result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:v1")
         assert not any("/blobs/" in r.path for r in registry.requests)
-    _one_line_failure(result, "config is larger than 67108864 bytes")
+    _one_line_failure(result, "config is larger than 33554432 bytes")
