@@ -84,9 +84,17 @@ def _read_auth_file(path: str) -> dict[str, tuple[str, str]]:
             data = json.load(handle)
     except (OSError, ValueError) as exc:
         raise ValueError(f"proxy_auth_file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"proxy_auth_file {path}: not a JSON object (docker's config.json)")
+    auths = data.get("auths") or {}
+    if not isinstance(auths, dict):
+        raise ValueError(f"proxy_auth_file {path}: auths is not an object")
     logins: dict[str, tuple[str, str]] = {}
-    for host, entry in (data.get("auths") or {}).items():
+    for host, entry in auths.items():
         if isinstance(entry, dict) and entry.get("auth"):
-            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            try:
+                user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+            except (TypeError, ValueError):
+                raise ValueError(f"proxy_auth_file {path}: the auth of {host[:80]!r} is not base64") from None
             logins[host] = (user, password)
     return logins

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from .scripted import Answer, ScriptedServer
+from .servers import serve_refused
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,21 @@ def test_the_mirror_uses_a_realm_on_its_http_upstreams_own_host(start_registry) 
     assert len(token_requests) == 1 and token_requests[0].headers["authorization"].startswith("Basic ")
     query = parse_qs(urlsplit(token_requests[0].path).query)
     assert query == {"service": ["reg"], "scope": ["repository:library/app:pull"]}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"auths": {"a.example": {"auth": "%%%"}}}', "is not base64"),
+        ('{"auths": ["a.example"]}', "auths is not an object"),
+        ("[1, 2]", "not a JSON object"),
+    ],
+)
+def test_a_broken_proxy_auth_file_is_refused_in_one_line(tmp_path, content: str, message: str) -> None:
+    auth_file = tmp_path / "auth.json"
+    auth_file.write_text(content)
+    done = serve_refused(
+        tmp_path / "data", "--proxy", "https://a.example", "--proxy-auth-file", str(auth_file)
+    )
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
