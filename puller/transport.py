@@ -29,6 +29,7 @@ from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_respo
 
 from .credentials import Credentials
 from .errors import PierError
+from .text import printable as escaped
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 64 * 1024  # an error body is read this far for its message, no further
@@ -77,9 +78,8 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 def printable(text: str, limit: int = 300) -> str:
-    """Server-supplied text made safe for one terminal line: no control characters, bounded."""
-    cleaned = "".join(c if c.isprintable() else " " for c in text[: limit * 2])
-    return " ".join(cleaned.split())[:limit]
+    """Server-supplied text for one terminal line: bounded, control characters escaped."""
+    return escaped(text[:limit])
 
 
 def read_capped(response: httpx.Response, limit: int, what: str) -> bytes:

@@ -335,7 +335,7 @@ def test_an_error_message_with_control_characters_is_printed_on_one_clean_line(t
     )
     with ScriptedServer(lambda request: Answer(403, body=body.encode())) as registry:
         result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:1")
-    _one_line_failure(result, "403 DENIED: no way [31mred (a b)")
+    _one_line_failure(result, r"403 DENIED: no\nway \x1b[31mred\x07 (a\rb)")
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr and "\r" not in result.stderr
 
 
