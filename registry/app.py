@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from storage_backends import StorageDriver
+from storage_backends import StorageDriver, StorageFull
 
 from . import layout
 from .access import build as build_security
@@ -46,7 +46,8 @@ from .manifests import MANIFEST_TYPES, OCI_INDEX
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .notifications import Notifier
-from .references import Digest, is_digest, validate_name
+from .references import Digest, is_digest, lookup_reference, validate_name
+from .space import NO_SPACE, SpaceWatch
 from .store import RegistryStore
 from .uploads import Uploads, UploadSession
 from .upstreams import parse_upstreams
@@ -93,6 +94,7 @@ class RegistryApp:
             driver = InstrumentedDriver(driver, self.metrics)
             self.metrics.in_flight = lambda: self.limiter.inflight
         self.draining = False  # set on SIGTERM: /readyz fails so balancers stop sending work
+        self.space = SpaceWatch()  # a write failed for lack of space: /readyz fails until there is room
         self.notifier = Notifier.from_settings(settings, driver)
         self.store = RegistryStore(driver)
         self.uploads = Uploads(
@@ -282,6 +284,10 @@ class RegistryApp:
                 return error_response(error)
             except ClientDisconnect:
                 return empty_response(400, {})
+            except StorageFull as exc:  # 507, and /readyz fails until there is room again
+                log.warning("%s %s: %s", request.method, path[:200], exc)
+                self.space.mark_full()
+                return error_response(RegistryError("INSUFFICIENT_STORAGE"))
             except Exception:  # a failure still answers in the spec's format
                 log.exception("%s %s failed", request.method, path[:200])
                 return error_response(RegistryError("UNKNOWN", "internal error; see the server log"))
@@ -409,6 +415,13 @@ class RegistryApp:
         except Exception as exc:
             log.warning("not ready: storage check failed: %s", exc)
             return json_response({"status": "storage unavailable"}, 503)
+        try:
+            writable = await asyncio.wait_for(self.space.writable(self.store.driver), READY_TIMEOUT)
+        except Exception as exc:
+            log.warning("not ready: free space check failed: %s", exc)
+            writable = False
+        if not writable:
+            return json_response({"status": "storage full", "reason": f"{NO_SPACE}: writes fail"}, 503)
         return json_response({"status": "ready"})
 
     async def _check_storage(self) -> None:
@@ -472,6 +485,7 @@ class RegistryApp:
 
     # -- manifests -------------------------------------------------------------------
     async def get_manifest(self, request: Request, name: str, reference: str) -> Response:
+        lookup_reference(reference)  # neither tag nor digest: 404 MANIFEST_UNKNOWN, upstream unasked
         route = await self._mirror_route(request, name)
         if route is not None:
             assert self.mirror is not None
@@ -524,6 +538,7 @@ class RegistryApp:
 
     async def delete_manifest(self, request: Request, name: str, reference: str) -> Response:
         self._check_delete()
+        lookup_reference(reference)
         await self.store.delete_manifest(name, reference)
         await self._notify(
             request, "delete", name, {"digest": reference} if is_digest(reference) else _tag_of(reference)

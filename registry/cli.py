@@ -7,82 +7,144 @@ import dataclasses
 import os
 import ssl
 import sys
+from typing import Any
 
 from .access import build as build_security
 from .auth import AuthConfigError
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, env_name, flag_name, format_default, kind, load_settings
 from .notifications import parse_endpoints
 from .upstreams import DOCKER_HUB, parse_upstreams
 
-_HELP = {
-    "addr": "listen address HOST:PORT (default 127.0.0.1:5000)",
-    "root": "data folder, or s3://BUCKET/PREFIX (default $XDG_DATA_HOME/pier/registry)",
-    "delete_enabled": "allow DELETE of manifests, tags and blobs (true/false)",
-    "max_manifest_size": "largest manifest accepted (default 4MiB)",
-    "max_blob_size": "largest blob accepted, 0 for no limit (default 100GiB)",
-    "upload_timeout": "abandoned upload sessions expire after this long (default 24h)",
-    "chunk_min_length": "OCI-Chunk-Min-Length advertised to clients (default 1MiB)",
-    "catalog_page_size": "default and largest page of /v2/_catalog (default 1000)",
-    "max_inflight_requests": "concurrent requests per process before 429 (default 1024)",
-    "fsync": "fsync every write before it becomes visible (default true)",
-    "workers": "server processes sharing the store (default 1)",
-    "access_log": "log one line per request (default true)",
-    "log_level": "debug, info, warning or error (default info)",
-    "auth": "none, htpasswd or token (default: token with --token-key/--token-trust, "
-    "htpasswd with --htpasswd, else none)",
-    "htpasswd": "bcrypt htpasswd file (htpasswd -B): the users; Basic auth unless --auth token",
-    "token_key": "PEM private key (RSA or EC P-256/P-384): serve tokens at /auth/token, signed by it",
-    "token_trust": "PEM certificates/public keys (comma-separated files) of trusted token issuers",
-    "token_realm": "token server URL put in challenges (default: this server's /auth/token)",
-    "token_service": "the registry's service name, the tokens' audience (default pier)",
-    "token_issuer": "issuer of the tokens, minted and expected (default pier)",
-    "token_lifetime": "lifetime of access tokens (default 5m)",
-    "token_refresh_lifetime": "lifetime of refresh tokens (default 30d)",
-    "token_only": "serve only the token endpoint, for other registries (true/false)",
-    "tls_cert": "PEM certificate (chain) to serve HTTPS with; needs --tls-key",
-    "tls_key": "PEM private key of --tls-cert",
-    "acl": "TOML file of ordered access rules (default with --htpasswd: users may do everything)",
-    "max_header_size": "largest request line plus headers, else 431 (default 64KiB)",
-    "max_headers": "most header fields in one request, else 431 (default 100)",
-    "header_timeout": "time a client has to send a request's headers (default 30s)",
-    "idle_timeout": "close a request whose body or response stalls this long (default 60s)",
-    "max_upload_sessions": "open upload sessions per repository, else 429 (default 100)",
-    "s3_endpoint_url": "S3-compatible endpoint for --root s3://BUCKET/PREFIX (default: AWS_ENDPOINT_URL)",
-    "s3_region": "S3 region (default: AWS_DEFAULT_REGION or ~/.aws/config)",
-    "s3_addressing_style": "auto, path or virtual bucket addressing (default auto)",
-    "s3_part_size": "S3 multipart part size, at least 5MiB (default 8MiB)",
-    "redirect": "send blob GETs to a presigned storage URL with 307, on S3 (default false)",
-    "redirect_expiry": "lifetime of those presigned URLs (default 20m)",
-    "proxy": "mirror an upstream registry: --proxy alone for Docker Hub, --proxy URL (it also serves "
-    "bare names, as a registry-mirrors target), --proxy PREFIX=URL (serves PREFIX/...); repeatable",
-    "proxy_ttl": "serve a mirrored tag from the cache this long before checking upstream (default 5m)",
-    "proxy_timeout": "timeout of requests to upstreams (default 30s)",
-    "proxy_auth_file": "docker config.json holding logins for upstreams, by host",
+# What each setting means, for --help. The flag, its PIER_* variable, its placeholder and its
+# default are added from registry/config.py (Settings, FIELD_TYPES), so they cannot drift from
+# it. A tuple gives a text setting its placeholder; a text that states its own default keeps it.
+_HELP: dict[str, str | tuple[str, str]] = {
+    "addr": ("HOST:PORT", "listen address"),
+    "root": ("DIR|s3://BUCKET/PREFIX", "data folder or S3 bucket (default: $XDG_DATA_HOME/pier/registry)"),
+    "delete_enabled": "allow DELETE of manifests, tags and blobs",
+    "max_manifest_size": "largest manifest accepted",
+    "max_blob_size": "largest blob accepted, 0 for no limit",
+    "upload_timeout": "abandoned upload sessions expire after this long",
+    "chunk_min_length": "OCI-Chunk-Min-Length advertised to clients",
+    "catalog_page_size": "default and largest page of /v2/_catalog",
+    "max_inflight_requests": "concurrent requests per process before 429",
+    "max_inflight_per_client": "concurrent requests per user (address if anonymous), else 429",
+    "fsync": "fsync every write before it becomes visible",
+    "workers": "server processes sharing the store",
+    "access_log": "log one line per request",
+    "log_level": "how much the server logs",
+    "auth": (
+        "none|htpasswd|token",
+        "how clients log in (default: token with --token-key/--token-trust, "
+        "htpasswd with --htpasswd, else none)",
+    ),
+    "htpasswd": ("FILE", "bcrypt htpasswd file (htpasswd -B): the users; Basic auth unless --auth token"),
+    "token_key": (
+        "FILE",
+        "PEM private key (RSA or EC P-256/P-384): serve tokens at /auth/token, signed by it",
+    ),
+    "token_trust": ("FILE[,FILE]", "PEM certificates/public keys of trusted token issuers"),
+    "token_realm": ("URL", "token server URL put in challenges (default: this server's /auth/token)"),
+    "token_service": ("NAME", "the registry's service name, the tokens' audience"),
+    "token_issuer": ("NAME", "issuer of the tokens, minted and expected"),
+    "token_lifetime": "lifetime of access tokens",
+    "token_refresh_lifetime": "lifetime of refresh tokens",
+    "token_only": "serve only the token endpoint, for other registries",
+    "tls_cert": ("FILE", "PEM certificate (chain) to serve HTTPS with; needs --tls-key"),
+    "tls_key": ("FILE", "PEM private key of --tls-cert"),
+    "acl": ("FILE", "TOML file of ordered access rules (default: with --htpasswd, users may do everything)"),
+    "max_header_size": "largest request line plus headers, else 431",
+    "max_headers": "most header fields in one request, else 431",
+    "header_timeout": "time a client has to send a request's headers",
+    "idle_timeout": "close a request whose body or response stalls this long",
+    "max_upload_sessions": "open upload sessions per repository, else 429",
+    "max_upload_sessions_total": "open upload sessions in the whole store, else 429",
+    "max_upload_sessions_per_client": "open upload sessions per user (address if anonymous)",
+    "s3_endpoint_url": ("URL", "S3-compatible endpoint for --root s3://... (default: AWS_ENDPOINT_URL)"),
+    "s3_region": ("REGION", "S3 region (default: AWS_DEFAULT_REGION or ~/.aws/config)"),
+    "s3_addressing_style": "bucket addressing (auto: boto3's choice)",
+    "s3_part_size": "S3 multipart part size, at least 5MiB",
+    "redirect": "send blob GETs to a presigned storage URL with 307, on S3",
+    "redirect_expiry": "lifetime of those presigned URLs",
+    "proxy": (
+        "[PREFIX=]URL",
+        "mirror an upstream registry: --proxy alone for Docker Hub, --proxy URL (it also serves "
+        "bare names, as a registry-mirrors target), --proxy PREFIX=URL (serves PREFIX/...); repeatable",
+    ),
+    "proxy_ttl": "serve a mirrored tag from the cache this long before checking upstream",
+    "proxy_timeout": "timeout of requests to upstreams",
+    "proxy_auth_file": ("FILE", "docker config.json holding logins for upstreams, by host"),
     "proxy_cache_size": "evict mirrored images, least recently pulled first, past this size (0: never)",
-    "log_format": "text (a readable line per request) or json (one JSON object per line)",
-    "metrics": "serve Prometheus metrics at /metrics (default true)",
-    "shutdown_delay": "on SIGTERM, report not ready at /readyz this long before closing (default 0s)",
-    "shutdown_timeout": "then let in-flight requests finish for this long (default 30s)",
-    "notifications": "webhook endpoints as a JSON list (in a config file: [[notifications]] tables)",
+    "log_format": "a readable line per request, or one JSON object per line",
+    "metrics": "serve Prometheus metrics at /metrics",
+    "shutdown_delay": "on SIGTERM, report not ready at /readyz this long before closing",
+    "shutdown_timeout": "then let in-flight requests finish for this long",
+    "notifications": (
+        "JSON",
+        "webhook endpoints as a JSON list (in a config file: [[notifications]] tables)",
+    ),
 }
+_PLACEHOLDERS = {"size": "SIZE", "duration": "DURATION", "int": "N", "float": "NUMBER", "str": "VALUE"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching (``--roo`` is not ``--root``), and a mistyped flag reported with the
+    usage of the subcommand it was given to, not the top level's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            parser = getattr(parsed, "parser", self)
+            parser.error(f"unrecognized arguments: {' '.join(extra)} (see '{parser.prog} --help')")
+        return parsed
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flag of setting ``name``, with its help generated from config.py: placeholder,
+    PIER_* variable and default. A boolean also works bare, as ``=false`` and as ``--no-X``."""
+    entry = _HELP[name]
+    placeholder, text = entry if isinstance(entry, tuple) else (None, entry)
+    how = kind(name)
+    if "(default: " in text:  # a default that depends on other settings, said in words
+        text = text.replace("(default: ", f"(env {env_name(name)}, default: ", 1)
+    else:
+        default = format_default(name)
+        text += f" (env {env_name(name)}" + (f", default {default})" if default else ")")
+    options: dict[str, Any] = {"dest": name, "help": text.replace("%", "%%")}
+    if name == "proxy":  # repeatable; bare: Docker Hub
+        options.update(action="append", nargs="?", const=DOCKER_HUB, metavar=placeholder)
+    elif how == "bool":
+        options.update(nargs="?", const="true", metavar="true|false")
+        parser.add_argument(
+            f"--no-{flag_name(name)[2:]}",
+            dest=name,
+            action="store_const",
+            const="false",
+            help=argparse.SUPPRESS,
+        )
+    else:
+        options["metavar"] = placeholder or ("|" in how and how) or _PLACEHOLDERS.get(how, "VALUE")
+    parser.add_argument(flag_name(name), **options)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pier", description="pier: an OCI image registry")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="pier", description="pier: an OCI image registry")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve",
         help="run the registry",
-        description="Run the registry. Settings: flags > PIER_* environment > config file > defaults.",
+        usage="%(prog)s [OPTIONS]",
+        description="Run the registry. Settings: flags > PIER_* environment > config file > defaults. "
+        "A true/false setting is on with its bare flag (--redirect), off with --no-redirect "
+        "or --redirect=false.",
     )
-    serve.add_argument("--config", help="TOML or YAML settings file (or PIER_CONFIG)")
+    serve.set_defaults(parser=serve)
+    serve.add_argument("--config", metavar="FILE", help="TOML or YAML settings file (env PIER_CONFIG)")
     for field in dataclasses.fields(Settings):
-        if field.name == "proxy":
-            serve.add_argument(
-                "--proxy", dest="proxy", action="append", nargs="?", const=DOCKER_HUB, help=_HELP["proxy"]
-            )
-            continue
-        serve.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, help=_HELP[field.name])
+        _add_setting(serve, field.name)
     _maintenance_parsers(commands)
     return parser
 
@@ -103,7 +165,9 @@ def _maintenance_parsers(commands: argparse._SubParsersAction) -> None:
     gc.add_argument(
         "--delete-untagged", action="store_true", help="also delete manifests no tag or referrer reaches"
     )
-    gc.add_argument("--grace", default="1h", help="keep anything written more recently (default 1h)")
+    gc.add_argument(
+        "--grace", default="1h", metavar="DURATION", help="keep anything written more recently (default 1h)"
+    )
     fsck = commands.add_parser(
         "fsck",
         help="verify every blob's digest and find missing content",
@@ -112,9 +176,10 @@ def _maintenance_parsers(commands: argparse._SubParsersAction) -> None:
     fsck.add_argument("--repair", action="store_true", help="move corrupt blobs to _quarantine/")
     gc.add_argument("-v", "--verbose", action="store_true", help="one line per blob, manifest and link")
     for sub in (gc, fsck):
-        sub.add_argument("--config", help="TOML or YAML settings file (or PIER_CONFIG)")
+        sub.set_defaults(parser=sub)
+        sub.add_argument("--config", metavar="FILE", help="TOML or YAML settings file (env PIER_CONFIG)")
         for name in _storage_fields():
-            sub.add_argument(f"--{name.replace('_', '-')}", dest=name, help=_HELP.get(name))
+            _add_setting(sub, name)
 
 
 def _maintain(args: argparse.Namespace) -> int:
@@ -130,7 +195,10 @@ def _maintain(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings({n: getattr(args, n) for n in _storage_fields()}, config_file=args.config)
-        grace = parse_duration(args.grace) if args.command == "gc" else 0.0
+        try:
+            grace = parse_duration(args.grace) if args.command == "gc" else 0.0
+        except ConfigError:
+            raise ConfigError(f"--grace must be a duration (e.g. 30m, 1h), not {args.grace!r}") from None
         local = settings.root.removeprefix("file://")
         if "://" not in local and not os.path.isdir(local):
             raise ConfigError(f"no registry data at {settings.root} (give --root or PIER_ROOT)")
@@ -184,14 +252,17 @@ def main(argv: list[str] | None = None) -> int:
                 except (OSError, ssl.SSLError) as exc:
                     raise ConfigError(f"tls_cert/tls_key unusable: {exc}") from None
         except (ConfigError, AuthConfigError, OSError, ValueError) as exc:
-            print(f"pier: {exc}", file=sys.stderr)
+            print(f"pier serve: {exc}", file=sys.stderr)
             return 2
-        from .server import serve
+        from .server import ListenError, serve
 
         try:
             serve(settings)
+        except ListenError as exc:  # e.g. the port is taken: uvicorn never starts
+            print(f"pier serve: {exc}", file=sys.stderr)
+            return 2
         except (OSError, ValueError) as exc:
-            print(f"pier: cannot serve from {settings.root}: {exc}", file=sys.stderr)
+            print(f"pier serve: cannot serve from {settings.root}: {exc}", file=sys.stderr)
             return 2
     return 0
 

@@ -9,6 +9,7 @@ accept ``KiB``/``MiB``/``GiB`` suffixes and durations ``s``/``m``/``h``/``d``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -33,7 +34,8 @@ class Settings:
     upload_timeout: float = 24 * 3600.0
     chunk_min_length: int = 1024 * 1024  # advertised; smaller chunks are still accepted
     catalog_page_size: int = 1000  # default and maximum `n` for /v2/_catalog
-    max_inflight_requests: int = 1024  # beyond it: 429 with Retry-After
+    max_inflight_requests: int = 1024  # beyond it: 429 with Retry-After (health and metrics never count)
+    max_inflight_per_client: int = 256  # per user, or per address when anonymous: one client cannot take all
     fsync: bool = True
     workers: int = 1
     access_log: bool = True
@@ -56,6 +58,8 @@ class Settings:
     header_timeout: float = 30.0  # from a request's first byte to the end of its headers
     idle_timeout: float = 60.0  # a request body, or the reading of a response, stalled this long
     max_upload_sessions: int = 100  # open upload sessions per repository; beyond it: 429
+    max_upload_sessions_total: int = 10000  # open upload sessions in the whole store
+    max_upload_sessions_per_client: int = 1000  # per user, or per address when anonymous
     s3_endpoint_url: str = ""  # S3-compatible store ("": AWS_ENDPOINT_URL, else AWS)
     s3_region: str = ""  # ("": AWS_DEFAULT_REGION / ~/.aws)
     s3_addressing_style: str = "auto"  # auto, path or virtual
@@ -82,6 +86,8 @@ class Settings:
         return split_addr(self.addr)[1]
 
 
+# How a setting's text is read, beyond what its default's type says: "size", "duration", or
+# its allowed values separated by "|". The flags, their help and the checks come from here.
 FIELD_TYPES: dict[str, str] = {
     "max_manifest_size": "size",
     "max_blob_size": "size",
@@ -99,6 +105,10 @@ FIELD_TYPES: dict[str, str] = {
     "proxy_cache_size": "size",
     "shutdown_delay": "duration",
     "shutdown_timeout": "duration",
+    # Settings with a fixed set of values: checked wherever they come from.
+    "log_level": "debug|info|warning|error",
+    "log_format": "text|json",
+    "s3_addressing_style": "auto|path|virtual",
 }
 
 
@@ -136,18 +146,50 @@ def parse_duration(value: Any) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
-def _coerce(name: str, value: Any) -> Any:
-    kind = FIELD_TYPES.get(name)
+@functools.cache
+def _defaults() -> Settings:
+    return Settings()
+
+
+def kind(name: str) -> str:
+    """How setting ``name`` is read: size, duration, bool, int, float, str, or "a|b|c" (its values)."""
+    if name in FIELD_TYPES:
+        return FIELD_TYPES[name]
+    default = getattr(_defaults(), name)
+    return "bool" if isinstance(default, bool) else type(default).__name__
+
+
+def format_default(name: str) -> str:
+    """A setting's default as a user would write it (``100GiB``, ``24h``, ``true``): for --help."""
+    value, how = getattr(_defaults(), name), kind(name)
+    if how == "size" and value:
+        exponent = next(e for e in (4, 3, 2, 1, 0) if value % 1024**e == 0)
+        return f"{value // 1024**exponent}{['B', 'KiB', 'MiB', 'GiB', 'TiB'][exponent]}"
+    if how == "duration":
+        units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+        unit, seconds = next((u, s) for u, s in units if value % s == 0) if value else ("s", 1)
+        return f"{value / seconds:g}{unit}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _coerce(name: str, value: Any, source: str | None = None) -> Any:
+    """Read one setting; a bad value fails naming where it came from (``--log-level``,
+    ``PIER_LOG_LEVEL``, ``pier.toml: log_level``), so the user knows what to fix."""
+    source = source or name
     if isinstance(value, list) and name == "proxy":  # a list in a config file
         return ",".join(str(item) for item in value)
     if name == "notifications" and not isinstance(value, str):  # tables in a config file
         return json.dumps(value)
-    if kind == "size":
-        return parse_size(value)
-    if kind == "duration":
-        return parse_duration(value)
-    default = getattr(Settings(), name)
-    if isinstance(default, bool):
+    how = kind(name)
+    try:
+        if how == "size":
+            return parse_size(value)
+        if how == "duration":
+            return parse_duration(value)
+    except ConfigError:
+        example = "4MiB, 100GiB" if how == "size" else "30s, 5m, 24h"
+        raise ConfigError(f"{source} must be a {how} (e.g. {example}), not {value!r}") from None
+    if how == "bool":
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
@@ -155,13 +197,26 @@ def _coerce(name: str, value: Any) -> Any:
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{name}: not a boolean: {value!r}")
-    if isinstance(default, int):
+        raise ConfigError(f"{source} must be true or false, not {value!r}")
+    if how == "int":
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name}: not an integer: {value!r}") from None
-    return str(value)
+            raise ConfigError(f"{source} must be an integer, not {value!r}") from None
+    if how == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source} must be a number, not {value!r}") from None
+    text = str(value)
+    if "|" in how and text not in how.split("|"):
+        raise ConfigError(f"{source} must be one of {', '.join(how.split('|'))}, not {value!r}")
+    if name == "addr":
+        try:
+            split_addr(text)
+        except ConfigError:
+            raise ConfigError(f"{source} must be HOST:PORT, not {value!r}") from None
+    return text
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -185,33 +240,38 @@ def load_settings(
     """Merge the sources in order of precedence; unknown keys are an error, not ignored."""
     environ = dict(os.environ) if environ is None else environ
     names = {f.name for f in fields(Settings)}
-    values: dict[str, Any] = {}
+    given: dict[str, tuple[Any, str]] = {}  # the winning value of each setting, and where it came from
     config_file = config_file or environ.get("PIER_CONFIG")
     if config_file:
         for key, value in read_file(config_file).items():
             key = key.replace("-", "_")
             if key not in names:
                 raise ConfigError(f"{config_file}: unknown setting {key!r}")
-            values[key] = _coerce(key, value)
+            given[key] = (value, f"{config_file}: {key}")
     for name in names:
-        env = environ.get(f"PIER_{name.upper()}")
+        env = environ.get(env_name(name))
         if env is not None:
-            values[name] = _coerce(name, env)
+            given[name] = (env, env_name(name))
     for name, value in (flags or {}).items():
         if value is not None:
-            values[name] = _coerce(name, value)
-    settings = Settings(**values)
-    split_addr(settings.addr)
-    if settings.log_format not in ("text", "json"):
-        raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
+            given[name] = (value, flag_name(name))
+    settings = Settings(**{name: _coerce(name, value, source) for name, (value, source) in given.items()})
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key go together: give both, or neither for plain HTTP")
     return settings
+
+
+def env_name(name: str) -> str:
+    return f"PIER_{name.upper()}"
+
+
+def flag_name(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 def to_environ(settings: Settings) -> dict[str, str]:
     """The settings as PIER_* variables, so worker processes read exactly the same."""
     env = {}
     for name, value in dataclasses.asdict(settings).items():
-        env[f"PIER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
