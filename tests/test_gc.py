@@ -255,7 +255,7 @@ def test_pier_forwards_gc_and_fsck(tmp_path: Path) -> None:
     assert "gc: 0 blobs (0 B) freed" in run_storage_command(tmp_path, "gc", module="puller").stdout
     assert run_storage_command(tmp_path, "fsck", module="puller").returncode == 0
     bad = run_storage_command(tmp_path, "gc", "--grace", "soon", module="puller")
-    assert bad.returncode == 2 and "not a duration" in bad.stderr
+    assert bad.returncode == 2 and "--grace must be a duration" in bad.stderr
 
 
 # -- the doomed-marker handshake, at the store ---------------------------------------
