@@ -220,10 +220,11 @@ class Transport:
                 request = self._client.build_request(method, url, headers=request_headers, content=body)
                 response = self._client.send(request, stream=True)
             except HTTP_FAILURES as exc:
-                if attempt == self.retries or not isinstance(exc, httpx.TransportError):
-                    raise RegistryRequestError(
-                        f"{self.base_url}: {method} {path[:100]}: {printable(str(exc) or type(exc).__name__)}"
-                    ) from None
+                reason = printable(str(exc) or type(exc).__name__)
+                if not isinstance(exc, httpx.TransportError):  # a redirect loop, a bad Location, ...
+                    raise RegistryRequestError(f"{self.base_url}: {method} {path[:100]}: {reason}") from None
+                if attempt == self.retries:
+                    raise RegistryRequestError(f"{self.base_url} unreachable: {reason}") from None
                 pause(min(2**attempt * 0.2, 5))
                 continue
             # Only the registry's own challenge is answered, never one from where it redirected.
