@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,17 +35,36 @@ EXAMPLES = int(os.environ.get("PIER_FUZZ_EXAMPLES") or 100)  # more for a long h
 MAX_DELAY = 30.0  # the longest Retry-After the client may honour
 
 
+KINDS = ("base", "token", "manifest", "blob-head", "blob", "upload-start", "upload")
+
+
+def kind_of(request: Request) -> str:
+    """Which step of a pull, push or login a request is: each step has its own answers."""
+    path = request.path
+    if path.startswith("/token"):
+        return "token"
+    if "/blobs/uploads" in path or path.startswith("/upload"):
+        return "upload-start" if request.method == "POST" else "upload"
+    if "/blobs/" in path:
+        return "blob-head" if request.method == "HEAD" else "blob"
+    return "manifest" if "/manifests/" in path else "base"
+
+
 class Scripted:
-    """The answers of one example, served in order; the last one repeats."""
+    """The answers of one example, per kind of request, served in order; the last one repeats."""
 
     def __init__(self) -> None:
-        self.answers: list[Answer] = [Answer(404)]
-        self.served = 0
+        self.answers: dict[str, list[Answer]] = {}
+        self.served: dict[str, int] = {}
+        self.lock = threading.Lock()
 
     def __call__(self, request: Request) -> Answer:
-        answer = self.answers[min(self.served, len(self.answers) - 1)]
-        self.served += 1
-        return answer
+        kind = kind_of(request)
+        with self.lock:
+            answers = self.answers.get(kind) or [Answer(404)]
+            count = self.served.get(kind, 0)
+            self.served[kind] = count + 1
+        return answers[min(count, len(answers) - 1)]
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +183,11 @@ _bodies = st.one_of(
 )
 
 
-def _answers(host: str, real: tuple[bytes, ...] = ()) -> st.SearchStrategy[list[Answer]]:
-    """Answers in order; ``real`` bodies (an image's manifest, config, layer) lead deeper in."""
+def _answers(
+    host: str, plausible: dict[str, list[Answer]], real: tuple[bytes, ...] = ()
+) -> st.SearchStrategy[dict[str, list[Answer]]]:
+    """Answers for each kind of request: garbage, or what a registry would say at that step
+    (``plausible``, sometimes with a hostile header), which leads the client deeper."""
     values = _values(host)
     bodies = st.one_of(_bodies, st.sampled_from(real)) if real else _bodies
     header = st.sampled_from(sorted(values)).flatmap(lambda name: st.tuples(st.just(name), values[name]))
@@ -174,8 +197,41 @@ def _answers(host: str, real: tuple[bytes, ...] = ()) -> st.SearchStrategy[list[
         ),
         st.integers(200, 599),
     )
-    answer = st.builds(Answer, status, st.lists(header, max_size=4), bodies)
-    return st.lists(answer, min_size=1, max_size=8)
+    garbage = st.builds(Answer, status, st.lists(header, max_size=4), bodies)
+
+    def per_kind(kind: str) -> st.SearchStrategy[list[Answer]]:
+        spiced = st.builds(
+            lambda answer, extra: Answer(answer.status, [*answer.headers, *extra], answer.body),
+            st.sampled_from(plausible[kind]),
+            st.lists(header, max_size=1),
+        )
+        return st.lists(st.one_of(spiced, garbage), min_size=1, max_size=4)
+
+    return st.fixed_dictionaries({kind: per_kind(kind) for kind in KINDS})
+
+
+def _plausible(host: str, image: Image | None = None) -> dict[str, list[Answer]]:
+    """What a registry says at each step of a pull, push or login (its token flow included)."""
+    bearer = Answer(401, [("WWW-Authenticate", f'Bearer realm="http://{host}/token",service="reg"')])
+    basic = Answer(401, [("WWW-Authenticate", 'Basic realm="reg"')])
+    unknown = Answer(404, body=b'{"errors": [{"code": "BLOB_UNKNOWN", "message": "unknown"}]}')
+    answers = {
+        "base": [Answer(200), bearer, basic],
+        "token": [Answer(200, [("Content-Type", "application/json")], b'{"token": "t", "expires_in": 300}')],
+        "manifest": [Answer(201), bearer],
+        "blob-head": [unknown, Answer(200), bearer],
+        "blob": [unknown, bearer],
+        "upload-start": [Answer(202, [("Location", "/v2/fuzz/app/blobs/uploads/u1?state=1")]), bearer],
+        "upload": [Answer(201), Answer(204), bearer],
+    }
+    if image is not None:
+        manifest = [("Content-Type", image.manifest.media_type), ("Docker-Content-Digest", image.digest)]
+        answers["manifest"].append(Answer(200, manifest, image.manifest.read()))
+        for blob in image.blobs:
+            content = blob.read()
+            ranged = ("Content-Range", f"bytes 0-{len(content) - 1}/{len(content)}")
+            answers["blob"] += [Answer(200, body=content), Answer(206, [ranged], content)]
+    return answers
 
 
 @contextlib.contextmanager
@@ -221,9 +277,11 @@ def _unverified_blobs(home: Path) -> list[str]:
     return wrong
 
 
-def _run(args: list[str], answers: list[Answer], script: Scripted, monkeypatch: pytest.MonkeyPatch) -> int:
+def _run(
+    args: list[str], answers: dict[str, list[Answer]], script: Scripted, monkeypatch: pytest.MonkeyPatch
+) -> int:
     """``pier ARGS`` in this process: its exit code; a traceback on stderr fails the test."""
-    script.answers, script.served = answers, 0
+    script.answers, script.served = answers, {}
     delays: list[float] = []
     monkeypatch.setattr(puller.transport, "pause", delays.append)
     stderr, stdout = io.StringIO(), io.StringIO()
@@ -235,7 +293,7 @@ def _run(args: list[str], answers: list[Answer], script: Scripted, monkeypatch: 
         assert stderr.getvalue().count("\n") == 1 and stderr.getvalue().startswith("pier: "), (
             stderr.getvalue()
         )
-    if not any(200 <= answer.status < 300 for answer in answers):
+    if not any(200 <= answer.status < 300 for kind in answers.values() for answer in kind):
         assert code == 1, (code, stdout.getvalue())  # nothing but errors can never be a success
     assert code in (0, 1)
     return code
@@ -253,7 +311,7 @@ FUZZ = settings(
 def test_pull_survives_any_answer(server, image, monkeypatch, data) -> None:  # type: ignore[no-untyped-def]
     running, script = server
     real = tuple(blob.read() for blob in (image.manifest, *image.blobs))
-    answers = data.draw(_answers(running.host, real))
+    answers = data.draw(_answers(running.host, _plausible(running.host, image), real))
     with _sandbox() as root:
         code = _run(["pull", "-q", f"{running.host}/fuzz/app:v1"], answers, script, monkeypatch)
         if code == 0:  # only the real image, in the order asked for, can be pulled
@@ -267,7 +325,7 @@ def test_pull_survives_any_answer(server, image, monkeypatch, data) -> None:  # 
 @given(data=st.data())
 def test_push_survives_any_answer(server, image, monkeypatch, data) -> None:  # type: ignore[no-untyped-def]
     running, script = server
-    answers = data.draw(_answers(running.host))
+    answers = data.draw(_answers(running.host, _plausible(running.host)))
     with _sandbox() as root:
         store = ContentStore(root / "pier")
         for blob in (image.manifest, *image.blobs):
@@ -283,7 +341,7 @@ def test_push_survives_any_answer(server, image, monkeypatch, data) -> None:  # 
 @given(data=st.data())
 def test_login_survives_any_answer(server, monkeypatch, data) -> None:  # type: ignore[no-untyped-def]
     running, script = server
-    answers = data.draw(_answers(running.host))
+    answers = data.draw(_answers(running.host, _plausible(running.host)))
     with _sandbox() as root:
         code = _run(["login", "-u", "fuzz", "-p", "pw", running.host], answers, script, monkeypatch)
         assert _written_outside(root) == []
