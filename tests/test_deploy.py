@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import httpx
@@ -118,6 +119,7 @@ def test_image_builds_offline_and_pier_serves_its_own_image(registry, skopeo, tm
             "registry",
             "puller",
             "storage_backends",
+            "oci",
             "deploy/pier.toml",
         }
         timings.step("buildah: what `COPY . /src` takes from the repository")
@@ -344,7 +346,7 @@ def test_nginx_conf_balances_replicas_on_s3_and_keeps_the_mirror_read_only(seawe
     htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "wonderland"})
     key, _ = write_signing_key(tmp_path / "keys")
     storage = S3Storage(f"s3://{bucket}/registry", seaweed.env, seaweed.client())
-    auth = ("--htpasswd", str(htpasswd), "--token-key", str(key))
+    auth = ("--htpasswd", str(htpasswd), "--token-key", str(key), "--access-log", "true")
     servers = [PierServer(tmp_path / f"replica{i}", *auth, storage=storage) for i in range(2)]
     servers.append(PierServer(tmp_path / "mirror"))  # any pier stands for the mirror here
     try:
@@ -428,6 +430,17 @@ def check_through_nginx(tmp_path: Path, servers, registry_port: int, mirror_port
         assert manifest.status_code == 200 and manifest.content == image.manifest.read()
     fetched = httpx.get(f"{front}/v2/{repo}/blobs/{blobs[-1].digest}", headers=bearer, verify=trust)
     assert fetched.status_code == 200 and fetched.content == data
+
+    # A client cannot choose the address pier counts its limits by: nginx replaces, not
+    # extends, the X-Forwarded-For a client sends.
+    forged = {"X-Forwarded-For": "203.0.113.77", **bearer}
+    marker = f"/v2/{repo}/manifests/forged-xff"
+    assert httpx.get(f"{front}{marker}", headers=forged, verify=trust).status_code == 404
+    deadline = time.monotonic() + 10.0
+    while not (seen := [line for s in servers[:2] for line in s.log().splitlines() if marker in line]):
+        assert time.monotonic() < deadline, "the forged request reached neither replica's access log"
+        time.sleep(0.05)
+    assert seen and not any("203.0.113.77" in line for line in seen), seen
 
     mirror = f"https://127.0.0.1:{mirror_port}"
     assert httpx.get(f"{mirror}/v2/", verify=trust).status_code == 200
