@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import unicodedata
 
-UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+from oci.units import human_size
+
+__all__ = ["human_size", "plural", "printable"]
+
 # Format characters that reorder or hide text on screen (Trojan Source, CVE-2021-42574).
 _INVISIBLE = frozenset("\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff")
-
-
-def human_size(size: int) -> str:
-    """``size`` bytes as docker prints it: ``5B``, ``1.23kB``, ``12.3MB``, ``1GB``."""
-    value, unit = float(max(size, 0)), 0
-    while unit < len(UNITS) - 1 and float(f"{value:.3g}") >= 1000:
-        value /= 1000
-        unit += 1
-    return f"{value:.3g}{UNITS[unit]}"
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

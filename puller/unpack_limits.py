@@ -11,19 +11,17 @@ room to spare; each limit has an environment variable to raise it.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO
 
+from oci.units import parse_size
+
 from .errors import PierError
 from .text import human_size
 
 KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
-_UNITS = {"": 1, "b": 1, "kb": KB, "mb": MB, "gb": GB, "tb": TB}
-_UNITS.update({"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40})
-_SIZE = re.compile(r"\s*(\d+)\s*([a-z]*)\s*", re.IGNORECASE | re.ASCII)
 REFRESH_BYTES = 64 * MB  # statvfs again after this much, in case others write to the same disk
 # tarfile holds a member's headers (PAX records, GNU long names, sparse maps) in memory:
 # names are at most PATH_MAX and xattr values 64 KiB, so anything near this is an attack.
@@ -33,15 +31,6 @@ INODE_MARGIN = 10_000  # files that stay creatable on the target, or 5% of its i
 
 class UnpackLimitError(PierError):
     """An unpack stopped by one of its limits; the message names the limit and how to raise it."""
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``1000``, ``64MB`` (10^6, as docker shows sizes) or ``64MiB`` (2^20)."""
-    match = _SIZE.fullmatch(text)
-    unit = _UNITS.get(match.group(2).lower()) if match else None
-    if match is None or unit is None:
-        raise ValueError(f"{text!r} is not a size (examples: 1000000, 64MB, 2GiB)")
-    return int(match.group(1)) * unit
 
 
 def _count(text: str) -> int:

@@ -3,7 +3,7 @@
 A config file is TOML (``.toml``) or YAML (``.yaml``/``.yml``) with the same keys as
 below; each key also has an environment variable ``PIER_<KEY>`` (``PIER_ADDR``,
 ``PIER_ROOT``, ``PIER_MAX_BLOB_SIZE``...) and a flag ``--<key-with-dashes>``. Sizes
-accept ``KiB``/``MiB``/``GiB`` suffixes and durations ``s``/``m``/``h``/``d``.
+accept docker's units (``MB`` = 10^6; ``MiB`` or ``M`` = 2^20) and durations ``s``/``m``/``h``/``d``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from oci import units
 
 
 def default_root() -> str:
@@ -123,18 +125,17 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
 def parse_size(value: Any) -> int:
+    """Bytes from an int or a size in docker's units (``64MB`` = 64x10^6, ``64MiB``/``64M`` = 64x2^20)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ConfigError(f"not a size: {value!r}")
-    unit = (match.group(2) or "B").upper().rstrip("B").rstrip("I")
-    return int(match.group(1)) * 1024 ** " KMGT".index(unit or " ")
+    try:
+        return units.parse_size(str(value))
+    except ValueError:
+        raise ConfigError(f"not a size: {value!r}") from None
 
 
 def parse_duration(value: Any) -> float:

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from oci.units import human_size
 from storage_backends import FileInfo, PathNotFound, StorageDriver
 
 from . import layout
 from .errors import RegistryError
-from .gc import human_size
 from .inventory import Manifest, bounded, list_blobs, list_repositories
 from .manifests import parse_manifest
 from .references import Digest

@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from oci.units import human_size
 from storage_backends import FileInfo, PathNotFound, StorageDriver
 
 from . import layout
@@ -146,14 +147,6 @@ class Report:
     stopped: str = ""  # why sweeping stopped early, if it did
     details: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def summary(report: Report, dry_run: bool) -> str:

@@ -348,6 +348,7 @@ def test_the_defaults_let_a_30_GB_image_through(tmp_path) -> None:
         ("64 MiB", 64 * MiB),
         ("2gib", 2 * GiB),
         ("256GB", 256 * GB),
+        ("64M", 64 * MiB),  # a bare letter is binary, as in docker run --memory
         ("0", 0),
     ],
 )
@@ -355,7 +356,7 @@ def test_sizes_are_read_in_both_unit_systems(text, size) -> None:
     assert UnpackLimits.from_env({"PIER_UNPACK_MAX_BYTES": text}).max_bytes == size
 
 
-@pytest.mark.parametrize("text", ["lots", "64M", "1.5GB", "-1", "64 MB extra", "\u0663MB"])
+@pytest.mark.parametrize("text", ["lots", "64Q", "1.5GB", "-1", "64 MB extra", "\u0663MB", "\u00b2MB"])
 def test_a_size_that_is_not_one_is_refused(text) -> None:
     with pytest.raises(PierError, match="PIER_UNPACK_MAX_BYTES"):
         UnpackLimits.from_env({"PIER_UNPACK_MAX_BYTES": text})

@@ -60,6 +60,7 @@ def test_bad_settings_are_errors(tmp_path) -> None:
 
 def test_size_and_duration_parsing() -> None:
     assert parse_size("4MiB") == 4 << 20
+    assert parse_size("4MB") == 4 * 10**6  # docker's units: what `pier images` prints reads back
     assert parse_size("1k") == 1024
     assert parse_size(12) == 12
     assert parse_duration("24h") == 86400

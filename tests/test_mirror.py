@@ -356,7 +356,7 @@ def test_distribution_as_a_plain_upstream_then_gc_and_fsck_of_the_cache(
     for command in (["gc", "--grace", "0s"], ["fsck"]):
         done = run_storage_command(mirror.storage, *command)
         assert done.returncode == 0, done.stderr
-    assert "0 blobs (0 B) freed" in run_storage_command(mirror.storage, "gc", "--grace", "0s").stdout
+    assert "0 blobs (0B) freed" in run_storage_command(mirror.storage, "gc", "--grace", "0s").stdout
     for blob in image.blobs:
         assert mirror.storage.exists(blob_data_path(blob.digest))
 
