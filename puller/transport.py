@@ -218,7 +218,8 @@ class Transport:
             body = content() if content is not None else None
             try:
                 request = self._client.build_request(method, url, headers=request_headers, content=body)
-                response = self._client.send(request, stream=True)
+                # Redirects only for requests without a body: a streamed body cannot be sent twice.
+                response = self._client.send(request, stream=True, follow_redirects=method in ("GET", "HEAD"))
             except HTTP_FAILURES as exc:
                 reason = printable(str(exc) or type(exc).__name__)
                 if not isinstance(exc, httpx.TransportError):  # a redirect loop, a bad Location, ...

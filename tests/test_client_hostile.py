@@ -403,3 +403,26 @@ def test_a_config_larger_than_any_real_one_is_not_downloaded(tmp_path) -> None:
         result = run_pier(tmp_path / "home", "pull", f"{registry.host}/a/b:v1")
         assert not any("/blobs/" in r.path for r in registry.requests)
     _one_line_failure(result, "config is larger than 33554432 bytes")
+
+
+@pytest.mark.parametrize("status", [301, 307, 308])
+def test_a_redirected_upload_fails_in_one_line(status: int, tmp_path) -> None:
+    """A streamed body cannot be sent twice: a redirect of a PUT is an error, not a crash."""
+    image = build_image(tmp_path / "img", "v1")
+
+    def script(request: Request) -> Answer:
+        if request.method == "HEAD":
+            return Answer(404)
+        if request.method == "POST":
+            return Answer(202, [("Location", "/v2/a/b/blobs/uploads/1")])
+        return Answer(status, [("Location", "/v2/a/b/blobs/uploads/2")])
+
+    with ScriptedServer(script) as registry:
+        home = tmp_path / "home"
+        store = ContentStore(home)
+        for blob in (image.manifest, *image.blobs):
+            store.put(blob.digest, blob.read())
+        store.set_ref(f"{registry.host}/a/b", "v1", image.digest)
+        result = run_pier(home, "push", f"{registry.host}/a/b:v1")
+    _one_line_failure(result, "uploading blob sha256:")
+    assert str(status) in result.stderr
