@@ -21,13 +21,16 @@ from .content_store import ContentStore
 from .credentials import Credentials, CredentialsError, erase, lookup
 from .credentials import save as save_credentials
 from .errors import PierError
+from .formatting import FormatError, Template
 from .gc import collect_garbage
 from .image import ImageError, is_index, load_image, local_digest, read_json, shareable
-from .layout import load, save
+from .inspection import Inspected, inspect_local
 from .platforms import Platform
 from .reference import Reference, ReferenceError, parse_reference
 from .rootfs import unpack_image
-from .run import RunOptions, run
+from .run import CommandNotRunnable, RunOptions, run
+from .saved import FORMATS, load_from_stream, load_images, output_format, save_images, save_to_stream
+from .text import human_size, plural, printable
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -72,7 +75,29 @@ def _local(store: ContentStore, text: str) -> tuple[Reference, str]:
     return reference, digest
 
 
+def _pull_all_tags(args: argparse.Namespace) -> int:
+    """docker's ``pull --all-tags``: every tag of the repository (all pages), pulled one by one."""
+    from .remote import iter_tags
+
+    repository = _repository(args.reference, "pull --all-tags")
+    transport = _transport(args, repository)
+    try:
+        tags = list(iter_tags(transport, repository))
+    finally:
+        transport.close()
+    if not tags:
+        raise ImageError(f"{repository.name} has no tags")
+    for tag in tags:
+        one = argparse.Namespace(**{**vars(args), "reference": f"{repository.name}:{tag}", "all_tags": False})
+        code = cmd_pull(one)
+        if code:
+            return code
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
+    if getattr(args, "all_tags", False):
+        return _pull_all_tags(args)
     from .progress import transfer_progress
     from .pull import pull
 
@@ -93,7 +118,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(image.index_digest or image.digest)
     else:
         print(f"Digest: {image.index_digest or image.digest}")
-        print(f"Pulled {reference.familiar()} ({platform}, {image.size} bytes)")
+        print(f"Pulled {reference.familiar()} ({platform}, {_human(image.size)})")
     return 0
 
 
@@ -163,13 +188,38 @@ def _created(store: ContentStore, digest: str) -> str:
 
 
 def _size(store: ContentStore, digest: str) -> int:
-    document = read_json(store, digest)
-    if is_index(document):
-        return sum(_size(store, e["digest"]) for e in document.get("manifests", []) if store.has(e["digest"]))
-    return sum(int(d.get("size", 0)) for d in [document.get("config", {}), *document.get("layers", [])])
+    """Bytes of the image's distinct blobs: a layer two platforms of an index share counts once."""
+    sizes: dict[str, int] = {}
+    pending, seen = [digest], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        document = read_json(store, current)
+        if is_index(document):
+            pending += [e["digest"] for e in document.get("manifests", []) if store.has(e["digest"])]
+        else:
+            for blob in [document.get("config", {}), *document.get("layers", [])]:
+                sizes[blob["digest"]] = int(blob.get("size", 0))
+    return sum(sizes.values())
+
+
+IMAGE_FIELDS = ("Repository", "Tag", "Digest", "Size", "Created")
+CONTAINER_FIELDS = ("ID", "Image", "Digest", "Command", "Created", "Status", "ExitCode")
+
+
+def _row_template(text: str | None, fields: tuple[str, ...]) -> Template | None:
+    """A ``--format`` for list rows, checked against the fields at once: a typo fails on an empty list too."""
+    if text is None:
+        return None
+    template = Template(text)
+    template.render(dict.fromkeys(fields, ""))
+    return template
 
 
 def cmd_images(args: argparse.Namespace) -> int:
+    template = _row_template(args.format, IMAGE_FIELDS)
     store = ContentStore()
     rows = [
         (Reference(*name.split("/", 1), tag, None).familiar().rsplit(":", 1)[0], tag, digest)
@@ -179,6 +229,18 @@ def cmd_images(args: argparse.Namespace) -> int:
         for digest in dict.fromkeys(row[2] for row in rows):
             print(digest)
         return 0
+    if template is not None:
+        for repository, tag, digest in rows:
+            size, created = _human(_size(store, digest)), _created(store, digest)
+            fields = {
+                "Repository": repository,
+                "Tag": tag,
+                "Digest": digest,
+                "Size": size,
+                "Created": created,
+            }
+            print(template.render(fields))
+        return 0
     table = [("REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED")]
     for repository, tag, digest in rows:
         table.append((repository, tag, digest[:19], _human(_size(store, digest)), _created(store, digest)))
@@ -187,51 +249,99 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
-    """Columns padded to their widest cell, as docker prints its lists."""
+    """Columns padded to their widest cell, as docker prints its lists; untrusted text escaped."""
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{size}B"
+    return human_size(size)
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
+    from .untag import conflict, resolve
+
     store = ContentStore()
     for text in args.references:
-        reference = parse_reference(text)
-        if reference.digest and not reference.tag:
-            names = [(n, t) for n, t, d in store.refs() if d == reference.digest and n == reference.name]
-        else:
-            names = [(reference.name, reference.tag or "latest")]
-        if not any(store.delete_ref(name, tag) for name, tag in names):
-            raise ImageError(f"{reference.familiar()}: no such image in the local store")
-        print(f"Untagged: {reference.familiar()}")
+        removal = resolve(store, text)
+        refused = None if args.force else conflict(store, removal)
+        if refused:
+            raise ImageError(f"conflict: {refused}")
+        for name, tag in removal.tags:
+            if store.delete_ref(name, tag):
+                print(f"Untagged: {Reference(*name.split('/', 1), tag, None).familiar()}")
     collected = collect_garbage(store)
-    print(f"Deleted {collected.blobs} blobs ({_human(collected.bytes)}), {collected.trees} unpacked trees")
+    blobs, trees = plural(collected.blobs, "blob"), plural(collected.trees, "unpacked tree")
+    print(f"Deleted {blobs} ({_human(collected.bytes)}), {trees}")
     return 0
 
 
+def _remote_text(args: argparse.Namespace) -> tuple[str, bool]:
+    """The reference and whether to read it from its registry: ``--remote``, or skopeo's ``docker://``."""
+    text = args.reference.removeprefix("docker://")
+    return text, bool(args.remote) or text != args.reference
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    store = ContentStore()
-    reference, digest = _local(store, args.reference)
-    document = read_json(store, digest)
-    image = load_image(store, digest, _platform(args), need_layers=False)
-    out = {
-        "Name": str(reference),
-        "Digest": digest,
-        "Index": document if is_index(document) else None,
-        "ManifestDigest": image.digest,
-        "Manifest": image.manifest,
-        "Config": image.config,
-    }
-    print(json.dumps(out, indent=2))
+    if args.raw and args.format:
+        raise FormatError("--format and --raw: choose one (--raw prints the bytes as they are)")
+    template = Template(args.format) if args.format else None  # a bad template fails before any request
+    text, remote = _remote_text(args)
+    platform = None if args.raw and not args.config else _platform(args)
+    found: Inspected
+    if remote:
+        from .remote import inspect_remote
+
+        reference = parse_reference(text)
+        transport = _transport(args, reference)
+        try:
+            found = inspect_remote(transport, reference, platform)
+        finally:
+            transport.close()
+    else:
+        found = inspect_local(ContentStore(), text, platform)
+    if args.raw:
+        sys.stdout.buffer.write(found.config_body if args.config else found.body)
+        sys.stdout.flush()
+        return 0
+    value = found.config if args.config else found.document()
+    print(template.render(value) if template else json.dumps(value, indent=2))
+    return 0
+
+
+def _repository(text: str, command: str) -> Reference:
+    """A repository without tag or digest, as ``pier tags`` and ``pull --all-tags`` take it."""
+    reference = parse_reference(text)
+    if "@" in text or ":" in text.rsplit("/", 1)[-1]:
+        raise ReferenceError(f"{command} takes a repository without tag or digest: {reference.name}")
+    return reference
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    from .remote import iter_tags
+
+    reference = _repository(args.repository, "pier tags")
+    transport = _transport(args, reference)
+    try:
+        for tag in iter_tags(transport, reference, args.page_size):
+            print(tag)
+    finally:
+        transport.close()
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from .remote import delete_manifest
+
+    reference = parse_reference(args.reference)
+    transport = _transport(args, reference)
+    try:
+        digest = delete_manifest(transport, reference)
+    finally:
+        transport.close()
+    print(digest if args.quiet else f"Deleted {reference.familiar()}\nDigest: {digest}")
     return 0
 
 
@@ -244,16 +354,32 @@ def cmd_save(args: argparse.Namespace) -> int:
         if note:
             print(f"note: {note}", file=sys.stderr)
         images.append((reference, digest))
-    save(store, images, Path(args.output))
+    if args.output is None:  # `pier save IMG > x.tar`, as docker save writes to its standard output
+        if sys.stdout.isatty():
+            raise ImageError("refusing to write a tar to a terminal: give -o FILE or redirect the output")
+        format = args.format or "docker-archive"
+        with store.lock():
+            save_to_stream(store, images, sys.stdout.buffer, format, _platform(args))
+        return 0
+    output = Path(args.output)
+    format = output_format(output, args.format)
+    with store.lock():  # shared: no rmi deletes what is being written
+        save_images(store, images, output, format, _platform(args))
     for reference, digest in images:
-        print(f"Saved {reference.familiar()} ({digest}) to {args.output}")
+        print(f"Saved {reference.familiar()} ({digest}) to {args.output} ({format})")
     return 0
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    path = args.input or args.path
+    if not path and sys.stdin.isatty():
+        raise ImageError("give the directory or tar file to load (pier load -i FILE.tar), or pipe a tar in")
     store = ContentStore()
     with store.lock():
-        loaded = load(store, Path(args.directory), args.name)
+        if path:
+            loaded = load_images(store, Path(path), args.name)
+        else:  # `pier load < x.tar`
+            loaded = load_from_stream(store, sys.stdin.buffer, args.name)
     for item in loaded:
         name = item.reference.familiar() if item.reference else "(untagged: give --name to tag it)"
         print(f"Loaded {name} {item.digest}")
@@ -296,12 +422,12 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     _, digest = _local(store, args.reference)
     image = load_image(store, digest, _platform(args))
     target = Path(args.directory)
-    if target.exists() and any(target.iterdir()):
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ImageError(f"{target} is not empty: unpack into a new directory")
     with store.lock():  # shared: rmi cannot delete the layers while they are read
         unpack_image(store, image, target)
     if not args.quiet:
-        print(f"Unpacked {len(image.layers)} layers into {target}")
+        print(f"Unpacked {plural(len(image.layers), 'layer')} into {target}")
     return 0
 
 
@@ -342,10 +468,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         remove=args.rm,
         runtime=args.runtime,
     )
-    return run(store, image, reference.familiar(), options)
+    try:
+        return run(store, image, reference.familiar(), options)
+    except CommandNotRunnable as exc:  # docker's message and exit code: 127 missing, 126 not executable
+        print(f"pier run: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    template = _row_template(args.format, CONTAINER_FIELDS)
     containers = Containers(ContentStore().root)
     table = [("CONTAINER", "IMAGE", "COMMAND", "CREATED", "STATUS")]
     for _, state in containers.all():
@@ -354,9 +485,23 @@ def cmd_ps(args: argparse.Namespace) -> int:
             continue
         status = "running" if running else f"exited ({state.exit_code})"
         created = datetime.datetime.fromtimestamp(state.created).strftime("%Y-%m-%d %H:%M:%S")
-        command = " ".join(state.command)[:40]
-        table.append((state.id, state.image, command, created, status))
-    _print_table(table)
+        if args.quiet:
+            print(state.id)
+        elif template is not None:
+            fields = {
+                "ID": state.id,
+                "Image": state.image,
+                "Digest": state.digest,
+                "Command": " ".join(state.command),
+                "Created": created,
+                "Status": status,
+                "ExitCode": state.exit_code,
+            }
+            print(template.render(fields))
+        else:
+            table.append((state.id, state.image, " ".join(state.command)[:40], created, status))
+    if not args.quiet and template is None:
+        _print_table(table)
     return 0
 
 
@@ -368,8 +513,29 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed package's version, so ``pier --version`` cannot drift from pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pier")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1, named as such when it is not."""
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text[:40]!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pier", description="pier: an OCI registry and its client")
+    # allow_abbrev=False everywhere: "--roo" must be an error, not "--root".
+    parser = argparse.ArgumentParser(
+        prog="pier", description="pier: an OCI registry and its client", allow_abbrev=False
+    )
+    parser.add_argument("--version", action="version", version=f"pier {_version()}")
     commands = parser.add_subparsers(dest="subcommand", required=True)
     commands.add_parser("serve", help="run the registry (see `pier serve --help`)", add_help=False)
     commands.add_parser("gc", help="free unreferenced registry blobs (see `pier gc --help`)", add_help=False)
@@ -378,9 +544,23 @@ def _parser() -> argparse.ArgumentParser:
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help: str
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(handler=handler)
+        sub = commands.add_parser(name, help=help, description=help, allow_abbrev=False)
+        # The subcommand's own parser, to report a mistyped flag with its usage (see main).
+        sub.set_defaults(handler=handler, command_parser=sub)
         return sub
+
+    def registry_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--insecure", action="store_true", help="plain HTTP (default for loopback without a CA)"
+        )
+        sub.add_argument("--ca-cert", help="a CA certificate to trust besides the system's (or PIER_CA_CERT)")
+
+    def format_option(sub: argparse.ArgumentParser, fields: str) -> None:
+        sub.add_argument(
+            "--format",
+            metavar="TEMPLATE",
+            help=f"Go-template-like, e.g. '{{{{.{fields.split(',')[0]}}}}}'; fields: {fields} (see README)",
+        )
 
     def transfer_options(sub: argparse.ArgumentParser, platform_help: str) -> None:
         sub.add_argument("--platform", help=platform_help)
@@ -394,6 +574,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("pull", cmd_pull, "pull an image into the local store")
     sub.add_argument("reference", help="image reference, as docker writes it")
     transfer_options(sub, "os/arch[/variant] to pick from an index (default: this machine)")
+    sub.add_argument(
+        "-a", "--all-tags", action="store_true", help="pull every tag of the repository (give no tag)"
+    )
 
     sub = command("push", cmd_push, "push an image from the local store to its registry")
     sub.add_argument("reference", help="local image reference (see pier tag)")
@@ -409,22 +592,63 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("target")
 
     sub = command("images", cmd_images, "list the local images")
-    sub.add_argument("-q", "--quiet", action="store_true", help="print only digests")
+    sub.add_argument("-q", "--quiet", action="store_true", help="print only digests, each once")
+    format_option(sub, ", ".join(IMAGE_FIELDS))
 
     sub = command("rmi", cmd_rmi, "remove local images and the blobs nothing else uses")
-    sub.add_argument("references", nargs="+")
+    sub.add_argument("references", nargs="+", help="REPO:TAG, REPO@DIGEST, or a digest as images -q prints")
+    sub.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="also when a container uses it or several repositories tag it",
+    )
 
-    sub = command("inspect", cmd_inspect, "print a local image's manifest and config as JSON")
-    sub.add_argument("reference")
+    sub = command("inspect", cmd_inspect, "print an image's manifest and config as JSON (local, or --remote)")
+    sub.add_argument("reference", help="local image, or with --remote (or a docker:// prefix) a registry's")
     sub.add_argument("--platform", help="the platform's image of an index (default: this machine)")
+    sub.add_argument(
+        "--remote", action="store_true", help="read the image from its registry, without pulling it"
+    )
+    sub.add_argument(
+        "--raw", action="store_true", help="the manifest (or index) bytes exactly as stored or served"
+    )
+    sub.add_argument("--config", action="store_true", help="the image config (with --raw: its exact bytes)")
+    format_option(sub, "Name, Digest, Index, ManifestDigest, Manifest, Config")
+    registry_options(sub)
 
-    sub = command("save", cmd_save, "write local images to an OCI image layout directory")
+    sub = command("tags", cmd_tags, "list the tags of a repository in its registry (all pages)")
+    sub.add_argument("repository", help="e.g. registry.example.org/team/app (no tag)")
+    sub.add_argument(
+        "--page-size",
+        type=_positive,
+        metavar="N",
+        help="ask for N tags per request (default: the registry's pages)",
+    )
+    registry_options(sub)
+
+    sub = command("delete", cmd_delete, "delete an image's manifest from its registry (a tag: its digest)")
+    sub.add_argument(
+        "reference", help="REPO:TAG (resolved to its digest first, as skopeo does) or REPO@DIGEST"
+    )
+    sub.add_argument("-q", "--quiet", action="store_true", help="print only the digest deleted")
+    registry_options(sub)
+
+    sub = command("save", cmd_save, "write local images to an OCI layout directory or a docker save tar")
     sub.add_argument("references", nargs="+")
-    sub.add_argument("-o", "--output", required=True, help="layout directory (created, or added to)")
+    sub.add_argument(
+        "-o", "--output", help="a layout directory (created, or added to), or FILE.tar (default: stdout)"
+    )
+    sub.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="default: docker-archive (docker save's tar, with an OCI layout inside) for *.tar, else oci-dir",
+    )
     sub.add_argument("--platform", help="the image saved when only part of an index is local")
 
-    sub = command("load", cmd_load, "import the images of an OCI image layout directory")
-    sub.add_argument("directory")
+    sub = command("load", cmd_load, "import images from an OCI layout (directory or tar) or docker save tar")
+    sub.add_argument("path", nargs="?", help="a layout directory or a tar file (default: a tar on stdin)")
+    sub.add_argument("-i", "--input", help="the same, as docker load takes it")
     sub.add_argument("--name", help="repository for images the layout tags without one, e.g. myhost/app")
 
     for name, handler, help in (
@@ -469,6 +693,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("ps", cmd_ps, "list containers")
     sub.add_argument("-a", "--all", action="store_true", help="also those that exited")
+    sub.add_argument("-q", "--quiet", action="store_true", help="print only container IDs")
+    format_option(sub, ", ".join(CONTAINER_FIELDS))
 
     sub = command("rm", cmd_rm, "remove containers kept without --rm")
     sub.add_argument("containers", nargs="+")
@@ -482,11 +708,13 @@ def main(argv: list[str] | None = None) -> int:
         from registry.cli import main as registry_main
 
         return registry_main(argv)
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:  # argparse reports these with the top level's usage: give the subcommand's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except PierError as exc:
-        print(f"pier: {exc}", file=sys.stderr)
+        print(f"pier: {printable(str(exc))}", file=sys.stderr)  # messages may quote a registry
         return 1
     except KeyboardInterrupt:
         print("pier: interrupted; partial downloads are kept and resume on the next pull", file=sys.stderr)
