@@ -91,10 +91,15 @@ class Pusher:
         self.scope = f"repository:{reference.path}:pull,push"
         self.base = f"/v2/{reference.path}"
 
-    def has_blob(self, digest: str) -> bool:
+    def has_blob(self, digest: str, size: int) -> bool:
+        """Present means present whole: a registry whose copy has another length (a file cut
+        short by a full disk) gets the blob again, and a registry that checks replaces it."""
         with self.transport.stream("HEAD", f"{self.base}/blobs/{digest}", self.scope) as response:
-            if response.status_code in (200, 404):
-                return response.status_code == 200
+            if response.status_code == 404:
+                return False
+            if response.status_code == 200:
+                length = response.headers.get("content-length", "")
+                return not (length.isascii() and length.isdigit()) or int(length) == size
             raise PushError(f"{self.reference.name}: checking blob {digest}: {error_message(response)}")
 
     def mount(self, digest: str, source_path: str) -> bool:
@@ -131,7 +136,7 @@ class Pusher:
     def push_blob(self, descriptor: dict, source: BlobSource, progress: Progress | None) -> None:
         digest, size = descriptor["digest"], int(descriptor["size"])
         report = progress or (lambda *args: None)
-        if self.has_blob(digest):
+        if self.has_blob(digest, size):
             report(digest, "exists", size, size)
             return
         for candidate in source.mount_candidates(digest):

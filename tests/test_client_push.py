@@ -9,6 +9,7 @@ from puller.content_store import ContentStore
 
 from .helpers import TamperingProxy, push_index, run_pier
 from .images import ImageIndex, build_index
+from .storeview import blob_data_path
 
 
 @pytest.fixture
@@ -139,3 +140,21 @@ def test_push_errors_are_one_line(registry, tmp_path) -> None:
     missing = run_pier(tmp_path / "home", "push", f"{registry.host}/client/never-pulled:v1")
     assert missing.returncode == 1
     assert "is not in the local store" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_push_sends_again_a_blob_the_registry_holds_cut_short(registry, index, tmp_path) -> None:
+    """A registry's copy with the wrong length (a write cut short by a full disk) is not
+    "present": the push uploads the blob again and the registry ends up with it whole."""
+    push_index(registry.url, "client/push-damaged", index)
+    home = tmp_path / "home"
+    source = f"{registry.host}/client/push-damaged:v1"
+    assert run_pier(home, "pull", "--platform", "linux/amd64", source).returncode == 0
+    layer = index.image("amd64").layers[-1]
+    whole = layer.path.read_bytes()
+    registry.storage.write(blob_data_path(layer.digest), whole[: len(whole) // 2])
+
+    pushed = run_pier(home, "push", source)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"{layer.digest[7:19]}: pushed" in pushed.stdout, pushed.stdout
+    served = httpx.get(f"{registry.url}/v2/client/push-damaged/blobs/{layer.digest}")
+    assert served.status_code == 200 and served.content == whole
