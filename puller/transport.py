@@ -262,9 +262,17 @@ def error_message(response: httpx.Response) -> str:
     status = f"{response.status_code} {printable(response.reason_phrase, 100)}".strip()
     try:
         body = read_capped(response, MAX_ERROR_BODY, "error body")
-        errors = loads(body).get("errors")  # type: ignore[union-attr]
-    except (RegistryRequestError, UntrustedJSONError, AttributeError):
+        document = loads(body)
+    except (RegistryRequestError, UntrustedJSONError):
         return status
+    if not isinstance(document, dict):
+        return status
+    oauth = document.get("error")  # a token service's OAuth2 answer: {"error": "invalid_grant", ...}
+    if isinstance(oauth, str) and oauth:
+        described = document.get("error_description")
+        suffix = f": {printable(described, 200)}" if isinstance(described, str) and described else ""
+        return f"{status} ({printable(oauth, 100)}{suffix})"
+    errors = document.get("errors")
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return status
     first = errors[0]

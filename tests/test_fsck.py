@@ -29,7 +29,7 @@ async def test_clean_store_exits_0(served) -> None:  # type: ignore[no-untyped-d
     done = run_storage_command(server.storage, "fsck")
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.fullmatch(
-        r"fsck: 4 blobs \([\d.]+ KiB\) verified, 1 manifests, no problems", done.stdout.strip()
+        r"fsck: 4 blobs \([\d.]+kB\) verified, 1 manifests, no problems", done.stdout.strip()
     )
 
 

@@ -252,7 +252,7 @@ def test_storage_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_pier_forwards_gc_and_fsck(tmp_path: Path) -> None:
-    assert "gc: 0 blobs (0 B) freed" in run_storage_command(tmp_path, "gc", module="puller").stdout
+    assert "gc: 0 blobs (0B) freed" in run_storage_command(tmp_path, "gc", module="puller").stdout
     assert run_storage_command(tmp_path, "fsck", module="puller").returncode == 0
     bad = run_storage_command(tmp_path, "gc", "--grace", "soon", module="puller")
     assert bad.returncode == 2 and "--grace must be a duration" in bad.stderr
