@@ -63,6 +63,9 @@ class SeaweedS3:
         command = [weed_executable(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         command += ["-master.telemetry=false", "-webdav=false", "-admin.ui=false"]
         command += ["-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}"]
+        # Every bucket is a collection that takes several volumes: the automatic maximum (free
+        # disk / volume size) runs out after ~77 buckets, fewer on a smaller disk.
+        command += ["-volume.max=3000"]
         command += [f"-s3.port={self.port}", f"-s3.port.grpc={free_port()}"]
         command += [f"-s3.localSocket={self.folder / 's3.sock'}"]
         for name, port in ports.items():
