@@ -40,7 +40,7 @@ from .http import (
     read_limited,
 )
 from .instrumented import InstrumentedDriver
-from .limits import InflightLimiter, busy, client_key
+from .limits import InflightLimiter, client_key
 from .logs import AccessLog, request_id
 from .manifests import MANIFEST_TYPES, OCI_INDEX
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -187,13 +187,8 @@ class RegistryApp:
         start = time.perf_counter()
         scope["pier.request_id"] = rid = request_id(_raw_header(scope, b"x-request-id"))
         extra = [_API_VERSION, (b"x-request-id", rid.encode())]
-        # Health, readiness and metrics are never limited: a busy server is not a dead one.
-        limited = scope["path"] not in self.operations
-        if limited and not self.limiter.enter():
-            response = error_response(busy("server busy"))
-            response.raw_headers += extra
-            await response(scope, receive, send)
-            return
+        # Limits are taken in _admit, once the client is known (health, readiness and metrics
+        # never: a busy server is not a dead one); until then a request only costs its auth check.
         observed = self._observed
         received = [0]
         status, sent = 500, 0
@@ -228,8 +223,6 @@ class RegistryApp:
                 sent = len(response.body)  # wrapping send costs more than the rest of a HEAD's logging
                 await response(scope, receive, send)
         finally:
-            if limited:
-                self.limiter.leave()
             admitted = scope.get("pier.admitted")
             if admitted is not None:
                 self.limiter.release(admitted)
@@ -312,7 +305,8 @@ class RegistryApp:
             self.auth.authorize(caller, name, _NEEDED[action])
 
     def _admit(self, scope: Scope) -> None:
-        """Take a place of the caller's own (known once authorized), released in ``__call__``."""
+        """Take a place of the caller's own (known once authorized) and one of the process's
+        total, released in ``__call__``: a refused client never counts toward the total."""
         key = client_key(scope)
         self.limiter.admit(key)
         scope["pier.admitted"] = key

@@ -54,9 +54,12 @@ async def slow_uploads(
 
     async def trickle() -> None:
         while True:
-            for writer in writers:
-                writer.write(b"x")
-                await writer.drain()
+            for writer in list(writers):
+                try:
+                    writer.write(b"x")
+                    await writer.drain()
+                except ConnectionError:  # refused (429) and closed by the server: the others go on
+                    writers.remove(writer)
             await asyncio.sleep(0.2)
 
     task = asyncio.create_task(trickle())
@@ -140,3 +143,31 @@ async def test_a_user_is_one_client_and_another_user_at_the_same_address_is_serv
         # A wrong password for alice is refused as such, not counted as alice.
         assert (await http.get("/v2/", headers=basic("alice", "guess"))).status_code == 401
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def in_flight(http: httpx.AsyncClient) -> float:
+    for line in (await http.get("/metrics")).text.splitlines():
+        if line.startswith("pier_http_requests_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no pier_http_requests_in_flight in /metrics")
+
+
+async def test_a_few_clients_each_at_their_share_cannot_fill_the_total(start_registry) -> None:
+    # Four clients at their share of 4 could hold all 16 places; the last eighth (2) is kept
+    # for clients holding nothing, so the fourth gets only 2 and fresh clients are served.
+    server = start_registry("--max-inflight-requests", "16", "--max-inflight-per-client", "4")
+    greedy = [f"127.0.0.{n}" for n in range(2, 6)]
+    async with contextlib.AsyncExitStack() as stack:
+        for address in greedy:
+            await stack.enter_async_context(slow_uploads(server, address, 4))
+        fresh = await stack.enter_async_context(client_from(server, "127.0.0.10"))
+        deadline = asyncio.get_running_loop().time() + 10
+        while await in_flight(fresh) < 14 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # any PATCH still on its way arrives (and would take a place)
+        assert await in_flight(fresh) == 14
+        assert (await fresh.get("/v2/")).status_code == 200
+        another = await stack.enter_async_context(client_from(server, "127.0.0.11"))
+        assert (await another.get("/v2/")).status_code == 200
+        async with client_from(server, greedy[0]) as at_its_share:
+            assert_busy(await at_its_share.get("/v2/"))
