@@ -20,13 +20,23 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from oci.jsonsafe import UntrustedJSONError, loads
+
 from .content_store import ContentStore
-from .image import OCI_MANIFEST, Image, ImageError, check_document, load_image, reachable, read_json
+from .errors import PierError
+from .image import (
+    MAX_CONFIG_SIZE,
+    OCI_MANIFEST,
+    Image,
+    ImageError,
+    check_document,
+    load_image,
+    reachable,
+    read_json,
+)
 from .layout import (
     LAYOUT_VERSION,
     MAX_INDEX_SIZE,
@@ -41,10 +51,10 @@ from .platforms import Platform
 from .reference import Reference, ReferenceError, parse_reference
 from .sources import Source, read_small
 from .text import plural
+from .unpack import _is_layer_fault, decompressed
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MAX_CONFIG_SIZE = 8 * 1024 * 1024
 READ_BLOCK = 1 << 20
 # The name says which content it holds: check that it does.
 _NAMED = re.compile(r"(?:.*/)?blobs/sha256/([a-f0-9]{64})|([a-f0-9]{64})\.json")
@@ -132,38 +142,26 @@ def write_archive(
             tar.addfile(_info(name, len(data)), io.BytesIO(data))
 
 
-class _Hashing:
-    """A reader that hashes every byte read through it: the blob's digest, while it is decompressed."""
+class _Hashing(io.RawIOBase):
+    """A reader that hashes every byte read through it: the blob's digest, while it is decompressed.
+
+    A raw stream (``readinto``), as gzip's reader needs one.
+    """
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
         self.hash = hashlib.sha256()
         self.size = 0
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
         self.hash.update(data)
         self.size += len(data)
-        return data
+        return len(data)
 
     def readable(self) -> bool:
         return True
-
-
-@contextmanager
-def _plain(stream: BinaryIO, media_type: str) -> Iterator[BinaryIO]:
-    if media_type.endswith("+gzip"):
-        from isal import igzip
-
-        with igzip.open(stream, "rb") as reader:
-            yield reader  # type: ignore[misc]
-    elif media_type.endswith("+zstd"):
-        import zstandard
-
-        with zstandard.ZstdDecompressor().stream_reader(stream) as reader:
-            yield reader  # type: ignore[misc]
-    else:
-        yield stream
 
 
 def _layer_type(source: Source, name: str) -> str:
@@ -178,15 +176,22 @@ def _layer_type(source: Source, name: str) -> str:
 
 def _scan_layer(source: Source, name: str) -> tuple[dict, str]:
     """(descriptor, diff_id) of the layer file ``name``: its digest as stored and as a plain tar."""
-    media_type = _layer_type(source, name)
+    try:
+        media_type = _layer_type(source, name)
+    except FileNotFoundError:
+        raise LayoutError(f"{source.label}: layer {name[:200]} is missing from the archive") from None
     plain = hashlib.sha256()
     with source.open(name) as stream:
         raw = _Hashing(stream)
         try:
-            with _plain(raw, media_type) as reader:  # type: ignore[arg-type]
+            with decompressed(raw, media_type) as reader:  # type: ignore[arg-type]
                 while block := reader.read(READ_BLOCK):
                     plain.update(block)
-        except (OSError, EOFError, ValueError) as exc:  # a damaged gzip or zstd stream
+        except PierError:
+            raise
+        except Exception as exc:  # a damaged gzip or zstd stream: the unpacker's rule, one line
+            if not _is_layer_fault(exc):
+                raise
             raise LayoutError(f"{source.label}: layer {name} cannot be decompressed: {exc}") from None
         while raw.read(READ_BLOCK):  # whatever follows the compressed stream is part of the blob
             pass
@@ -221,10 +226,10 @@ def _load_item(store: ContentStore, source: Source, item: object) -> str:
     config_digest = f"sha256:{hashlib.sha256(config_body).hexdigest()}"
     _check_name(source, item["Config"], config_digest)
     try:
-        diff_ids = json.loads(config_body)["rootfs"]["diff_ids"]
+        diff_ids = loads(config_body)["rootfs"]["diff_ids"]  # type: ignore[index]
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (UntrustedJSONError, KeyError, TypeError):
         raise LayoutError(f"{where}: {item['Config'][:200]} is not an image config with diff_ids") from None
     if len(diff_ids) != len(layers):
         counts = f"{plural(len(layers), 'layer')} for {plural(len(diff_ids), 'diff_id')} in its config"
@@ -255,8 +260,8 @@ def load_archive(store: ContentStore, source: Source, repository: str | None = N
     """Import every image of a ``docker save`` tar; ``repository`` names an image without RepoTags."""
     raw = read_small(source, "manifest.json", MAX_INDEX_SIZE)
     try:
-        items = json.loads(raw) if raw is not None else None
-    except ValueError:
+        items = loads(raw) if raw is not None else None
+    except UntrustedJSONError:
         raise LayoutError(f"{source.label}/manifest.json is not valid JSON") from None
     if not isinstance(items, list):
         raise LayoutError(f"{source.label}/manifest.json is not a list of images")

@@ -27,6 +27,9 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+# An image config is JSON read whole, and long histories pass a manifest's 4 MiB: one bound
+# for pull, inspect and load, so an image pier pulls it can also save and load again.
+MAX_CONFIG_SIZE = 32 * 1024 * 1024
 
 
 DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")

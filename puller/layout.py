@@ -18,6 +18,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from oci.jsonsafe import UntrustedJSONError, loads
+
 from .content_store import ContentStore, DigestMismatch
 from .errors import PierError
 from .image import DIGEST, OCI_INDEX, InvalidDocument, check_document, is_index, media_type_of, reachable
@@ -66,15 +68,15 @@ def read_index(source: Source) -> dict:
         missing = "oci-layout" if raw_marker is None else "index.json"
         raise LayoutError(f"{where} is not an OCI image layout: {missing} is missing")
     try:
-        marker = json.loads(raw_marker)
-        version = marker.get("imageLayoutVersion")
-    except (ValueError, AttributeError):
+        marker = loads(raw_marker)
+        version = marker.get("imageLayoutVersion")  # type: ignore[union-attr]
+    except (UntrustedJSONError, AttributeError):
         raise LayoutError(f"{where}/oci-layout is not valid JSON") from None
     if version != LAYOUT_VERSION:
         raise LayoutError(f"{where}: unsupported imageLayoutVersion {str(version)[:40]!r}")
     try:
-        index = json.loads(raw)
-    except ValueError:
+        index = loads(raw)
+    except UntrustedJSONError:
         raise LayoutError(f"{where}/index.json is not valid JSON") from None
     if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
         raise LayoutError(f"{where}/index.json is not an image index")

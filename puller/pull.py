@@ -22,6 +22,7 @@ from .errors import PierError
 from .image import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
+    MAX_CONFIG_SIZE,
     OCI_INDEX,
     OCI_MANIFEST,
     InvalidDocument,
@@ -34,7 +35,6 @@ from .transport import Credentials, RegistryRequestError, Transport, error_messa
 
 ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
-MAX_CONFIG_SIZE = 32 * 1024 * 1024  # a config is JSON read whole (remote.py has the same bound)
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
 
