@@ -8,22 +8,23 @@ are checked against their digests, and a tag list must be a list of strings.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from oci.jsonsafe import UntrustedJSONError, loads
+from oci.policy import same_origin
+
 from .errors import PierError
-from .image import INDEX_TYPES, is_index
+from .image import INDEX_TYPES, MAX_CONFIG_SIZE, is_index
 from .inspection import Inspected
 from .platforms import Platform
 from .pull import Remote
 from .reference import Reference
-from .transport import Transport, error_message
+from .transport import Transport, error_message, read_capped
 
-MAX_CONFIG_SIZE = 32 * 1024 * 1024  # image configs with long histories exceed a manifest's 4 MiB
 MAX_TAGS_PAGE = 16 * 1024 * 1024
 MAX_TAG_PAGES = 10_000  # 10,000 pages of even 100 tags is more than any real repository
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # distribution's tag grammar
@@ -33,21 +34,11 @@ class RemoteError(PierError):
     """A registry's answer that an inspect, tags or delete cannot use; the message says why."""
 
 
-def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    """A response body, refused as soon as it passes ``limit`` bytes."""
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise RemoteError(f"{what} is larger than {limit} bytes")
-    return bytes(body)
-
-
 def _json_object(body: bytes, what: str) -> dict:
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise RemoteError(f"{what} is not JSON") from None
+        document = loads(body)
+    except UntrustedJSONError as exc:
+        raise RemoteError(f"{what} is not usable JSON: {exc}") from None
     if not isinstance(document, dict):
         raise RemoteError(f"{what} is not a JSON object")
     return document
@@ -63,7 +54,7 @@ def fetch_config(remote: Remote, descriptor: dict) -> tuple[bytes, dict]:
     with remote.blob(digest) as response:
         if response.status_code != 200:
             raise RemoteError(f"config {digest}: {error_message(response)}")
-        body = read_limited(response, size, f"config {digest}")
+        body = read_capped(response, size, f"config {digest}")
     algorithm, _, expected = digest.partition(":")
     if algorithm not in ("sha256", "sha512") or hashlib.new(algorithm, body).hexdigest() != expected:
         raise RemoteError(f"config {digest}: the registry sent bytes with another digest")
@@ -105,9 +96,9 @@ def _next_page(response: httpx.Response, base_url: str) -> str | None:
     link = response.links.get("next", {}).get("url")
     if not link:
         return None
-    target = urlsplit(urljoin(str(response.request.url), link))
-    base = urlsplit(base_url)
-    if (target.scheme, target.netloc) != (base.scheme, base.netloc):
+    absolute = urljoin(str(response.request.url), link)
+    target = urlsplit(absolute)
+    if not same_origin(absolute, base_url):
         raise RemoteError(f"the next page of tags is on another host ({target.netloc[:100]}): not followed")
     return target.path + (f"?{target.query}" if target.query else "")
 
@@ -126,7 +117,7 @@ def iter_tags(transport: Transport, reference: Reference, page_size: int | None 
         with transport.stream("GET", path, scope, {"Accept": "application/json"}) as response:
             if response.status_code != 200:
                 raise RemoteError(f"{reference.familiar()}: tags: {error_message(response)}")
-            body = read_limited(response, MAX_TAGS_PAGE, "a page of tags")
+            body = read_capped(response, MAX_TAGS_PAGE, "a page of tags")
             path = _next_page(response, transport.base_url)
         tags = _json_object(body, "the tag list").get("tags")
         if tags is None:

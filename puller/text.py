@@ -24,8 +24,13 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
 
 
-def printable(text: str) -> str:
-    """``text`` on one line with every control or invisible character escaped (``\\x00``, ``\\u202e``)."""
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` on one line with every control or invisible character escaped (``\\x00``, ``\\u202e``).
+
+    ``limit`` clips it first, to that many characters: text from a server may be any length.
+    """
+    if limit is not None:
+        text = text[:limit]
     if text.isprintable():
         return text
     out = []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from oci.challenge import ChallengeError, choose, parse_challenges
+from oci.challenge import ChallengeError, choose
 from oci.headers import retry_after
 from oci.jsonsafe import UntrustedJSONError, loads
 from oci.policy import PolicyError, check_realm, same_origin
@@ -29,7 +29,7 @@ from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_respo
 
 from .credentials import Credentials
 from .errors import PierError
-from .text import printable as escaped
+from .text import printable
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 64 * 1024  # an error body is read this far for its message, no further
@@ -68,20 +68,6 @@ def registry_cas(host: str, ca_cert: str | None = None) -> list[str]:
     return found
 
 
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """The first challenge of a header as (scheme, params); ("", {}) when it breaks the grammar."""
-    try:
-        first = parse_challenges(header)[0]
-    except ChallengeError:
-        return "", {}
-    return first.scheme, first.params
-
-
-def printable(text: str, limit: int = 300) -> str:
-    """Server-supplied text for one terminal line: bounded, control characters escaped."""
-    return escaped(text[:limit])
-
-
 def read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
     """The body of a streamed response, refused once it passes ``limit`` bytes."""
     body = bytearray()
@@ -91,7 +77,7 @@ def read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
             if len(body) > limit:
                 raise RegistryRequestError(f"{what} is larger than {limit} bytes")
     except HTTP_FAILURES as exc:
-        raise RegistryRequestError(f"{what}: connection lost: {printable(str(exc))}") from None
+        raise RegistryRequestError(f"{what}: connection lost: {printable(str(exc), 300)}") from None
     return bytes(body)
 
 
@@ -172,7 +158,7 @@ class Transport:
                     raise RegistryRequestError(f"{where} refused: {error_message(answer)}")
                 body = read_capped(answer, MAX_TOKEN_RESPONSE, f"{where}: the answer")
         except HTTP_FAILURES as exc:
-            raise RegistryRequestError(f"{where} unreachable: {printable(str(exc))}") from None
+            raise RegistryRequestError(f"{where} unreachable: {printable(str(exc), 300)}") from None
         try:
             token = parse_token_response(body)
         except TokenError as exc:
@@ -221,7 +207,7 @@ class Transport:
                 # Redirects only for requests without a body: a streamed body cannot be sent twice.
                 response = self._client.send(request, stream=True, follow_redirects=method in ("GET", "HEAD"))
             except HTTP_FAILURES as exc:
-                reason = printable(str(exc) or type(exc).__name__)
+                reason = printable(str(exc) or type(exc).__name__, 300)
                 if not isinstance(exc, httpx.TransportError):  # a redirect loop, a bad Location, ...
                     raise RegistryRequestError(f"{self.base_url}: {method} {path[:100]}: {reason}") from None
                 if attempt == self.retries:
@@ -249,7 +235,7 @@ class Transport:
                 yield response
             except HTTP_FAILURES as exc:  # the body broke off, or was not what it said, as it was read
                 raise RegistryRequestError(
-                    f"{self.base_url}: connection lost in {path[:100]}: {printable(str(exc))}"
+                    f"{self.base_url}: connection lost in {path[:100]}: {printable(str(exc), 300)}"
                 ) from None
             finally:
                 response.close()
@@ -280,5 +266,5 @@ def error_message(response: httpx.Response) -> str:
     line = f"{response.status_code} {printable(code, 100)}: {printable(message, 200)}".strip(" :")
     detail = first.get("detail")
     if isinstance(detail, str) and detail:  # e.g. a mirror naming its upstream's answer
-        line += f" ({printable(detail)})"
+        line += f" ({printable(detail, 300)})"
     return line

@@ -11,10 +11,10 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oci.challenge import ChallengeError, parse_challenges
 from puller.image import InvalidDocument, check_document, is_index
 from puller.platforms import Platform, PlatformError
 from puller.reference import ReferenceError, parse_reference
-from puller.transport import parse_challenge
 
 ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
 WORD = ALNUM + "ABCDEFGHIJKLMNOPQRSTUVWXYZ_"
@@ -105,6 +105,11 @@ def test_a_checked_document_has_only_well_formed_descriptors(document) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200))
 def test_any_challenge_header_parses(header) -> None:
-    scheme, params = parse_challenge(header)
-    assert scheme == scheme.lower()
-    assert all(key == key.lower() for key in params)
+    """Any header parses or raises ChallengeError; schemes and parameter names come out lowercased."""
+    try:
+        challenges = parse_challenges(header)
+    except ChallengeError:
+        return
+    for challenge in challenges:
+        assert challenge.scheme and challenge.scheme == challenge.scheme.lower()
+        assert all(key == key.lower() for key in challenge.params)
