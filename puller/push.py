@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from urllib.parse import urlencode
 
 from .content_store import ContentStore
@@ -30,6 +31,14 @@ CHUNK = 1 << 20
 
 class PushError(PierError):
     """A push or copy that cannot complete; the message is meant for the user as it is."""
+
+
+class Held(Enum):
+    """What the target registry holds of a blob, by a ``HEAD``."""
+
+    ABSENT = "absent"
+    WHOLE = "whole"
+    WRONG_SIZE = "wrong size"  # a copy cut short (a full disk): mounting it would link it again
 
 
 @dataclass
@@ -91,15 +100,16 @@ class Pusher:
         self.scope = f"repository:{reference.path}:pull,push"
         self.base = f"/v2/{reference.path}"
 
-    def has_blob(self, digest: str, size: int) -> bool:
+    def has_blob(self, digest: str, size: int) -> Held:
         """Present means present whole: a registry whose copy has another length (a file cut
-        short by a full disk) gets the blob again, and a registry that checks replaces it."""
+        short by a full disk) gets the blob uploaded again, and a registry that checks replaces it."""
         with self.transport.stream("HEAD", f"{self.base}/blobs/{digest}", self.scope) as response:
             if response.status_code == 404:
-                return False
+                return Held.ABSENT
             if response.status_code == 200:
                 length = response.headers.get("content-length", "")
-                return not (length.isascii() and length.isdigit()) or int(length) == size
+                whole = not (length.isascii() and length.isdigit()) or int(length) == size
+                return Held.WHOLE if whole else Held.WRONG_SIZE
             raise PushError(f"{self.reference.name}: checking blob {digest}: {error_message(response)}")
 
     def mount(self, digest: str, source_path: str) -> bool:
@@ -136,10 +146,13 @@ class Pusher:
     def push_blob(self, descriptor: dict, source: BlobSource, progress: Progress | None) -> None:
         digest, size = descriptor["digest"], int(descriptor["size"])
         report = progress or (lambda *args: None)
-        if self.has_blob(digest, size):
+        held = self.has_blob(digest, size)
+        if held is Held.WHOLE:
             report(digest, "exists", size, size)
             return
-        for candidate in source.mount_candidates(digest):
+        # The registry's blob store is shared by its repositories: a mount would link the damaged copy.
+        candidates = source.mount_candidates(digest) if held is Held.ABSENT else []
+        for candidate in candidates:
             if candidate != self.reference.path and self.mount(digest, candidate):
                 report(digest, "mounted", size, size)
                 return

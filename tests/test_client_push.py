@@ -144,11 +144,16 @@ def test_push_errors_are_one_line(registry, tmp_path) -> None:
 
 def test_push_sends_again_a_blob_the_registry_holds_cut_short(registry, index, tmp_path) -> None:
     """A registry's copy with the wrong length (a write cut short by a full disk) is not
-    "present": the push uploads the blob again and the registry ends up with it whole."""
+    "present": the push uploads the blob again and the registry ends up with it whole.
+
+    It is not mounted either: another repository the local tags name holds the same cut
+    copy, and a mount would link it again."""
     push_index(registry.url, "client/push-damaged", index)
+    push_index(registry.url, "client/push-damaged-other", index)
     home = tmp_path / "home"
     source = f"{registry.host}/client/push-damaged:v1"
-    assert run_pier(home, "pull", "--platform", "linux/amd64", source).returncode == 0
+    for reference in (source, f"{registry.host}/client/push-damaged-other:v1"):
+        assert run_pier(home, "pull", "--platform", "linux/amd64", reference).returncode == 0
     layer = index.image("amd64").layers[-1]
     whole = layer.path.read_bytes()
     registry.storage.write(blob_data_path(layer.digest), whole[: len(whole) // 2])
