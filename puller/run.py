@@ -210,27 +210,28 @@ def _entries(rootfs: Path, table: str) -> list[list[str]]:
         return []
 
 
+def _id(text: str) -> bool:
+    """A uid or gid: ASCII digits only ("²" is ``isdigit`` but not a number ``int`` reads)."""
+    return text.isascii() and text.isdigit()
+
+
 def resolve_user(rootfs: Path, spec: str | None) -> dict:
     """``user``, ``uid``, ``user:group`` or ``uid:gid``, looked up in the image's own files."""
     if not spec:
         return {"uid": 0, "gid": 0}
     user, _, group = spec.partition(":")
-    passwd = [
-        row for row in _entries(rootfs, "passwd") if len(row) > 3 and row[2].isdigit() and row[3].isdigit()
-    ]
-    match = [row for row in passwd if (row[2] if user.isdigit() else row[0]) == user]
-    if not match and not user.isdigit():
+    passwd = [row for row in _entries(rootfs, "passwd") if len(row) > 3 and _id(row[2]) and _id(row[3])]
+    match = [row for row in passwd if (row[2] if _id(user) else row[0]) == user]
+    if not match and not _id(user):
         raise RunError(f"user {user!r} not found in the image's /etc/passwd")
-    uid = int(user) if user.isdigit() else int(match[0][2])
+    uid = int(user) if _id(user) else int(match[0][2])
     gid = int(match[0][3]) if match else 0
     if group:
-        if group.isdigit():
+        if _id(group):
             gid = int(group)
         else:
             rows = [
-                row
-                for row in _entries(rootfs, "group")
-                if len(row) > 2 and row[0] == group and row[2].isdigit()
+                row for row in _entries(rootfs, "group") if len(row) > 2 and row[0] == group and _id(row[2])
             ]
             if not rows:
                 raise RunError(f"group {group!r} not found in the image's /etc/group")

@@ -279,3 +279,27 @@ def test_command_lookup_stays_inside_the_rootfs(tmp_path) -> None:
     with pytest.raises(CommandNotRunnable) as caught:
         check_command(rootfs, ["/bin/owner-only"], "/bin", "/", [], {"uid": 1000, "gid": 1000})
     assert (str(caught.value), caught.value.exit_code) == ('exec: "/bin/owner-only": permission denied', 126)
+
+
+@pytest.mark.parametrize("user", ["\u00b2", "0:\u00b2", "\u0662"])  # superscript two, Arabic-Indic two
+def test_a_user_of_non_ascii_digits_is_a_one_line_error(image_ref, user, tmp_path) -> None:
+    """``str.isdigit`` holds for "²", which ``int`` refuses: only ASCII digits are a uid or gid."""
+    ran = pier(tmp_path, "run", "--rm", "-u", user, image_ref, "true")
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert ran.stderr.startswith("pier: ") and "not found in the image's /etc/" in ran.stderr, ran.stderr
+
+
+def test_passwd_and_group_rows_with_non_ascii_digits_are_ignored(tmp_path) -> None:
+    """An image's /etc/passwd or /etc/group whose uid or gid field is "²" names nobody."""
+    from puller.run import RunError, resolve_user
+
+    etc = tmp_path / "rootfs" / "etc"
+    etc.mkdir(parents=True)
+    (etc / "passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\nodd:x:\u00b2:0::/:/bin/sh\ngid:x:7:\u00b2::/:/bin/sh\n"
+    )
+    (etc / "group").write_text("root:x:0:\nodd:x:\u00b2:\n")
+    for spec, missing in (("odd", "user"), ("gid", "user"), ("root:odd", "group")):
+        with pytest.raises(RunError, match=f"{missing} .* not found"):
+            resolve_user(tmp_path / "rootfs", spec)
+    assert resolve_user(tmp_path / "rootfs", "root:root") == {"uid": 0, "gid": 0}
