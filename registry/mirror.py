@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+
+from oci import jsonsafe
+from storage_backends import StorageFull
 
 from . import layout
 from .errors import RegistryError
@@ -71,6 +73,20 @@ def as_registry_error(exc: UpstreamError, unknown: str) -> RegistryError:
     return RegistryError("UNAVAILABLE", str(exc))
 
 
+def _tag_page(upstream: Upstream, body: bytes) -> list[str]:
+    """The tags of one page of an upstream's tag list; garbage is the upstream failing."""
+    try:
+        document = jsonsafe.loads(body)
+    except jsonsafe.UntrustedJSONError as exc:
+        raise UpstreamUnavailable(upstream, f"bad tag list: {exc}") from None
+    tags = document.get("tags") if isinstance(document, dict) else ()
+    if tags is None:  # the distribution registry's answer for a repository without tags
+        return []
+    if not isinstance(tags, list):
+        raise UpstreamUnavailable(upstream, "bad tag list: not a JSON object with a list of tags")
+    return [t for t in tags if isinstance(t, str)]
+
+
 class Mirror:
     def __init__(
         self,
@@ -96,6 +112,7 @@ class Mirror:
         # Hooks for metrics: (manifest|blob, hit|miss|stale) and (upstream prefix, reason).
         self.on_event: Callable[[str, str], None] = lambda kind, result: None
         self.on_upstream_error: Callable[[str, str], None] = lambda upstream, reason: None
+        self.on_storage_full: Callable[[], None] = lambda: None  # a cache write ran out of space
 
     async def close(self) -> None:
         downloads = [d.task for d in self._downloads.values() if d.task is not None]
@@ -231,23 +248,16 @@ class Mirror:
         try:
             for _ in range(MAX_TAG_PAGES):
                 response, body = await route.client.fetch("GET", route.remote, path, None, self.max_manifest)
-                tags = json.loads(body).get("tags") or []
-                found += [t for t in tags if isinstance(t, str)]
+                found += _tag_page(route.upstream, body)
                 link = str(response.links.get("next", {}).get("url", ""))
                 if "/tags/list?" not in link:
                     break
                 path = "tags/list?" + link.split("/tags/list?", 1)[1]
-        except (UpstreamUnavailable, UpstreamDenied, ValueError, AttributeError) as exc:
-            if isinstance(exc, UpstreamError):
-                self._upstream_failed(route, exc)
+        except (UpstreamUnavailable, UpstreamDenied) as exc:
+            self._upstream_failed(route, exc)
             cached = await self.store.tags(route.local)
             if not cached:
-                raise as_registry_error(
-                    exc
-                    if isinstance(exc, UpstreamError)
-                    else UpstreamUnavailable(route.upstream, "bad tag list"),
-                    "NAME_UNKNOWN",
-                ) from None
+                raise as_registry_error(exc, "NAME_UNKNOWN") from None
             log.warning("listing the cached tags of %s: %s", route.local, exc)
             return cached
         except UpstreamNotFound as exc:
@@ -412,6 +422,10 @@ class Download:
             log.warning("%s", exc)
             self.mirror._upstream_failed(route, exc)
             self.error = exc
+        except StorageFull as exc:  # as a request's own write would: /readyz says the store is full
+            log.warning("caching %s: %s", self.digest, exc)
+            self.mirror.on_storage_full()
+            self.error = UpstreamUnavailable(route.upstream, f"caching {self.digest} failed: {exc}")
         except Exception as exc:  # storage failures: the clients must not wait forever
             log.exception("mirror download of %s failed", self.digest)
             self.error = UpstreamUnavailable(route.upstream, f"caching {self.digest} failed: {exc}")

@@ -22,6 +22,7 @@ import pytest
 from .gate import Gate
 from .helpers import push_blob, push_index, push_manifest, run_pier, write_htpasswd
 from .images import OCI_MANIFEST, Blob, Image, build_image, build_index, sha256, write_blob
+from .scripted import Answer, Request, ScriptedServer
 from .servers import PierServer, serve_refused
 from .skopeo import Skopeo
 from .storeview import blob_data_path
@@ -581,3 +582,38 @@ def test_credentials_never_follow_a_redirect_to_another_host(
             assert any(a and a.startswith("Bearer ") for a in gate.authorizations)
     finally:
         cdn.stop()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b'{"tags": 5}', b'["v1"]', b"[" * 100000 + b"]" * 100000, b"not json"],
+    ids=["tags-not-a-list", "not-an-object", "deeply-nested", "not-json"],
+)
+def test_a_garbage_tag_list_upstream_is_covered_by_the_cache_or_named(start_registry, garbage: bytes) -> None:
+    def descriptor(media_type: str, data: bytes) -> dict[str, object]:
+        return {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
+
+    config = descriptor("application/vnd.oci.image.config.v1+json", b"{}")
+    layer = descriptor("application/vnd.oci.image.layer.v1.tar", b"layer")
+    manifest = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]}
+    ).encode()
+
+    def script(request: Request) -> Answer:
+        if "/manifests/" in request.path:
+            headers = [("Content-Type", OCI_MANIFEST), ("Docker-Content-Digest", sha256(manifest))]
+            return Answer(200, headers, manifest)
+        if request.path.startswith("/v2/library/") and "/tags/list" in request.path:
+            return Answer(200, [("Content-Type", "application/json")], garbage)
+        return Answer(200, [("Content-Type", "application/json")], b"{}")
+
+    with ScriptedServer(script) as liar:
+        mirror = start_registry("--proxy", f"up={liar.url}", "--proxy-timeout", "5s")
+        assert get(mirror, "/v2/up/library/app/manifests/v1").status_code == 200
+        cached = get(mirror, "/v2/up/library/app/tags/list")
+        assert cached.status_code == 200, cached.text
+        assert cached.json()["tags"] == ["v1"]
+        unknown = get(mirror, "/v2/up/library/nothing/tags/list")
+        assert unknown.status_code == 503, unknown.text
+        assert error_code(unknown) == "UNAVAILABLE"
+        assert liar.url in unknown.text and "bad tag list" in unknown.text
