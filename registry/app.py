@@ -127,6 +127,8 @@ class RegistryApp:
         if self.mirror is not None and self.metrics is not None:
             self.mirror.on_event = self.metrics.mirror_event
             self.mirror.on_upstream_error = self.metrics.upstream_error
+        if self.mirror is not None:
+            self.mirror.on_storage_full = self.space.mark_full
         n = r"(?P<name>.+)"
         self.routes: list[tuple[re.Pattern[str], str, dict[str, Handler]]] = [
             (re.compile(r"/v2/?"), "/v2/", {"GET": self.base, "HEAD": self.base}),

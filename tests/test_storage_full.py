@@ -157,3 +157,23 @@ async def test_readiness_after_a_full_store_rechecks_s3_with_a_probe_write(seawe
     assert watch.full_since is None
     assert [info.path async for info in driver.walk("")] == []
     await driver.close()
+
+
+async def test_every_worker_says_a_full_disk_is_not_ready_before_any_write_fails(small_disk: Path) -> None:
+    """Each worker process checks the free space itself: none needs a failed write of its own."""
+    server = PierServer(small_disk / "root", "--workers", "2").start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            assert (await http.get("/readyz")).status_code == 200
+            filler = fill(small_disk, leave=256 * 1024)
+            for _ in range(20):  # new connections: the kernel spreads them over both workers
+                async with httpx.AsyncClient(base_url=server.url, timeout=60) as fresh:
+                    ready = await fresh.get("/readyz")
+                assert ready.status_code == 503, ready.text
+                assert NO_SPACE in json.dumps(ready.json())
+            filler.unlink()
+            for _ in range(20):
+                async with httpx.AsyncClient(base_url=server.url, timeout=60) as fresh:
+                    assert (await fresh.get("/readyz")).status_code == 200
+    finally:
+        server.stop()
