@@ -8,6 +8,8 @@ inside the archive) is simply missing, so no entry of a hostile archive reaches 
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import posixpath
 import tarfile
 import zlib
@@ -23,8 +25,8 @@ class SourceError(PierError):
     pass
 
 
-# What a broken or truncated archive raises while it is read.
-ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error)
+# What a broken or truncated archive raises while it is read (a .tar.gz's CRC, a .tar.xz's data).
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
 class Source(Protocol):
