@@ -28,7 +28,7 @@ from .store import RegistryStore
 from .streams import BodyTooLarge, block_size, pump, too_large
 
 UPLOAD_ID_LENGTH = 32
-REAP_INTERVAL = 1.0  # seconds between looks at every session when the store's limit is reached
+COUNT_INTERVAL = 1.0  # seconds a process trusts its count of the store's sessions (one walk)
 REAP_BATCH = 32  # sessions looked at concurrently
 SESSIONS_RETRY_AFTER = 10  # seconds: sessions last far longer than requests
 
@@ -71,6 +71,14 @@ class _HashCache:
         self._items.pop(upload_id, None)
 
 
+def _refused(count: int, limit: int, where: str) -> RegistryError:
+    return RegistryError(
+        "TOOMANYREQUESTS",
+        f"{count} upload sessions are open {where}, the limit is {limit}: finish or cancel one first",
+        headers={"Retry-After": str(SESSIONS_RETRY_AFTER)},
+    )
+
+
 def _range_header(size: int) -> str:
     return f"0-{max(size - 1, 0)}"
 
@@ -94,7 +102,10 @@ class Uploads:
         self.max_blob_size = max_blob_size
         self.session_timeout = session_timeout
         self._hashes = _HashCache()
-        self._reaped_at = -REAP_INTERVAL
+        # The store's open sessions as last walked, plus this process's opens and closes since:
+        # the store-wide cap costs at most one walk of every marker a second.
+        self._total = 0
+        self._counted_at = -COUNT_INTERVAL
 
     @staticmethod
     def range_header(size: int) -> str:
@@ -114,14 +125,17 @@ class Uploads:
         await self.driver.put_content(layout.client_marker(client, upload_id), b"")
         await self.driver.put_content(layout.upload_data(upload_id), b"")
         await self.driver.put_content(layout.upload_info(upload_id), json.dumps(info).encode())
+        self._total += 1
         return UploadSession(upload_id, name, algorithm, 0, client)
 
     async def _check_session_limits(self, name: str, client: str) -> None:
         """Per client, per repository, then in the whole store: each counts markers, and only
         at its limit looks for sessions that expired or vanished and no longer count.
 
-        Replicas count the same markers, so the limits hold across them, give or take the
-        sessions that start at the same instant.
+        Replicas count the same markers, so the per-client and per-repository limits hold
+        across them, give or take the sessions that start at the same instant; the store's
+        count is up to ``COUNT_INTERVAL`` old, so there it is the sessions other processes
+        opened in the last second.
         """
         if self.max_client_sessions:
             markers = layout.client_markers(client)
@@ -132,24 +146,21 @@ class Uploads:
             names = await self.driver.list(markers)
             await self._check_count([f"{markers}/{n}" for n in names], self.max_sessions, "here")
         if self.max_total_sessions:
-            paths = [info.path async for info in self.driver.walk(layout.UPLOAD_CLIENTS)]
-            # Looking at every session is costly: at most once a second per process.
-            reap = time.monotonic() - self._reaped_at >= REAP_INTERVAL
-            if reap and len(paths) >= self.max_total_sessions:
-                self._reaped_at = time.monotonic()
-            await self._check_count(paths, self.max_total_sessions, "on this registry", reap=reap)
+            now = time.monotonic()
+            if now - self._counted_at >= COUNT_INTERVAL:  # walking every marker is costly
+                self._counted_at = now
+                paths = [info.path async for info in self.driver.walk(layout.UPLOAD_CLIENTS)]
+                # Only at the limit are the sessions looked at, for those that no longer count.
+                self._total = len(paths) if len(paths) < self.max_total_sessions else await self._reap(paths)
+            if self._total >= self.max_total_sessions:
+                raise _refused(self._total, self.max_total_sessions, "on this registry")
 
-    async def _check_count(self, markers: list[str], limit: int, where: str, reap: bool = True) -> None:
+    async def _check_count(self, markers: list[str], limit: int, where: str) -> None:
         if len(markers) < limit:
             return
-        open_sessions = await self._reap(markers) if reap else len(markers)
+        open_sessions = await self._reap(markers)
         if open_sessions >= limit:
-            raise RegistryError(
-                "TOOMANYREQUESTS",
-                f"{open_sessions} upload sessions are open {where}, the limit is {limit}: "
-                "finish or cancel one first",
-                headers={"Retry-After": str(SESSIONS_RETRY_AFTER)},
-            )
+            raise _refused(open_sessions, limit, where)
 
     async def _reap(self, markers: list[str]) -> int:
         """How many of the markers' sessions are open; the others' markers are removed."""
@@ -211,6 +222,7 @@ class Uploads:
             await self.driver.delete(layout.upload_marker(name, upload_id))
         if isinstance(client, str) and client:
             await self.driver.delete(layout.client_marker(client, upload_id))
+            self._total = max(0, self._total - 1)
         await self.driver.delete(layout.upload_dir(upload_id))
 
     async def purge_expired(self) -> int:
