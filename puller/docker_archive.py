@@ -51,7 +51,7 @@ from .platforms import Platform
 from .reference import Reference, ReferenceError, parse_reference
 from .sources import Source, read_small
 from .text import plural
-from .unpack import _is_layer_fault, decompressed
+from .unpack import decompressed, is_layer_fault
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -190,7 +190,7 @@ def _scan_layer(source: Source, name: str) -> tuple[dict, str]:
         except PierError:
             raise
         except Exception as exc:  # a damaged gzip or zstd stream: the unpacker's rule, one line
-            if not _is_layer_fault(exc):
+            if not is_layer_fault(exc):
                 raise
             raise LayoutError(f"{source.label}: layer {name} cannot be decompressed: {exc}") from None
         while raw.read(READ_BLOCK):  # whatever follows the compressed stream is part of the blob

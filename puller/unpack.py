@@ -390,7 +390,7 @@ def _write_sparse(
     out.truncate(member.size)
 
 
-def _is_layer_fault(exc: Exception) -> bool:
+def is_layer_fault(exc: Exception) -> bool:
     """Whether ``exc`` is the layer's (or the disk's) fault rather than a bug: reported as one line."""
     faults = (OSError, EOFError, ValueError, IndexError, tarfile.TarError, zlib.error)
     return isinstance(exc, faults) or type(exc).__name__ in ("IsalError", "ZstdError")
@@ -417,7 +417,7 @@ def apply_layer(
     except PierError:
         raise
     except Exception as exc:
-        if not _is_layer_fault(exc):
+        if not is_layer_fault(exc):
             raise
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise BrokenLayer(layer, f"no space left on the device of {budget.space.target}") from exc
