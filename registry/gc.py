@@ -8,10 +8,12 @@ and it is safe while the registry serves pushes:
 * a handshake with ``RegistryStore.put_manifest`` closes the race where a client re-uses
   an old unreferenced blob (HEAD says it exists) while GC decides to delete it. GC marks,
   writes a marker ``_gc/doomed/<run>`` naming every candidate, marks again from scratch
-  and deletes only what is still unreferenced. The server writes its revision link first
-  and then lists the markers. Either GC's second mark sees the new link, or the server sees
-  the marker and refuses the manifest (the client pushes the blob again): never neither.
-  This needs storage where a list sees every write that finished before it (local disks,
+  and deletes only what is still unreferenced. The server writes its revision link first,
+  then lists the markers, then checks the manifest's references a second time. Either GC's
+  second mark sees the new link, or the server sees the marker, or that GC has finished
+  and the second check finds what it deleted; in the last two the server refuses the
+  manifest (the client pushes the blob again): never none of the three. This needs storage
+  where a list or stat sees every write and delete that finished before it (local disks,
   S3 since 2020).
 
 With ``--delete-untagged`` and a grace period of zero a manifest pushed by tag during GC

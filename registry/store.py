@@ -196,20 +196,29 @@ class RegistryStore:
                 json.dumps(descriptor).encode(),
             )
         # The server's half of GC's handshake (see registry.gc): the revision link is written,
-        # now look for doomed markers. Either GC's second mark sees this link, or we see its
-        # marker and refuse, so the client pushes the blob again. One list, empty normally.
-        doomed = await self._doomed_digests()
-        if doomed:
+        # now look for doomed markers. A GC whose second mark missed this link either still
+        # has its marker (we see it and refuse) or has finished sweeping, and then the second
+        # check of the references finds what it deleted. Either way the client pushes again.
+        try:
+            doomed = await self._doomed_digests()
             referenced = {digest, *(d.digest for d in manifest.blobs), *(d.digest for d in manifest.children)}
             hit = sorted(str(d) for d in referenced if str(d) in doomed)
             if hit:
-                if not existed:  # an older revision link is someone else's: GC's mark saw it
-                    if manifest.subject is not None:
-                        await self.driver.delete(layout.referrer_entry(name, manifest.subject.digest, digest))
-                    await self.driver.delete(revision.rsplit("/", 1)[0])
                 raise RegistryError(
                     "MANIFEST_BLOB_UNKNOWN", f"{hit[0]} is being garbage-collected: push it again"
                 )
+            if check_references:
+                await self._check_references(name, manifest)
+                if not await self.has_content(digest, len(body)):
+                    raise RegistryError(
+                        "MANIFEST_BLOB_UNKNOWN", f"{digest} was garbage-collected: push it again"
+                    )
+        except RegistryError:
+            if not existed:  # an older revision link is someone else's: GC's mark saw it
+                if manifest.subject is not None:
+                    await self.driver.delete(layout.referrer_entry(name, manifest.subject.digest, digest))
+                await self.driver.delete(revision.rsplit("/", 1)[0])
+            raise
         for tag in tags:
             await self.driver.put_content(layout.tag_link(name, tag), str(digest).encode())
         self._manifests.put(digest, body)

@@ -28,9 +28,7 @@ async def test_clean_store_exits_0(served) -> None:  # type: ignore[no-untyped-d
     await push_image(client, "clean/repo", make_image(), "v1")
     done = run_storage_command(server.storage, "fsck")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert re.fullmatch(
-        r"fsck: 4 blobs \([\d.]+kB\) verified, 1 manifests, no problems", done.stdout.strip()
-    )
+    assert re.fullmatch(r"fsck: 4 blobs \([\d.]+kB\) verified, 1 manifests, no problems", done.stdout.strip())
 
 
 async def test_corrupt_blob_is_reported_then_quarantined_and_pushed_again(served) -> None:  # type: ignore[no-untyped-def]

@@ -303,6 +303,43 @@ async def test_refused_re_push_keeps_the_existing_revision(tmp_path: Path) -> No
     assert await store.tags("repo") == ["v1"]
 
 
+class _GCBeforeRevision(FilesystemDriver):
+    """Runs a whole GC just before the server writes its revision link: after its check of
+    the references, before its look for markers, which the finished GC has removed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, fsync=False)
+        self.armed = True
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        if self.armed and "/_manifests/revisions/" in path:
+            self.armed = False
+            self.report = await collect(self, grace=0.0)
+        await super().put_content(path, data)
+
+
+async def test_a_gc_that_finished_between_check_and_marker_look_is_caught(tmp_path: Path) -> None:
+    """The race ``gc`` under live pushes once lost an image to: the check passed, then a GC
+    that never saw the new revision deleted its layers and was done before the server looked."""
+    driver = _GCBeforeRevision(tmp_path)
+    store = RegistryStore(driver)
+    image = make_image()
+    for blob in image.blobs:
+        await driver.put_content(layout.blob_data(Digest.parse(sha256(blob))), blob)
+        await store.link_blob("repo", Digest.parse(sha256(blob)))
+    with pytest.raises(RegistryError) as refused:
+        await store.put_manifest("repo", "v1", image.manifest, image.media_type, [])
+    assert driver.report.blobs == len(image.blobs) + 1  # the GC ran: layers, config, manifest
+    assert refused.value.code == "MANIFEST_BLOB_UNKNOWN"
+    assert not await driver.exists(layout.revision_link("repo", Digest.parse(image.digest)))
+    assert await store.tags("repo") == []
+    for blob in image.blobs:  # the client pushes again, and then the manifest lands
+        await driver.put_content(layout.blob_data(Digest.parse(sha256(blob))), blob)
+        await store.link_blob("repo", Digest.parse(sha256(blob)))
+    digest, _ = await store.put_manifest("repo", "v1", image.manifest, image.media_type, [])
+    assert (await store.resolve("repo", "v1")).digest == digest
+
+
 async def test_index_referencing_a_doomed_child_is_refused(served) -> None:  # type: ignore[no-untyped-def]
     server, client = served
     child = make_image()
