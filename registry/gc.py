@@ -8,13 +8,14 @@ and it is safe while the registry serves pushes:
 * a handshake with ``RegistryStore.put_manifest`` closes the race where a client re-uses
   an old unreferenced blob (HEAD says it exists) while GC decides to delete it. GC marks,
   writes a marker ``_gc/doomed/<run>`` naming every candidate, marks again from scratch
-  and deletes only what is still unreferenced. The server writes its revision link first,
-  then lists the markers, then checks the manifest's references a second time. Either GC's
-  second mark sees the new link, or the server sees the marker, or that GC has finished
-  and the second check finds what it deleted; in the last two the server refuses the
-  manifest (the client pushes the blob again): never none of the three. This needs storage
-  where a list or stat sees every write and delete that finished before it (local disks,
-  S3 since 2020).
+  and deletes only what is still unreferenced; it writes its run id to ``_gc/swept`` before
+  it removes the marker. The server reads ``_gc/swept`` before it checks the manifest's
+  references, writes its revision link, lists the markers, and reads ``_gc/swept`` again.
+  Either GC's second mark sees the new link, or the server sees the marker, or that GC has
+  finished and the server sees ``_gc/swept`` changed and checks the references again; in
+  the last two it refuses the manifest if something it needs is gone (the client pushes the
+  blob again): never none of the three. This needs storage where a read or list sees every
+  write and delete that finished before it (local disks, S3 since 2020).
 
 With ``--delete-untagged`` and a grace period of zero a manifest pushed by tag during GC
 may be deleted between its revision link and its tag: keep a grace period on a live registry.
@@ -295,6 +296,9 @@ async def collect(
                     report.links += 1
                     report.details.append(f"purged link {name} -> {digest}")
     finally:
+        # Before the marker goes: a server that no longer sees it sees this change instead.
+        # If this write fails the marker stays (servers refuse its digests until it expires).
+        await driver.put_content(layout.GC_SWEPT, marker.rsplit("/", 1)[-1].encode())
         await driver.delete(marker)
     await add_gc_run(driver, report.bytes)
     return report

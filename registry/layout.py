@@ -24,6 +24,9 @@
                                                    PUT referencing one of them (marker younger than
                                                    DOOMED_MARKER_LIFETIME) is refused, so the
                                                    client pushes it again
+    _gc/swept                                      the id of the last GC run that swept, written
+                                                   after its deletes and before its marker goes: a
+                                                   manifest PUT that sees it change checks again
     _gc/totals                                     runs and bytes freed by every GC run on this
                                                    store (JSON), for /metrics
     _quarantine/<alg>/<hex>/data                   a corrupt blob moved aside by ``pier fsck
@@ -49,6 +52,7 @@ UPLOADS = "_uploads"
 UPLOAD_CLIENTS = "_uploads/_clients"  # not a session: its name is no upload id
 GC_DOOMED = "_gc/doomed"
 GC_TOTALS = "_gc/totals"
+GC_SWEPT = "_gc/swept"
 HEALTH_PROBE = "_health/probe"  # written by a mirror's readiness check: its cache takes writes
 SPACE_PROBE = "_health/space"  # written by /readyz after a write failed for lack of space
 QUARANTINE = "_quarantine"

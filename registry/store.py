@@ -176,7 +176,9 @@ class RegistryStore:
         else:
             tags = [reference, *tags]
             digest = Digest.of(body)
+        swept = b""
         if check_references:
+            swept = await self._last_gc_sweep()  # before the check: see the handshake below
             await self._check_references(name, manifest)
 
         if not await self.has_content(digest, len(body)):
@@ -197,8 +199,8 @@ class RegistryStore:
             )
         # The server's half of GC's handshake (see registry.gc): the revision link is written,
         # now look for doomed markers. A GC whose second mark missed this link either still
-        # has its marker (we see it and refuse) or has finished sweeping, and then the second
-        # check of the references finds what it deleted. Either way the client pushes again.
+        # has its marker (we see it and refuse) or has finished sweeping since the check above,
+        # and then _gc/swept changed and a second check finds what it deleted.
         try:
             doomed = await self._doomed_digests()
             referenced = {digest, *(d.digest for d in manifest.blobs), *(d.digest for d in manifest.children)}
@@ -207,7 +209,7 @@ class RegistryStore:
                 raise RegistryError(
                     "MANIFEST_BLOB_UNKNOWN", f"{hit[0]} is being garbage-collected: push it again"
                 )
-            if check_references:
+            if check_references and await self._last_gc_sweep() != swept:
                 await self._check_references(name, manifest)
                 if not await self.has_content(digest, len(body)):
                     raise RegistryError(
@@ -223,6 +225,12 @@ class RegistryStore:
             await self.driver.put_content(layout.tag_link(name, tag), str(digest).encode())
         self._manifests.put(digest, body)
         return digest, manifest
+
+    async def _last_gc_sweep(self) -> bytes:
+        try:
+            return await self.driver.get_content(layout.GC_SWEPT)
+        except PathNotFound:
+            return b""
 
     async def _doomed_digests(self) -> frozenset[str]:
         """Digests a running GC may delete: one list, empty but while a GC sweeps.
