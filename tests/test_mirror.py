@@ -22,6 +22,7 @@ import pytest
 from .gate import Gate
 from .helpers import push_blob, push_index, push_manifest, run_pier, write_htpasswd
 from .images import OCI_MANIFEST, Blob, Image, build_image, build_index, sha256, write_blob
+from .oci import descriptor
 from .scripted import Answer, Request, ScriptedServer
 from .servers import PierServer, serve_refused
 from .skopeo import Skopeo
@@ -590,9 +591,6 @@ def test_credentials_never_follow_a_redirect_to_another_host(
     ids=["tags-not-a-list", "not-an-object", "deeply-nested", "not-json"],
 )
 def test_a_garbage_tag_list_upstream_is_covered_by_the_cache_or_named(start_registry, garbage: bytes) -> None:
-    def descriptor(media_type: str, data: bytes) -> dict[str, object]:
-        return {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
-
     config = descriptor("application/vnd.oci.image.config.v1+json", b"{}")
     layer = descriptor("application/vnd.oci.image.layer.v1.tar", b"layer")
     manifest = json.dumps(
