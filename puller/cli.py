@@ -705,9 +705,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["serve"], ["gc"], ["fsck"]):
-        from registry.cli import main as registry_main
-
-        return registry_main(argv)
+        # The registry is its own program: hand the process over (same PID, signals and exit
+        # code), so the client package never imports the server's.
+        os.execv(sys.executable, [sys.executable, "-m", "registry", *argv])
     args, unknown = _parser().parse_known_args(argv)
     if unknown:  # argparse reports these with the top level's usage: give the subcommand's
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
