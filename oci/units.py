@@ -5,7 +5,8 @@ digits: ``12.3MB``), so ``pier images``, a pull's progress and ``pier gc`` agree
 other and with docker. Written sizes (settings, environment variables) take the same
 decimal units, the binary ones spelt out (``KiB``/``MiB``/``GiB``/``TiB``), and a bare
 letter (``512m``, ``1k``) as binary, which is what docker's ``--memory`` and pier's earlier
-configs meant by it.
+configs meant by it. A size written back for a person to read again (a default in ``--help``
+or the README) is exact, in whichever unit gives the smallest number: ``100GiB``, ``256GB``.
 """
 
 from __future__ import annotations
@@ -39,3 +40,16 @@ def parse_size(text: str) -> int:
     if match is None or unit is None:
         raise ValueError(f"{text!r} is not a size (examples: 1000000, 64MB, 2GiB)")
     return int(match.group(1)) * unit
+
+
+def exact_size(size: int) -> str:
+    """``size`` bytes written exactly, as ``parse_size`` reads it back: ``0``, ``4MiB``, ``256GB``, ``1500B``.
+
+    Of the units that divide it, the one giving the smallest number wins, so round binary sizes
+    read as binary (``100GiB``) and round decimal ones as decimal (``128GB``)."""
+    if size == 0:
+        return "0"
+    units = [(1, "B")] + [(1000**p, f"{u}B") for p, u in enumerate("kMGTP", 1)]
+    units += [(1024**p, f"{u}iB") for p, u in enumerate("KMGTP", 1)]
+    unit, name = max((u for u in units if size % u[0] == 0), key=lambda u: u[0])
+    return f"{size // unit}{name}"

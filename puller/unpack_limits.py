@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from oci.units import parse_size
+from oci.units import exact_size, parse_size
 
 from .errors import PierError
 from .text import human_size
@@ -40,43 +40,78 @@ def _count(text: str) -> int:
 
 
 @dataclass(frozen=True)
-class UnpackLimits:
-    """Ceilings of one unpack; ``min_free`` None keeps 1 GB or 5% of the file system, whichever is less."""
+class _Limit:
+    """What a limit is, besides its default: its variable, whether it is a size, and the
+    README's words for what it bounds (and for a default that is not a plain value)."""
 
-    max_bytes: int = 256 * GB  # uncompressed tar bytes of all layers of the image
-    max_entries: int = 2_000_000
-    max_layer_bytes: int = 128 * GB
-    max_layer_entries: int = 1_000_000
-    min_free: int | None = None
+    env: str
+    bounds: str
+    size: bool
+    default_doc: str = ""
+
+
+def _limit(default: int | None, env: str, bounds: str, *, size: bool, default_doc: str = "") -> Any:
+    """A field of ``UnpackLimits`` (Any, as ``dataclasses.field`` is, to fit its annotation)."""
+    return field(default=default, metadata={"limit": _Limit(env, bounds, size, default_doc)})
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """Ceilings of one unpack, each declared once: default, ``PIER_UNPACK_*`` variable, README text.
+    ``min_free`` None keeps 1 GB or 5% of the file system, whichever is less."""
+
+    max_bytes: int = _limit(
+        256 * GB, "PIER_UNPACK_MAX_BYTES", "uncompressed tar bytes of all layers of one image", size=True
+    )
+    max_entries: int = _limit(
+        2_000_000, "PIER_UNPACK_MAX_ENTRIES", "tar entries of all layers of one image", size=False
+    )
+    max_layer_bytes: int = _limit(
+        128 * GB, "PIER_UNPACK_MAX_LAYER_BYTES", "uncompressed tar bytes of one layer", size=True
+    )
+    max_layer_entries: int = _limit(
+        1_000_000, "PIER_UNPACK_MAX_LAYER_ENTRIES", "tar entries of one layer", size=False
+    )
+    min_free: int | None = _limit(
+        None,
+        "PIER_UNPACK_MIN_FREE",
+        "free space left on the target's file system",
+        size=True,
+        default_doc="1 GB or 5% of the file system, whichever is less",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> UnpackLimits:
         """The defaults, with each ``PIER_UNPACK_*`` variable that is set taking its place."""
         values: dict[str, int] = {}
-        for field in fields(cls):
-            name = ENVIRONMENT[field.name]
-            text = environ.get(name, "").strip()
+        for name, limit in LIMITS.items():
+            text = environ.get(limit.env, "").strip()
             if not text:
                 continue
             try:
-                value = parse_size(text) if field.name in SIZES else _count(text)
+                value = parse_size(text) if limit.size else _count(text)
             except ValueError:
                 raise PierError(
-                    f"{name}={text!r}: expected a number"
-                    + (" or a size like 64MB" if field.name in SIZES else "")
+                    f"{limit.env}={text!r}: expected a number"
+                    + (" or a size like 64MB" if limit.size else "")
                 ) from None
-            values[field.name] = value
+            values[name] = value
         return cls(**values)
 
 
-ENVIRONMENT = {
-    "max_bytes": "PIER_UNPACK_MAX_BYTES",
-    "max_entries": "PIER_UNPACK_MAX_ENTRIES",
-    "max_layer_bytes": "PIER_UNPACK_MAX_LAYER_BYTES",
-    "max_layer_entries": "PIER_UNPACK_MAX_LAYER_ENTRIES",
-    "min_free": "PIER_UNPACK_MIN_FREE",
-}
-SIZES = {"max_bytes", "max_layer_bytes", "min_free"}
+LIMITS: dict[str, _Limit] = {f.name: f.metadata["limit"] for f in fields(UnpackLimits)}
+ENVIRONMENT = {name: limit.env for name, limit in LIMITS.items()}
+
+
+def markdown_table() -> str:
+    """The README's table of the limits (``python -m puller.unpack_limits`` prints it)."""
+    rows = ["| Variable | Default | Bounds |", "|---|---|---|"]
+    defaults = UnpackLimits()
+    for name, limit in LIMITS.items():
+        value = getattr(defaults, name)
+        default = limit.default_doc or f"`{exact_size(value) if limit.size else value}`"
+        rows.append(f"| `{limit.env}` | {default} | {limit.bounds} |")
+    return "\n".join(rows) + "\n"
 
 
 def _existing(path: Path) -> Path:
@@ -203,3 +238,7 @@ class _Counted:
         data = self._stream.read(size)
         self._budget.add_bytes(len(data))
         return data
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
