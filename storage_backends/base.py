@@ -106,7 +106,14 @@ class FileWriter(ABC):
 
 
 class StorageDriver(ABC):
-    """Read, write, stat, list, move, delete: all the registry needs from storage."""
+    """Read, write, stat, list, move, delete: all the registry needs from storage.
+
+    The abstract methods are the contract, as in distribution's storagedriver.go
+    (GetContent, PutContent, Reader, Writer, Stat, List, Move, Delete). The others have
+    defaults built on them: a backend overrides them to go faster (``walk``,
+    ``delete_files``) or to offer what its medium has (``url_for``, ``free_space``,
+    ``purge_incomplete``, ``close``).
+    """
 
     name: str = "abstract"
 

@@ -23,11 +23,12 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from .base import (
     FileInfo,
     FileWriter,
+    Opener,
     PathNotFound,
     ShortWrite,
     StorageDriver,
@@ -465,6 +466,13 @@ class FilesystemDriver(StorageDriver):
         return await asyncio.to_thread(self._purge_incomplete, older_than)
 
 
-def open_location(location: str, /, *, fsync: bool = True, wait: float = 0.0) -> FilesystemDriver:
+def open_location(
+    location: str, /, *, fsync: bool = True, wait: float = 0.0, **options: Any
+) -> FilesystemDriver:
     """The ``file`` backend's ``Opener``: ``location`` is a folder, created if missing."""
+    if options:
+        raise TypeError(f"the filesystem backend takes no options, not {', '.join(sorted(options))}")
     return FilesystemDriver(location, fsync=fsync)
+
+
+_OPENER: Opener = open_location  # mypy checks it against the contract

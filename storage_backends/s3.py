@@ -36,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .base import (
     FileInfo,
     FileWriter,
+    Opener,
     PathNotFound,
     ShortWrite,
     StorageDriver,
@@ -600,6 +601,9 @@ def open_location(location: str, /, *, fsync: bool = True, wait: float = 0.0, **
     driver = S3Driver(bucket, prefix, **options)
     driver.check_bucket(wait)
     return driver
+
+
+_OPENER: Opener = open_location  # mypy checks it against the contract
 
 
 class _ObjectWriter(FileWriter):
