@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from storage_backends import StorageDriver, open_storage
+from typing import Any
+
+from storage_backends import StorageDriver, open_storage, storage_scheme
 
 from .config import Settings
 
 
-def open_driver(settings: Settings, wait: float = 0.0) -> StorageDriver:
-    """A local folder, or ``s3://BUCKET/PREFIX`` with boto3's standard settings.
+def backend_options(settings: Settings) -> dict[str, Any]:
+    """The settings of the backend ``settings.root`` names: those prefixed with its scheme,
+    without the prefix (``s3_part_size`` is the S3 backend's ``part_size``)."""
+    prefix = f"{storage_scheme(settings.root)}_"
+    return {
+        name.removeprefix(prefix): value for name, value in vars(settings).items() if name.startswith(prefix)
+    }
 
-    ``wait``: seconds to wait for S3 (or its bucket) to appear before giving up.
+
+def open_driver(settings: Settings, wait: float = 0.0) -> StorageDriver:
+    """A local folder, or ``s3://BUCKET/PREFIX`` with boto3's standard settings, or any
+    other registered backend.
+
+    ``wait``: seconds to wait for remote storage (S3, or its bucket) to appear before giving up.
     """
-    if not settings.root.startswith("s3://"):
-        return open_storage(settings.root, fsync=settings.fsync)
-    if settings.s3_addressing_style not in ("auto", "path", "virtual"):
-        raise ValueError(
-            f"s3_addressing_style must be auto, path or virtual, not {settings.s3_addressing_style!r}"
-        )
-    return open_storage(
-        settings.root,
-        endpoint_url=settings.s3_endpoint_url or None,
-        region=settings.s3_region or None,
-        addressing_style=settings.s3_addressing_style,
-        part_size=settings.s3_part_size,
-        wait=wait,
-    )
+    return open_storage(settings.root, fsync=settings.fsync, wait=wait, **backend_options(settings))

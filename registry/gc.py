@@ -172,10 +172,10 @@ def summary(report: Report, dry_run: bool) -> str:
 async def _clear_stale_markers(driver: StorageDriver, report: Report) -> None:
     """Markers a crashed GC left: servers already ignore them."""
     now = time.time()
-    for name in await driver.list(layout.GC_DOOMED):
-        info = await _stat(driver, f"{layout.GC_DOOMED}/{name}")
+    for run in await driver.list_children(layout.GC_DOOMED):
+        info = await _stat(driver, layout.doomed_marker(run))
         if info is not None and now - info.mtime >= layout.DOOMED_MARKER_LIFETIME:
-            await driver.delete(f"{layout.GC_DOOMED}/{name}")
+            await driver.delete(layout.doomed_marker(run))
             report.markers_cleared += 1
 
 
@@ -227,7 +227,8 @@ async def collect(
         report.details += [f"would purge link {n} -> {d}" for n, d in sorted(dead)]
         return report
 
-    marker = layout.doomed_marker(f"{int(time.time())}-{uuid.uuid4().hex[:12]}")
+    run = f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
+    marker = layout.doomed_marker(run)
     written = time.monotonic()  # before the marker: servers judge markers by their age
     stop = "stopped sweeping: marking is too old, run gc again"
 
@@ -298,7 +299,7 @@ async def collect(
     finally:
         # Before the marker goes: a server that no longer sees it sees this change instead.
         # If this write fails the marker stays (servers refuse its digests until it expires).
-        await driver.put_content(layout.GC_SWEPT, marker.rsplit("/", 1)[-1].encode())
+        await driver.put_content(layout.GC_SWEPT, run.encode())
         await driver.delete(marker)
     await add_gc_run(driver, report.bytes)
     return report

@@ -3,8 +3,8 @@
 GC and fsck need every blob with its size and age, and every link of every repository.
 Asking per file (list each folder, stat each link) costs a round trip per file, which on
 S3 is most of a GC's time; ``StorageDriver.walk`` enumerates a whole tree in a few
-requests and is what this module is built on. The paths are parsed back with the
-layout in ``layout.py``; anything that does not fit it is left alone.
+requests and is what this module is built on. The paths are parsed back by ``layout``;
+anything that does not fit it is left alone.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import TypeVar
 from storage_backends import FileInfo, StorageDriver
 
 from . import layout
-from .errors import RegistryError
-from .references import ALGORITHMS, Digest
+from .references import Digest
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,22 +40,12 @@ async def bounded(function: Callable[[T], Awaitable[R]], items: Iterable[T], lim
     return list(await asyncio.gather(*(one(item) for item in items)))
 
 
-def parse_digest(algorithm: str, hexpart: str) -> Digest | None:
-    try:
-        return Digest.parse(f"{algorithm}:{hexpart}")
-    except RegistryError:
-        return None  # a stray file: not ours to judge
-
-
 async def list_blobs(driver: StorageDriver) -> dict[Digest, FileInfo]:
-    """Every blob's ``data`` under ``blobs/<alg>/<hex[:2]>/<hex>/data``, with size and mtime."""
+    """Every blob's ``data`` (``layout.blob_data``), with size and mtime."""
     found: dict[Digest, FileInfo] = {}
     async for info in driver.walk(layout.BLOBS):
-        parts = info.path.split("/")
-        if len(parts) != 5 or parts[4] != "data" or parts[1] not in ALGORITHMS:
-            continue
-        digest = parse_digest(parts[1], parts[3])
-        if digest is not None and digest.hex[:2] == parts[2]:
+        digest = layout.parse_blob_data(info.path)
+        if digest is not None:
             found[digest] = info
     return found
 
@@ -73,29 +62,24 @@ class Repositories:
     pulled: dict[Manifest, float] = field(default_factory=dict)  # a mirror's manifests: last pull
 
     def add(self, info: FileInfo) -> None:
-        parts = info.path.split("/")[1:]
-        split = next((i for i, part in enumerate(parts) if part.startswith("_")), 0)
-        if split == 0:
+        found = layout.parse_repository_file(info.path)
+        if found is None:
             return
-        name, rest = "/".join(parts[:split]), parts[split:]
-        match rest:
-            case ["_layers", algorithm, hexpart, "link"]:
-                if digest := parse_digest(algorithm, hexpart):
-                    self.layers[(name, digest)] = info.mtime
-            case ["_manifests", "revisions", algorithm, hexpart, "link"]:
-                if digest := parse_digest(algorithm, hexpart):
-                    self.revisions[(name, digest)] = info.mtime
-            case ["_manifests", "tags", tag, "current", "link"]:
-                self.tags.append((name, tag))
-            case ["_referrers", algorithm, hexpart, entry] if "-" in entry:
-                subject, referrer = parse_digest(algorithm, hexpart), parse_digest(*entry.split("-", 1))
-                if subject is not None and referrer is not None:
-                    self.referrers.setdefault((name, subject), []).append((name, referrer))
-            case ["_pulled", algorithm, hexpart]:
-                if digest := parse_digest(algorithm, hexpart):
+        name, digest = found.repository, found.digest
+        match found.kind:
+            case "layer" if digest is not None:
+                self.layers[(name, digest)] = info.mtime
+            case "revision" if digest is not None:
+                self.revisions[(name, digest)] = info.mtime
+            case "tag":
+                self.tags.append((name, found.tag))
+            case "referrer" if digest is not None and found.subject is not None:
+                self.referrers.setdefault((name, found.subject), []).append((name, digest))
+            case "pulled":
+                if digest is not None:
                     self.pulled[(name, digest)] = info.mtime
-                return
-            case _:
+                return  # a mirror's marker: no repository by itself
+            case "other":
                 return  # upload markers, strays
         self.names.add(name)
 

@@ -1,9 +1,9 @@
 """Webhooks: push, pull and delete events, queued in storage, delivered until received.
 
-An event is written to ``_events/<endpoint>/`` (a file of JSON lines, named by time: the
-events that arrived while the previous file was written) before the request that caused
-it is answered, so no acknowledged change is ever lost to a crash or
-a restart. A dispatcher per endpoint posts the queue in order, in batches, in
+An event is written to its endpoint's queue (``layout.event_queue``: a folder of files of
+JSON lines, named by time: the events that arrived while the previous file was written)
+before the request that caused it is answered, so no acknowledged change is ever lost to a
+crash or a restart. A dispatcher per endpoint posts the queue in order, in batches, in
 distribution's envelope (existing receivers work) or as a CloudEvents batch; it retries
 with exponential backoff while the receiver fails, and deletes events once answered 2xx.
 Of several replicas on one store, the one holding the endpoint's lease delivers; the
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from storage_backends import PathNotFound, StorageDriver
 
+from . import layout
 from .config import ConfigError, Settings, parse_duration
 
 if TYPE_CHECKING:
     import aiohttp
 
 log = logging.getLogger("pier.notifications")
-EVENTS = "_events"
 ACTIONS = ("push", "pull", "delete")
 LEASE = 30.0  # seconds a dispatcher's claim on an endpoint lasts without renewal
 BATCH = 100  # events per delivery
@@ -60,11 +60,11 @@ class Endpoint:
 
     @property
     def queue(self) -> str:
-        return f"{EVENTS}/{self.name}"
+        return layout.event_queue(self.name)
 
     @property
     def lease(self) -> str:
-        return f"{EVENTS}/{self.name}.lease"
+        return layout.event_lease(self.name)
 
 
 def parse_endpoints(text: str) -> list[Endpoint]:
@@ -175,8 +175,8 @@ class Notifier:
             try:
                 await asyncio.gather(
                     *(
-                        self.driver.put_content(f"{EVENTS}/{endpoint}/{name}", "\n".join(found).encode())
-                        for endpoint, found in lines.items()
+                        self.driver.put_content(layout.event_batch(queue, name), "\n".join(found).encode())
+                        for queue, found in lines.items()
                     )
                 )
             except Exception as exc:  # the requests fail: nothing was acknowledged that is not stored
@@ -187,8 +187,8 @@ class Notifier:
             for _, _, stored in batch:
                 if not stored.done():
                     stored.set_result(None)
-            for endpoint in lines:
-                self._wake[endpoint].set()
+            for queue in lines:
+                self._wake[queue].set()
 
     # -- delivering ---------------------------------------------------------------------
     def start(self) -> None:
@@ -249,13 +249,14 @@ class Notifier:
 
     async def _deliver_batch(self, endpoint: Endpoint) -> int:
         """Post the oldest files' events (about ``BATCH``); how many events went."""
-        names, events = [], []
-        for name in sorted(await self.driver.list(endpoint.queue)):
+        names: list[str] = []
+        events: list[dict[str, Any]] = []
+        for name in sorted(await self.driver.list_children(endpoint.queue)):
             if len(events) >= BATCH:
                 break
             names.append(name)
             try:
-                body = await self.driver.get_content(f"{endpoint.queue}/{name}")
+                body = await self.driver.get_content(layout.event_batch(endpoint.name, name))
             except PathNotFound:
                 continue  # delivered by a replica that held the lease before
             for line in body.decode(errors="replace").splitlines():
@@ -266,7 +267,7 @@ class Notifier:
         if events:
             await self._post(endpoint, events)
         if names:
-            await self.driver.delete_files([f"{endpoint.queue}/{name}" for name in names])
+            await self.driver.delete_files([layout.event_batch(endpoint.name, name) for name in names])
         return len(events)
 
     async def _post(self, endpoint: Endpoint, events: list[dict[str, Any]]) -> None:

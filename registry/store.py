@@ -113,11 +113,10 @@ class RegistryStore:
         return True
 
     async def delete_blob(self, name: str, digest: Digest) -> None:
-        path = layout.layer_link(name, digest)
-        if not await self.driver.exists(path):
+        if not await self.driver.exists(layout.layer_link(name, digest)):
             raise RegistryError("BLOB_UNKNOWN", str(digest))
         # Only the link goes; the content may serve other repositories (GC reclaims it).
-        await self.driver.delete(path.rsplit("/", 1)[0])
+        await self.driver.delete(layout.layer_dir(name, digest))
 
     # -- manifests ---------------------------------------------------------------
     async def resolve(self, name: str, reference: str) -> ManifestRecord:
@@ -219,7 +218,7 @@ class RegistryStore:
             if not existed:  # an older revision link is someone else's: GC's mark saw it
                 if manifest.subject is not None:
                     await self.driver.delete(layout.referrer_entry(name, manifest.subject.digest, digest))
-                await self.driver.delete(revision.rsplit("/", 1)[0])
+                await self.driver.delete(layout.revision_dir(name, digest))
             raise
         for tag in tags:
             await self.driver.put_content(layout.tag_link(name, tag), str(digest).encode())
@@ -237,7 +236,7 @@ class RegistryStore:
 
         Marker files are written once and never change, so each is read once per process.
         """
-        names = await self.driver.list(layout.GC_DOOMED)
+        names = await self.driver.list_children(layout.GC_DOOMED)
         self._doomed = {name: self._doomed[name] for name in names if name in self._doomed}
         found: set[str] = set()
         for name in names:
@@ -296,7 +295,7 @@ class RegistryStore:
                 await self.driver.delete(layout.tag_dir(name, tag))
         if subject is not None:
             await self.driver.delete(layout.referrer_entry(name, subject.digest, record.digest))
-        await self.driver.delete(layout.revision_link(name, record.digest).rsplit("/", 1)[0])
+        await self.driver.delete(layout.revision_dir(name, record.digest))
 
     async def tag_age(self, name: str, tag: str) -> float | None:
         """Seconds since the tag was last written (a mirror: last checked upstream)."""
@@ -312,22 +311,21 @@ class RegistryStore:
     # -- listings ----------------------------------------------------------------
     async def repository_exists(self, name: str) -> bool:
         """True for a repository, false for a mere prefix of other repositories' names."""
-        children = await self.driver.list(layout.repository(name))
-        return "_manifests" in children or "_layers" in children
+        return layout.is_repository(await self.driver.list_children(layout.repository(name)))
 
     async def tags(self, name: str) -> list[str]:
         """Tags whose link exists: a folder without one is a tag being written or deleted."""
-        candidates = await self.driver.list(layout.tags_dir(name))
+        candidates = await self.driver.list_children(layout.tags_dir(name))
         present = await _map_bounded(lambda tag: self.driver.exists(layout.tag_link(name, tag)), candidates)
         return sorted(tag for tag, ok in zip(candidates, present, strict=True) if ok)
 
     async def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> dict:
         directory = layout.referrers_dir(name, subject)
-        entries = await self.driver.list(directory)
+        entries = await self.driver.list_children(directory)
 
         async def read(entry: str) -> bytes | None:
             try:
-                return await self.driver.get_content(f"{directory}/{entry}")
+                return await self.driver.get_content(layout.child(directory, entry))
             except PathNotFound:
                 return None  # deleted while listing
 
@@ -341,17 +339,15 @@ class RegistryStore:
         return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
 
     async def repositories(self) -> list[str]:
-        """Every repository name, sorted: a folder holding ``_manifests`` or ``_layers``."""
+        """Every repository name, sorted (see ``layout.is_repository``)."""
         found: list[str] = []
 
         async def walk(prefix: str) -> None:
-            children = await self.driver.list(
-                f"{layout.REPOSITORIES}/{prefix}" if prefix else layout.REPOSITORIES
-            )
-            if prefix and ("_manifests" in children or "_layers" in children):
+            children = await self.driver.list_children(layout.repositories_folder(prefix))
+            if prefix and layout.is_repository(children):
                 found.append(prefix)
             for child in children:
-                if not child.startswith("_"):
+                if layout.is_name_component(child):
                     await walk(f"{prefix}/{child}" if prefix else child)
 
         await walk("")

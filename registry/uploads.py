@@ -138,13 +138,13 @@ class Uploads:
         opened in the last second.
         """
         if self.max_client_sessions:
-            markers = layout.client_markers(client)
-            names = await self.driver.list(markers)
-            await self._check_count([f"{markers}/{n}" for n in names], self.max_client_sessions, "by you")
+            ids = await self.driver.list_children(layout.client_markers(client))
+            markers = [layout.client_marker(client, upload_id) for upload_id in ids]
+            await self._check_count(markers, self.max_client_sessions, "by you")
         if self.max_sessions:
-            markers = layout.upload_markers(name)
-            names = await self.driver.list(markers)
-            await self._check_count([f"{markers}/{n}" for n in names], self.max_sessions, "here")
+            ids = await self.driver.list_children(layout.upload_markers(name))
+            markers = [layout.upload_marker(name, upload_id) for upload_id in ids]
+            await self._check_count(markers, self.max_sessions, "here")
         if self.max_total_sessions:
             now = time.monotonic()
             if now - self._counted_at >= COUNT_INTERVAL:  # walking every marker is costly
@@ -166,7 +166,7 @@ class Uploads:
         """How many of the markers' sessions are open; the others' markers are removed."""
 
         async def still_open(marker: str) -> bool:
-            if await self._is_open(marker.rsplit("/", 1)[-1]):
+            if await self._is_open(layout.marker_upload_id(marker)):
                 return True
             await self.driver.delete(marker)  # its session expired or is gone
             return False
@@ -230,7 +230,7 @@ class Uploads:
         writers as old; returns how many."""
         purged = 0
         now = time.time()
-        for upload_id in await self.driver.list(layout.UPLOADS):
+        for upload_id in await self.driver.list_children(layout.UPLOADS):
             if len(upload_id) != UPLOAD_ID_LENGTH:  # the clients' markers: reaped with their sessions
                 continue
             try:

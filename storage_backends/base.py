@@ -8,10 +8,12 @@ for every backend. Nothing here knows about HTTP or about registries.
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
@@ -104,7 +106,14 @@ class FileWriter(ABC):
 
 
 class StorageDriver(ABC):
-    """Read, write, stat, list, move, delete: all the registry needs from storage."""
+    """Read, write, stat, list, move, delete: all the registry needs from storage.
+
+    The abstract methods are the contract, as in distribution's storagedriver.go
+    (GetContent, PutContent, Reader, Writer, Stat, List, Move, Delete). The others have
+    defaults built on them: a backend overrides them to go faster (``walk``,
+    ``delete_files``) or to offer what its medium has (``url_for``, ``free_space``,
+    ``purge_incomplete``, ``close``).
+    """
 
     name: str = "abstract"
 
@@ -131,8 +140,8 @@ class StorageDriver(ABC):
         """Raise ``PathNotFound`` when nothing is at ``path``."""
 
     @abstractmethod
-    async def list(self, path: str) -> list[str]:
-        """Names of the direct children of a directory ([] when it does not exist)."""
+    async def list_children(self, path: str) -> list[str]:
+        """Names of the direct children of a directory ([] when it does not exist); the root is ``""``."""
 
     @abstractmethod
     async def move(self, source: str, dest: str) -> None:
@@ -155,11 +164,11 @@ class StorageDriver(ABC):
     async def walk(self, path: str) -> AsyncIterator[FileInfo]:
         """Every file below ``path``, recursively, in no particular order (nothing when absent).
 
-        The default is ``list`` and ``stat`` per entry; backends that can enumerate a whole
+        The default is ``list_children`` and ``stat`` per entry; backends that can enumerate a whole
         tree in a few requests (S3's flat listing) override it: GC and fsck read the whole
         store this way, and a round trip per file is what makes them slow.
         """
-        for name in await self.list(path):
+        for name in await self.list_children(path):
             child = f"{path}/{name}" if path else name
             info = await self.stat(child)
             if info.is_dir:
@@ -189,3 +198,20 @@ class StorageDriver(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release clients and pools; the filesystem backend has none."""
+
+    # Last in the class: below this line ``list`` would name the method, not the builtin.
+    async def list(self, path: str) -> builtins.list[str]:
+        """Deprecated name of ``list_children``, kept while callers outside the storage
+        modules (registry/app.py's readiness check, tests/test_gc.py) still use it."""
+        return await self.list_children(path)
+
+
+class Opener(Protocol):
+    """How a backend module opens a store: its ``open_location`` function.
+
+    ``location`` is the ``--root`` without its ``scheme://``. Every backend takes ``fsync``
+    and ``wait`` (and may ignore them); ``options`` are its own settings, and an unknown
+    one is a ``TypeError``.
+    """
+
+    def __call__(self, location: str, /, *, fsync: bool, wait: float, **options: Any) -> StorageDriver: ...

@@ -23,11 +23,12 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from .base import (
     FileInfo,
     FileWriter,
+    Opener,
     PathNotFound,
     ShortWrite,
     StorageDriver,
@@ -351,15 +352,15 @@ class FilesystemDriver(StorageDriver):
     async def stat(self, path: str) -> FileInfo:
         return self._stat(path)  # inline, like get_content: one syscall
 
-    def _list(self, path: str) -> list[str]:
+    def _list_children(self, path: str) -> list[str]:
         directory = self._full(path) if path else self.root
         try:
             return sorted(n for n in os.listdir(directory) if not n.startswith("."))
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    async def list(self, path: str) -> list[str]:
-        return await asyncio.to_thread(self._list, path)
+    async def list_children(self, path: str) -> list[str]:
+        return await asyncio.to_thread(self._list_children, path)
 
     def _delete_files(self, paths: list[str]) -> None:
         for path in paths:
@@ -463,3 +464,15 @@ class FilesystemDriver(StorageDriver):
     async def purge_incomplete(self, older_than: float) -> int:
         """Remove temporary files of writers killed mid-write (``.tmp-*``) older than the cutoff."""
         return await asyncio.to_thread(self._purge_incomplete, older_than)
+
+
+def open_location(
+    location: str, /, *, fsync: bool = True, wait: float = 0.0, **options: Any
+) -> FilesystemDriver:
+    """The ``file`` backend's ``Opener``: ``location`` is a folder, created if missing."""
+    if options:
+        raise TypeError(f"the filesystem backend takes no options, not {', '.join(sorted(options))}")
+    return FilesystemDriver(location, fsync=fsync)
+
+
+_OPENER: Opener = open_location  # mypy checks it against the contract

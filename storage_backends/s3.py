@@ -11,6 +11,10 @@ segment and then replaces the list; a segment smaller than S3's 5 MiB minimum pa
 read back (at most 5 MiB) and rewritten with the next append's bytes, so that moving
 the file into place is a server-side ``UploadPartCopy`` of its segments, never a
 download. Appends are exclusive through a lock object created with ``If-None-Match: *``.
+
+Every request goes through ``_Bucket`` (and ``_MultipartUpload`` for multipart
+uploads): the driver and its writers share that small interface, never each other's
+internals.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -32,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .base import (
     FileInfo,
     FileWriter,
+    Opener,
     PathNotFound,
     ShortWrite,
     StorageDriver,
@@ -42,6 +47,9 @@ from .base import (
 )
 
 T = TypeVar("T")
+# boto3's clients and responses are built at run time and untyped: a response is a dict of
+# whatever the operation returns, hence ``Any`` for its values (and for the client itself).
+Response = dict[str, Any]
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part (but the last)
 MAX_COPY_PART = 4 * 1024**3  # pieces of a server-side copy; S3 allows up to 5 GiB
@@ -50,6 +58,7 @@ READ_CHUNK = 1024 * 1024
 LOCK_LEASE = 15 * 60.0  # an append lock older than this was left by a dead writer
 APPEND_MARK = "pier-appendable"  # metadata of a segment list (boto3 lower-cases the names)
 SIZE_MARK = "pier-size"
+ADDRESSING_STYLES = ("auto", "path", "virtual")
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
@@ -68,6 +77,18 @@ def _refusal(message: str, exc: ClientError) -> StorageError:
     return StorageError(f"{message}: {exc}")
 
 
+def _segment_key(key: str, segment_id: str) -> str:
+    return f"{key}/.segments/{segment_id}"
+
+
+def _lock_key(key: str) -> str:
+    return f"{key}/.lock"
+
+
+class _PreconditionFailed(StorageError):
+    """A conditional PUT (``If-Match``, ``If-None-Match``) found the object not as expected."""
+
+
 class _Segments:
     """The parsed segment list of an appendable file."""
 
@@ -77,10 +98,205 @@ class _Segments:
 
     @property
     def size(self) -> int:
-        return sum(item["size"] for item in self.items)
+        return sum(int(item["size"]) for item in self.items)
 
     def encode(self) -> bytes:
         return json.dumps({"size": self.size, "segments": self.items}).encode()
+
+
+class _Bucket:
+    """Every request the backend makes, on one bucket: the driver's and its writers'.
+
+    boto3 blocks, so requests run in a thread pool of their own. S3's refusals become
+    ``StorageError`` (``StorageFull`` for a full store); a missing key is ``None``.
+    """
+
+    def __init__(self, client: Any, name: str, max_connections: int) -> None:
+        self.client = client  # a boto3 S3 client (untyped)
+        self.name = name
+        self._pool = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="pier-s3")
+
+    async def run(self, function: Callable[..., T], /, **kwargs: Any) -> T:
+        """Run a blocking call in the pool; S3's refusals (``ClientError``) are left to the caller."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, partial(function, **kwargs))
+        except BotoCoreError as exc:
+            raise StorageError(f"S3: {exc}") from None
+
+    async def _request(self, operation: str, /, **kwargs: Any) -> Response:
+        response: Response = await self.run(getattr(self.client, operation), Bucket=self.name, **kwargs)
+        return response
+
+    async def call(self, operation: str, /, **kwargs: Any) -> Response:
+        """One S3 operation (boto3's name for it) on this bucket."""
+        try:
+            return await self._request(operation, **kwargs)
+        except ClientError as exc:
+            raise _refusal(f"S3 refused {operation}", exc) from None
+
+    async def head(self, key: str) -> Response | None:
+        try:
+            return await self._request("head_object", Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise StorageError(f"S3 HEAD {key}: {exc}") from None
+
+    async def get(self, key: str, range_: str | None = None) -> Response | None:
+        """The object's response, its ``Body`` still to be read (``None`` past its end)."""
+        kwargs: dict[str, Any] = {"Key": key}
+        if range_:
+            kwargs["Range"] = range_
+        try:
+            return await self._request("get_object", **kwargs)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            if _code(exc) == "InvalidRange":
+                return {"Body": None, "Metadata": {}}
+            raise StorageError(f"S3 GET {key}: {exc}") from None
+
+    def _get_whole(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        try:
+            response = self.client.get_object(Bucket=self.name, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise StorageError(f"S3 GET {key}: {exc}") from None
+        with contextlib.closing(response["Body"]) as body:
+            return cast(bytes, body.read()), cast(dict[str, str], response["Metadata"])
+
+    async def get_whole(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """A small object's bytes and metadata in one trip to the pool: links and tags are tiny."""
+        return await self.run(self._get_whole, key=key)
+
+    async def read_body(self, response: Response) -> AsyncIterator[bytes]:
+        body = response["Body"]
+        if body is None:
+            return
+        try:
+            while True:
+                chunk: bytes = await self.run(body.read, amt=READ_CHUNK)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            body.close()
+
+    async def read_all(self, key: str) -> tuple[bytes, Response] | None:
+        """An object's bytes with its response (metadata, ETag), or None when it is missing."""
+        response = await self.get(key)
+        if response is None:
+            return None
+        return b"".join([chunk async for chunk in self.read_body(response)]), response
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        metadata: dict[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> Response:
+        """Write a whole object; ``_PreconditionFailed`` when a condition does not hold."""
+        kwargs: dict[str, Any] = {}
+        if metadata is not None:
+            kwargs["Metadata"] = metadata
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            return await self._request("put_object", Key=key, Body=data, **kwargs)
+        except ClientError as exc:
+            if _code(exc) in _PRECONDITION:
+                raise _PreconditionFailed(f"S3 PUT {key}: {exc}") from None
+            raise _refusal(f"S3 PUT {key}", exc) from None
+
+    async def copy(self, source: str, dest: str) -> None:
+        await self.call("copy_object", Key=dest, CopySource={"Bucket": self.name, "Key": source})
+
+    async def keys_under(self, prefix: str) -> AsyncIterator[list[Response]]:
+        """The objects below ``prefix``, a listing page (up to 1,000, sorted by key) at a time."""
+        kwargs: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            page = await self.call("list_objects_v2", **kwargs)
+            if page.get("Contents"):
+                yield page["Contents"]
+            if not page.get("IsTruncated"):
+                break
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete objects, 1,000 per request; missing ones are not an error."""
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            answer = await self.call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+            errors = [e for e in answer.get("Errors", []) if e.get("Code") not in _MISSING]
+            if errors:
+                raise StorageError(f"S3 delete failed for {errors[0].get('Key')}: {errors[0].get('Message')}")
+
+    async def start_multipart(self, key: str) -> _MultipartUpload:
+        answer = await self.call("create_multipart_upload", Key=key)
+        return _MultipartUpload(self, key, str(answer["UploadId"]))
+
+    async def presigned_get(self, key: str, expires: float) -> str:
+        url: str = await self.run(
+            self.client.generate_presigned_url,
+            ClientMethod="get_object",
+            Params={"Bucket": self.name, "Key": key},
+            ExpiresIn=int(expires),
+        )
+        return url
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _MultipartUpload:
+    """One multipart upload: parts sent or copied server-side, then completed or aborted.
+
+    Nothing is visible at ``key`` until ``complete``; an upload never completed is
+    invisible, and aborted by ``abort`` or, after a crash, by ``purge_incomplete``.
+    """
+
+    def __init__(self, bucket: _Bucket, key: str, upload_id: str) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.upload_id = upload_id
+
+    async def send_part(self, number: int, data: bytes) -> Response:
+        """Upload part ``number``; the answer is the part as ``complete`` wants it."""
+        answer = await self.bucket.call(
+            "upload_part", Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    async def copy_part(self, number: int, source: str, first: int, last: int) -> Response:
+        """Part ``number`` is bytes ``first``..``last`` of the object ``source``, copied on the server."""
+        answer = await self.bucket.call(
+            "upload_part_copy",
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket.name, "Key": source},
+            CopySourceRange=f"bytes={first}-{last}",
+        )
+        return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
+
+    async def complete(self, parts: list[Response]) -> None:
+        await self.bucket.call(
+            "complete_multipart_upload",
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+
+    async def abort(self) -> None:
+        with contextlib.suppress(StorageError):  # else purge_incomplete will find it
+            await self.bucket.call("abort_multipart_upload", Key=self.key, UploadId=self.upload_id)
 
 
 class S3Driver(StorageDriver):
@@ -100,21 +316,24 @@ class S3Driver(StorageDriver):
     ) -> None:
         if part_size < MIN_PART:
             raise ValueError(f"S3 part size must be at least 5 MiB, not {part_size}")
+        if addressing_style not in ADDRESSING_STYLES:
+            raise ValueError(f"s3_addressing_style must be auto, path or virtual, not {addressing_style!r}")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.part_size = part_size
         self.parallel_parts = parallel_parts
+        style = cast(Literal["auto", "path", "virtual"], addressing_style)  # checked just above
         config = Config(
-            s3={"addressing_style": addressing_style},
+            s3={"addressing_style": style},
             signature_version="s3v4",
             max_pool_connections=max_connections,
             retries={"mode": "standard", "max_attempts": 4},
         )
         # boto3's standard chain: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ~/.aws, instance roles...
-        self.client = boto3.session.Session().client(
+        client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config
         )
-        self._pool = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="pier-s3")
+        self._s3 = _Bucket(client, bucket, max_connections)
 
     def check_bucket(self, wait: float = 0.0) -> None:
         """Fail at start, in one line, when the bucket is missing or the credentials are wrong.
@@ -125,7 +344,7 @@ class S3Driver(StorageDriver):
         deadline = time.monotonic() + wait
         while True:
             try:
-                self.client.head_bucket(Bucket=self.bucket)
+                self._s3.client.head_bucket(Bucket=self.bucket)
                 return
             except ClientError as exc:
                 code = _code(exc)
@@ -148,88 +367,20 @@ class S3Driver(StorageDriver):
     def _dir_prefix(self, path: str) -> str:
         return self.key(path) + "/" if path else self.prefix
 
-    async def _call(self, function: Callable[..., T], /, raw: bool = False, **kwargs: Any) -> T:
-        """Run one boto3 call in the pool. S3's refusals become ``StorageError`` unless ``raw``:
-        callers that tell one refusal from another (missing key, failed precondition) ask for it."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, partial(function, **kwargs))
-        except BotoCoreError as exc:
-            raise StorageError(f"S3: {exc}") from None
-        except ClientError as exc:
-            if raw:
-                raise
-            raise _refusal(f"S3 refused {getattr(function, '__name__', 'a call')}", exc) from None
-
-    async def _head(self, key: str) -> dict[str, Any] | None:
-        try:
-            return await self._call(self.client.head_object, raw=True, Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return None
-            raise StorageError(f"S3 HEAD {key}: {exc}") from None
-
-    async def _get(self, key: str, range_: str | None = None) -> dict[str, Any] | None:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
-        if range_:
-            kwargs["Range"] = range_
-        try:
-            return await self._call(self.client.get_object, raw=True, **kwargs)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return None
-            if _code(exc) == "InvalidRange":
-                return {"Body": None, "Metadata": {}}
-            raise StorageError(f"S3 GET {key}: {exc}") from None
-
-    async def _put(self, key: str, data: bytes, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return await self._call(
-                self.client.put_object, raw=True, Bucket=self.bucket, Key=key, Body=data, **kwargs
-            )
-        except ClientError as exc:
-            if _code(exc) in _PRECONDITION:
-                raise
-            raise _refusal(f"S3 PUT {key}", exc) from None
-
-    async def _read_body(self, response: dict[str, Any]) -> AsyncIterator[bytes]:
-        body = response["Body"]
-        if body is None:
-            return
-        try:
-            while True:
-                chunk = await self._call(body.read, amt=READ_CHUNK)
-                if not chunk:
-                    break
-                yield chunk
-        finally:
-            body.close()
-
     async def _segments(self, key: str) -> tuple[_Segments, str] | None:
         """The segment list at ``key`` and its ETag, or None when the object is plain."""
-        response = await self._get(key)
+        response = await self._s3.get(key)
         if response is None:
             return None
         if response["Metadata"].get(APPEND_MARK) != "1":
             response["Body"].close()
             return None
-        body = b"".join([chunk async for chunk in self._read_body(response)])
-        return _Segments(body), response["ETag"]
+        body = b"".join([chunk async for chunk in self._s3.read_body(response)])
+        return _Segments(body), str(response["ETag"])
 
     # -- small files ---------------------------------------------------------------
-    def _get_whole(self, key: str) -> tuple[bytes, dict[str, str]] | None:
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return None
-            raise StorageError(f"S3 GET {key}: {exc}") from None
-        with contextlib.closing(response["Body"]) as body:
-            return body.read(), response["Metadata"]
-
     async def get_content(self, path: str) -> bytes:
-        # One trip to the thread pool for the request and the body: links and tags are tiny.
-        found = await self._call(self._get_whole, key=self.key(path))
+        found = await self._s3.get_whole(self.key(path))
         if found is None:
             raise PathNotFound(path)
         if found[1].get(APPEND_MARK) == "1":
@@ -237,23 +388,23 @@ class S3Driver(StorageDriver):
         return found[0]
 
     async def put_content(self, path: str, data: bytes) -> None:
-        await self._put(self.key(path), data)
+        await self._s3.put(self.key(path), data)
 
     # -- streams -------------------------------------------------------------------
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         key = self.key(path)
         if length == 0:
-            if await self._head(key) is None:
+            if await self._s3.head(key) is None:
                 raise PathNotFound(path)
             return
         range_ = None
         if offset or length is not None:
             range_ = f"bytes={offset}-" + ("" if length is None else str(offset + length - 1))
-        response = await self._get(key, range_)
+        response = await self._s3.get(key, range_)
         if response is None:
             raise PathNotFound(path)
         if response["Body"] is None:  # a range past the end: of the object, or of a segment list?
-            head = await self._head(key)
+            head = await self._s3.head(key)
             response["Metadata"] = {} if head is None else head["Metadata"]
         if response["Metadata"].get(APPEND_MARK) == "1":
             if response["Body"] is not None:
@@ -261,7 +412,7 @@ class S3Driver(StorageDriver):
             async for chunk in self._read_segments(path, key, offset, length):
                 yield chunk
             return
-        async for chunk in self._read_body(response):
+        async for chunk in self._s3.read_body(response):
             yield chunk
 
     async def _read_segments(
@@ -276,40 +427,38 @@ class S3Driver(StorageDriver):
             start, stop = max(offset, position), min(end, position + item["size"])
             if start < stop:
                 range_ = f"bytes={start - position}-{stop - position - 1}"
-                response = await self._get(f"{key}/.segments/{item['id']}", range_)
+                response = await self._s3.get(_segment_key(key, item["id"]), range_)
                 if response is None:
                     raise StorageError(f"segment {item['id']} of {path} is missing")
-                async for chunk in self._read_body(response):
+                async for chunk in self._s3.read_body(response):
                     yield chunk
             position += item["size"]
 
     async def writer(self, path: str, append: bool = False, size: int | None = None) -> FileWriter:
         key = self.key(path)
         if not append:
-            return _ObjectWriter(self, key, declared=size)
-        return await _AppendWriter.open(self, path, key)
+            return _ObjectWriter(self._s3, key, self.part_size, self.parallel_parts, declared=size)
+        return await _AppendWriter.open(self._s3, path, key, self.part_size, self.parallel_parts)
 
     # -- metadata ------------------------------------------------------------------
     async def stat(self, path: str) -> FileInfo:
-        head = await self._head(self.key(path))
+        head = await self._s3.head(self.key(path))
         if head is not None:
-            size = head["ContentLength"]
+            size = int(head["ContentLength"])
             if head["Metadata"].get(APPEND_MARK) == "1":
                 size = int(head["Metadata"].get(SIZE_MARK, "0"))
             return FileInfo(path, size, head["LastModified"].timestamp(), False)
-        listing = await self._call(
-            self.client.list_objects_v2, Bucket=self.bucket, Prefix=self._dir_prefix(path), MaxKeys=1
-        )
+        listing = await self._s3.call("list_objects_v2", Prefix=self._dir_prefix(path), MaxKeys=1)
         if listing.get("KeyCount", 0):
             return FileInfo(path, 0, listing["Contents"][0]["LastModified"].timestamp(), True)
         raise PathNotFound(path)
 
-    async def list(self, path: str) -> list[str]:
+    async def list_children(self, path: str) -> list[str]:
         prefix = self._dir_prefix(path)
         names: set[str] = set()
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
         while True:
-            page = await self._call(self.client.list_objects_v2, **kwargs)
+            page = await self._s3.call("list_objects_v2", **kwargs)
             names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
             names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
             if not page.get("IsTruncated"):
@@ -340,7 +489,7 @@ class S3Driver(StorageDriver):
                         continue  # moved or deleted meanwhile
                 yield info
 
-        async for page in self._keys_under(prefix):
+        async for page in self._s3.keys_under(prefix):
             for item in page:
                 key: str = item["Key"]
                 relative = key[len(self.prefix) :]
@@ -358,28 +507,18 @@ class S3Driver(StorageDriver):
         async for info in release(None):
             yield info
 
-    async def _keys_under(self, prefix: str) -> AsyncIterator[list[dict[str, Any]]]:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        while True:
-            page = await self._call(self.client.list_objects_v2, **kwargs)
-            if page.get("Contents"):
-                yield page["Contents"]
-            if not page.get("IsTruncated"):
-                break
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
-
     async def move(self, source: str, dest: str) -> None:
         src, dst = self.key(source), self.key(dest)
-        head = await self._head(src)
+        head = await self._s3.head(src)
         if head is None:
             raise PathNotFound(source)
         if head["Metadata"].get(APPEND_MARK) == "1":
             found = await self._segments(src)
             if found is None:
                 raise PathNotFound(source)
-            pieces = [(f"{src}/.segments/{item['id']}", item["size"]) for item in found[0].items]
+            pieces = [(_segment_key(src, item["id"]), int(item["size"])) for item in found[0].items]
         else:
-            pieces = [(src, head["ContentLength"])]
+            pieces = [(src, int(head["ContentLength"]))]
         await self._copy(pieces, dst)
         await self.delete(source)
 
@@ -387,99 +526,57 @@ class S3Driver(StorageDriver):
         """Concatenate whole objects into ``dst`` on the server: CopyObject or UploadPartCopy."""
         pieces = [(key, size) for key, size in pieces if size]
         if not pieces:
-            await self._put(dst, b"")
+            await self._s3.put(dst, b"")
             return
         if len(pieces) == 1 and pieces[0][1] <= MAX_SINGLE_COPY:
-            source = {"Bucket": self.bucket, "Key": pieces[0][0]}
-            await self._call(self.client.copy_object, Bucket=self.bucket, Key=dst, CopySource=source)
+            await self._s3.copy(pieces[0][0], dst)
             return
-        upload = await self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=dst)
-        upload_id = upload["UploadId"]
+        ranges = []
+        for key, size in pieces:
+            count = -(-size // MAX_COPY_PART)
+            step = -(-size // count)
+            ranges += [(key, start, min(size, start + step) - 1) for start in range(0, size, step)]
+        upload = await self._s3.start_multipart(dst)
         try:
-            ranges = []
-            for key, size in pieces:
-                count = -(-size // MAX_COPY_PART)
-                step = -(-size // count)
-                ranges += [(key, start, min(size, start + step) - 1) for start in range(0, size, step)]
-
-            async def copy_part(number: int, key: str, first: int, last: int) -> dict[str, Any]:
-                answer = await self._call(
-                    self.client.upload_part_copy,
-                    Bucket=self.bucket,
-                    Key=dst,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    CopySource={"Bucket": self.bucket, "Key": key},
-                    CopySourceRange=f"bytes={first}-{last}",
-                )
-                return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
-
-            parts = []
+            parts: list[Response] = []
             for batch in range(0, len(ranges), self.parallel_parts):
                 chunk = ranges[batch : batch + self.parallel_parts]
                 parts += await asyncio.gather(
-                    *(copy_part(batch + i + 1, *spec) for i, spec in enumerate(chunk))
+                    *(upload.copy_part(batch + i + 1, *spec) for i, spec in enumerate(chunk))
                 )
-            await self._call(
-                self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=dst,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            await upload.complete(parts)
         except BaseException:
-            await self._abort(dst, upload_id)
+            await upload.abort()
             raise
-
-    async def _abort(self, key: str, upload_id: str) -> None:
-        with contextlib.suppress(ClientError, StorageError):  # else purge_incomplete will find it
-            await self._call(
-                self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id
-            )
 
     async def delete(self, path: str) -> None:
         key = self.key(path)
         doomed = []
-        async for page in self._keys_under(key + "/"):
+        async for page in self._s3.keys_under(key + "/"):
             doomed += [item["Key"] for item in page]
         # Deepest first, the path itself last: stores with real folders (SeaweedFS) then drop
         # the emptied folders too, as the filesystem backend does.
-        await self._delete_keys([*sorted(doomed, key=lambda k: -k.count("/")), key])
+        await self._s3.delete_keys([*sorted(doomed, key=lambda k: -k.count("/")), key])
 
     async def delete_files(self, paths: list[str]) -> None:
         # Each file's folder key after it: S3 has none (a no-op), SeaweedFS drops the folder
         # if it is empty and keeps it otherwise, so no folder outlives its last file.
         keys = [key for path in paths for key in (self.key(path), self.key(path).rsplit("/", 1)[0])]
-        await self._delete_keys([key for key in keys if key != self.prefix.rstrip("/")])
-
-    async def _delete_keys(self, keys: list[str]) -> None:
-        for start in range(0, len(keys), 1000):
-            batch = [{"Key": key} for key in keys[start : start + 1000]]
-            answer = await self._call(
-                self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-            )
-            errors = [e for e in answer.get("Errors", []) if e.get("Code") not in _MISSING]
-            if errors:
-                raise StorageError(f"S3 delete failed for {errors[0].get('Key')}: {errors[0].get('Message')}")
+        await self._s3.delete_keys([key for key in keys if key != self.prefix.rstrip("/")])
 
     # -- extras --------------------------------------------------------------------
     async def url_for(self, path: str, expires: float) -> str | None:
-        return await self._call(
-            self.client.generate_presigned_url,
-            ClientMethod="get_object",
-            Params={"Bucket": self.bucket, "Key": self.key(path)},
-            ExpiresIn=int(expires),
-        )
+        return await self._s3.presigned_get(self.key(path), expires)
 
     async def purge_incomplete(self, older_than: float) -> int:
         """Abort multipart uploads started before ``older_than`` (a crashed writer's leftovers)."""
         aborted = 0
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+        kwargs: dict[str, Any] = {"Prefix": self.prefix}
         while True:
-            page = await self._call(self.client.list_multipart_uploads, **kwargs)
+            page = await self._s3.call("list_multipart_uploads", **kwargs)
             for upload in page.get("Uploads", []):
                 if upload["Initiated"].timestamp() < older_than:
-                    await self._abort(upload["Key"], upload["UploadId"])
+                    await _MultipartUpload(self._s3, upload["Key"], upload["UploadId"]).abort()
                     aborted += 1
             if not page.get("IsTruncated"):
                 break
@@ -488,7 +585,25 @@ class S3Driver(StorageDriver):
         return aborted
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._s3.close()
+
+
+def open_location(location: str, /, *, fsync: bool = True, wait: float = 0.0, **options: Any) -> S3Driver:
+    """The ``s3`` backend's ``Opener``: ``location`` is ``BUCKET`` or ``BUCKET/PREFIX``.
+
+    ``options`` go to ``S3Driver`` (endpoint_url, region, addressing_style, part_size);
+    ``fsync`` means nothing here: a completed object is durable. The bucket is checked
+    now, waiting up to ``wait`` seconds for it.
+    """
+    bucket, _, prefix = location.partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in 's3://{location}': use s3://BUCKET or s3://BUCKET/PREFIX")
+    driver = S3Driver(bucket, prefix, **options)
+    driver.check_bucket(wait)
+    return driver
+
+
+_OPENER: Opener = open_location  # mypy checks it against the contract
 
 
 class _ObjectWriter(FileWriter):
@@ -498,15 +613,24 @@ class _ObjectWriter(FileWriter):
     written, and to the declared size if there is one; else the upload is aborted.
     """
 
-    def __init__(self, driver: S3Driver, key: str, start: bytes = b"", declared: int | None = None) -> None:
-        self._driver = driver
+    def __init__(
+        self,
+        bucket: _Bucket,
+        key: str,
+        part_size: int,
+        parallel_parts: int,
+        start: bytes = b"",
+        declared: int | None = None,
+    ) -> None:
+        self._bucket = bucket
         self._key = key
+        self._part_size = part_size
         self._declared = declared
         self._buffer = bytearray(start)
         self._size = len(start)
-        self._upload_id: str | None = None
-        self._parts: list[asyncio.Task[dict[str, Any]]] = []
-        self._slots = asyncio.Semaphore(driver.parallel_parts)
+        self._upload: _MultipartUpload | None = None
+        self._parts: list[asyncio.Task[tuple[Response, int]]] = []  # each part with its size
+        self._slots = asyncio.Semaphore(parallel_parts)
         self._closed = False
 
     @property
@@ -518,38 +642,27 @@ class _ObjectWriter(FileWriter):
             raise ValueError("write to a closed writer")
         self._buffer += data
         self._size += len(data)
-        while len(self._buffer) >= self._driver.part_size:
-            part = bytes(self._buffer[: self._driver.part_size])
-            del self._buffer[: self._driver.part_size]
+        while len(self._buffer) >= self._part_size:
+            part = bytes(self._buffer[: self._part_size])
+            del self._buffer[: self._part_size]
             await self._send(part)
 
     async def _send(self, part: bytes) -> None:
-        driver = self._driver
-        if self._upload_id is None:
-            answer = await driver._call(
-                driver.client.create_multipart_upload, Bucket=driver.bucket, Key=self._key
-            )
-            self._upload_id = answer["UploadId"]
+        if self._upload is None:
+            self._upload = await self._bucket.start_multipart(self._key)
+        upload = self._upload
         for task in [t for t in self._parts if t.done()]:
             task.result()  # a failed part fails the write now, not at commit
         await self._slots.acquire()
         number = len(self._parts) + 1
 
-        async def upload() -> dict[str, Any]:
+        async def send() -> tuple[Response, int]:
             try:
-                answer = await driver._call(
-                    driver.client.upload_part,
-                    Bucket=driver.bucket,
-                    Key=self._key,
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    Body=part,
-                )
-                return {"PartNumber": number, "ETag": answer["ETag"], "Size": len(part)}
+                return await upload.send_part(number, part), len(part)
             finally:
                 self._slots.release()
 
-        self._parts.append(asyncio.ensure_future(upload()))
+        self._parts.append(asyncio.ensure_future(send()))
 
     async def sync(self) -> None:
         """Nothing is durable before ``commit`` on S3; ``commit`` is the one step."""
@@ -558,26 +671,19 @@ class _ObjectWriter(FileWriter):
         if self._closed:
             return
         self._closed = True
-        driver = self._driver
         try:
             if self._declared is not None and self._declared != self._size:
                 raise ShortWrite(f"{self._key}: {self._size} bytes written, {self._declared} declared")
-            if self._upload_id is None:
-                await driver._put(self._key, bytes(self._buffer))
+            if self._upload is None:
+                await self._bucket.put(self._key, bytes(self._buffer))
                 return
             if self._buffer or not self._parts:
                 await self._send(bytes(self._buffer))
-            parts = await asyncio.gather(*self._parts)
-            stored = sum(part.pop("Size") for part in parts)
+            sent = await asyncio.gather(*self._parts)
+            stored = sum(size for _, size in sent)
             if stored != self._size:
                 raise ShortWrite(f"{self._key}: parts hold {stored} bytes, {self._size} written")
-            await driver._call(
-                driver.client.complete_multipart_upload,
-                Bucket=driver.bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": list(parts)},
-            )
+            await self._upload.complete([part for part, _ in sent])
         except BaseException:
             await self._discard()
             raise
@@ -588,8 +694,8 @@ class _ObjectWriter(FileWriter):
         for task in self._parts:
             task.cancel()
         await asyncio.gather(*self._parts, return_exceptions=True)
-        if self._upload_id is not None:
-            await self._driver._abort(self._key, self._upload_id)
+        if self._upload is not None:
+            await self._upload.abort()
 
     async def cancel(self) -> None:
         if not self._closed:
@@ -601,17 +707,20 @@ class _ObjectWriter(FileWriter):
 class _AppendWriter(FileWriter):
     """Continues an appendable file: new bytes go to a new segment, then the list is replaced."""
 
-    def __init__(self, driver: S3Driver, path: str, key: str) -> None:
-        self._driver = driver
+    def __init__(self, bucket: _Bucket, path: str, key: str, part_size: int, parallel_parts: int) -> None:
+        self._bucket = bucket
         self._path = path
         self._key = key
-        self._lock_key = f"{key}/.lock"
+        self._lock_key = _lock_key(key)
+        self._part_size = part_size
+        self._parallel_parts = parallel_parts
         self._segments = _Segments()
         self._original: tuple[bytes, dict[str, str]] = (b"", {})  # as found: restored by cancel
         self._etag: str | None = None
         self._start = 0
         self._size = 0
         self._segment: _ObjectWriter | None = None
+        self._pending_id = ""  # the id of ``_segment``
         self._replaced: list[str] = []  # segments superseded by a rewritten tail
         self._created: list[str] = []
         self._closed = False
@@ -619,8 +728,10 @@ class _AppendWriter(FileWriter):
         self._committed: list[dict[str, Any]] = []  # segments of the list as found
 
     @classmethod
-    async def open(cls, driver: S3Driver, path: str, key: str) -> _AppendWriter:
-        writer = cls(driver, path, key)
+    async def open(
+        cls, bucket: _Bucket, path: str, key: str, part_size: int, parallel_parts: int
+    ) -> _AppendWriter:
+        writer = cls(bucket, path, key, part_size, parallel_parts)
         await writer._lock()
         try:
             await writer._load()
@@ -630,34 +741,32 @@ class _AppendWriter(FileWriter):
         return writer
 
     async def _lock(self) -> None:
-        driver = self._driver
         for _ in range(2):
             try:
-                await driver._put(self._lock_key, str(time.time()).encode(), IfNoneMatch="*")
+                await self._bucket.put(self._lock_key, str(time.time()).encode(), if_none_match=True)
                 return
-            except ClientError:
-                head = await driver._head(self._lock_key)
+            except _PreconditionFailed:
+                head = await self._bucket.head(self._lock_key)
                 if head is not None and time.time() - head["LastModified"].timestamp() < LOCK_LEASE:
                     raise WriterBusy(self._path) from None
-                await driver._delete_keys([self._lock_key])  # a dead writer's lock
+                await self._bucket.delete_keys([self._lock_key])  # a dead writer's lock
         raise WriterBusy(self._path)
 
     async def _unlock(self) -> None:
-        await self._driver._delete_keys([self._lock_key])
+        await self._bucket.delete_keys([self._lock_key])
 
     async def _load(self) -> None:
-        driver = self._driver
-        response = await driver._get(self._key)
-        if response is None:
+        found = await self._bucket.read_all(self._key)
+        if found is None:
             raise PathNotFound(self._path)
-        body = b"".join([chunk async for chunk in driver._read_body(response)])
+        body, response = found
         self._etag = response["ETag"]
         self._original = (body, response["Metadata"])
         if response["Metadata"].get(APPEND_MARK) == "1":
             self._segments = _Segments(body)
         elif body:  # a plain file becomes the first segment
             first = uuid.uuid4().hex
-            await driver._put(f"{self._key}/.segments/{first}", body)
+            await self._bucket.put(_segment_key(self._key, first), body)
             self._created.append(first)
             self._segments.items.append({"id": first, "size": len(body)})
         self._start = self._size = self._segments.size
@@ -669,20 +778,20 @@ class _AppendWriter(FileWriter):
 
     async def _open_segment(self) -> _ObjectWriter:
         """A new segment; it starts with the last one's bytes when that is below 5 MiB."""
-        driver = self._driver
         head = b""
         items = self._segments.items
         if items and items[-1]["size"] < MIN_PART:
             tail = items.pop()
-            response = await driver._get(f"{self._key}/.segments/{tail['id']}")
-            if response is None:
+            found = await self._bucket.read_all(_segment_key(self._key, tail["id"]))
+            if found is None:
                 raise StorageError(f"segment {tail['id']} of {self._path} is missing")
-            head = b"".join([chunk async for chunk in driver._read_body(response)])
+            head = found[0]
             self._replaced.append(tail["id"])
         segment_id = uuid.uuid4().hex
         self._created.append(segment_id)
         self._pending_id = segment_id
-        return _ObjectWriter(driver, f"{self._key}/.segments/{segment_id}", head)
+        key = _segment_key(self._key, segment_id)
+        return _ObjectWriter(self._bucket, key, self._part_size, self._parallel_parts, head)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
@@ -705,12 +814,11 @@ class _AppendWriter(FileWriter):
 
     async def _publish(self) -> None:
         metadata = {APPEND_MARK: "1", SIZE_MARK: str(self._segments.size)}
-        kwargs: dict[str, Any] = {"Metadata": metadata}
-        if self._etag:
-            kwargs["IfMatch"] = self._etag
         try:
-            answer = await self._driver._put(self._key, self._segments.encode(), **kwargs)
-        except ClientError:
+            answer = await self._bucket.put(
+                self._key, self._segments.encode(), metadata=metadata, if_match=self._etag or None
+            )
+        except _PreconditionFailed:
             raise StorageError(f"{self._path} changed under an exclusive append") from None
         self._etag = answer["ETag"]
         self._published = True
@@ -726,7 +834,7 @@ class _AppendWriter(FileWriter):
         self._closed = True
         try:
             if self._replaced:
-                await self._driver._delete_keys([f"{self._key}/.segments/{i}" for i in self._replaced])
+                await self._bucket.delete_keys([_segment_key(self._key, i) for i in self._replaced])
         finally:
             await self._unlock()
 
@@ -740,12 +848,12 @@ class _AppendWriter(FileWriter):
             body, metadata = self._original
             if self._published:
                 try:
-                    await self._driver._put(self._key, body, Metadata=metadata, IfMatch=self._etag)
-                except ClientError:
+                    await self._bucket.put(self._key, body, metadata=metadata, if_match=self._etag)
+                except _PreconditionFailed:
                     raise StorageError(f"{self._path} changed under an exclusive append") from None
             committed = {item["id"] for item in self._committed}
-            await self._driver._delete_keys(
-                [f"{self._key}/.segments/{i}" for i in self._created if i not in committed]
+            await self._bucket.delete_keys(
+                [_segment_key(self._key, i) for i in self._created if i not in committed]
             )
         finally:
             await self._unlock()

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry import layout
+from registry.references import Digest
+
 
 @dataclass
 class Storage:
@@ -87,5 +90,5 @@ class S3Storage(Storage):
 
 
 def blob_data_path(digest: str) -> str:
-    algorithm, hex_ = digest.split(":", 1)
-    return f"blobs/{algorithm}/{hex_[:2]}/{hex_}/data"
+    """Where the registry stores a blob: the layout's own answer, not a copy of it."""
+    return layout.blob_data(Digest.parse(digest))

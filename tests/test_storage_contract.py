@@ -1,16 +1,26 @@
-"""The storage contract, on every backend: the filesystem and S3 (a real SeaweedFS server)."""
+"""The storage contract, on every backend registered in ``storage_backends.BACKENDS``.
+
+Each backend gets a fresh store from ``STORES`` (the filesystem in a temporary folder, S3
+in a bucket of a real SeaweedFS server), opened through ``open_storage`` as a server opens
+it. A backend registered without a way to make a test store here fails every test.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import httpx
 import pytest
 
 from storage_backends import (
+    BACKENDS,
     InvalidPath,
     PathNotFound,
     ShortWrite,
@@ -18,19 +28,48 @@ from storage_backends import (
     StorageError,
     WriterBusy,
     open_storage,
+    storage_scheme,
 )
 from storage_backends.s3 import MIN_PART, S3Driver
 
 from .seaweed import SeaweedS3
 
 
-@pytest.fixture(params=["filesystem", "s3"])
-async def driver(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
-    if request.param == "filesystem":
-        backend = open_storage(str(tmp_path / "root"))
-    else:
-        seaweed: SeaweedS3 = request.getfixturevalue("seaweed")
-        backend = s3_driver(seaweed, seaweed.new_bucket())
+@dataclass
+class FreshStore:
+    """A fresh, empty store: its ``--root``, the environment and options it is opened with."""
+
+    location: str
+    env: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def filesystem_store(request: pytest.FixtureRequest, tmp_path: Path) -> FreshStore:
+    return FreshStore(str(tmp_path / "root"))
+
+
+def s3_store(request: pytest.FixtureRequest, tmp_path: Path) -> FreshStore:
+    """A bucket of its own on the session's SeaweedFS, reached through boto3's environment."""
+    seaweed: SeaweedS3 = request.getfixturevalue("seaweed")
+    return FreshStore(f"s3://{seaweed.new_bucket()}/some/prefix", seaweed.env, {"addressing_style": "path"})
+
+
+# How each registered backend (by scheme) gets a store to test: one entry per backend.
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], FreshStore]] = {
+    "file": filesystem_store,
+    "s3": s3_store,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageDriver]:
+    scheme: str = request.param
+    if scheme not in STORES:
+        pytest.fail(f"storage backend {scheme!r} is registered but has no test store: add it to STORES")
+    store = STORES[scheme](request, tmp_path)
+    assert storage_scheme(store.location) == scheme
+    with mock.patch.dict(os.environ, store.env):
+        backend = open_storage(store.location, **store.options)
     yield backend
     await backend.close()
 
@@ -53,11 +92,11 @@ async def test_put_get_stat_list_delete(driver: StorageDriver) -> None:
     assert (info.size, info.is_dir) == (5, False)
     assert abs(info.mtime - time.time()) < 120
     assert (await driver.stat("a/b")).is_dir
-    assert await driver.list("a") == ["b", "b2"]
-    assert await driver.list("a/b") == ["c"]
-    assert await driver.list("missing") == []
+    assert await driver.list_children("a") == ["b", "b2"]
+    assert await driver.list_children("a/b") == ["c"]
+    assert await driver.list_children("missing") == []
     await driver.delete("a/b")
-    assert await driver.list("a") == ["b2"]  # a sibling sharing the prefix survives
+    assert await driver.list_children("a") == ["b2"]  # a sibling sharing the prefix survives
     with pytest.raises(PathNotFound):
         await driver.get_content("a/b/c")
     with pytest.raises(PathNotFound):
@@ -82,7 +121,7 @@ async def test_writer_is_invisible_until_commit(driver: StorageDriver) -> None:
         await writer.write(data[start : start + 3_000_000])
     assert writer.size == len(data)
     assert not await driver.exists("x/data")
-    assert await driver.list("x") == []
+    assert await driver.list_children("x") == []
     await writer.commit()
     assert await read_all(driver, "x/data") == data
 
@@ -200,8 +239,8 @@ async def test_delete_files_removes_files_and_the_folders_they_leave_empty(drive
     for path in ("d/a/data", "d/a/other", "d/b/data", "d/c/data", "top"):
         await driver.put_content(path, path.encode())
     await driver.delete_files(["d/a/data", "d/b/data", "missing/file", "top"])
-    assert await driver.list("d") == ["a", "c"]  # b went with its last file; a keeps "other"
-    assert await driver.list("d/a") == ["other"]
+    assert await driver.list_children("d") == ["a", "c"]  # b went with its last file; a keeps "other"
+    assert await driver.list_children("d/a") == ["other"]
     assert not await driver.exists("top") and not await driver.exists("d/b")
     assert await driver.get_content("d/c/data") == b"d/c/data"
     await driver.put_content("d/b/data", b"again")  # a writer re-creates what it needs

@@ -20,8 +20,8 @@ async def test_put_get_stat_list_delete(driver: FilesystemDriver) -> None:
     info = await driver.stat("a/b/c")
     assert (info.size, info.is_dir) == (5, False)
     assert (await driver.stat("a/b")).is_dir
-    assert await driver.list("a/b") == ["c"]
-    assert await driver.list("missing") == []
+    assert await driver.list_children("a/b") == ["c"]
+    assert await driver.list_children("missing") == []
     await driver.delete("a")
     with pytest.raises(PathNotFound):
         await driver.get_content("a/b/c")
@@ -41,7 +41,7 @@ async def test_writer_is_invisible_until_commit(driver: FilesystemDriver) -> Non
     writer = await driver.writer("x/data")
     await writer.write(b"partial")
     assert not await driver.exists("x/data")
-    assert await driver.list("x") == []  # the temporary file is hidden
+    assert await driver.list_children("x") == []  # the temporary file is hidden
     await writer.commit()
     assert await driver.get_content("x/data") == b"partial"
 
@@ -129,4 +129,4 @@ async def test_a_file_deleted_with_its_folder_right_after_its_write_is_written_o
     monkeypatch.setattr(filesystem.os, "replace", replace_then_consumed)
     await driver.put_content("_events/hook/0001", b"event")
     assert len(replaced) == 1
-    assert await driver.list("_events/hook") == []
+    assert await driver.list_children("_events/hook") == []
