@@ -12,7 +12,7 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeGuard
 
 # Algorithms pier can verify, with the exact length of their hex encoding.
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
@@ -92,7 +92,7 @@ class Digest:
         return cls(algorithm, new_hasher(algorithm, data).hexdigest())
 
 
-def is_valid(value: object) -> bool:
+def is_valid(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a digest string pier can verify."""
     return isinstance(value, str) and PATTERN.fullmatch(value) is not None
 

@@ -54,11 +54,8 @@ class Manifest:
     subject: Descriptor | None
     artifact_type: str | None  # the referrers API's: the config's media type when unset
     annotations: dict[str, str] | None
+    is_index: bool = False  # by its media type, or by its shape when the type is not one of ours
     document: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEX_TYPES
 
 
 def is_index(document: dict[str, Any]) -> bool:
@@ -145,7 +142,8 @@ def parse_manifest(body: bytes, content_type: str | None = None, *, strict: bool
 
     blobs: list[Descriptor] = []
     children: list[Descriptor] = []
-    if media_type in INDEX_TYPES or (media_type not in IMAGE_TYPES and is_index(document)):
+    index = media_type in INDEX_TYPES or (media_type not in IMAGE_TYPES and is_index(document))
+    if index:
         entries = document.get("manifests")
         if not isinstance(entries, list):
             raise ManifestError("an index without a manifests list")
@@ -174,4 +172,4 @@ def parse_manifest(body: bytes, content_type: str | None = None, *, strict: bool
         and all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())
     ):
         raise ManifestError("annotations must map strings to strings")
-    return Manifest(media_type, blobs, children, subject, artifact_type, annotations, document)
+    return Manifest(media_type, blobs, children, subject, artifact_type, annotations, index, document)
