@@ -45,10 +45,14 @@ class Verifier:
         self._hasher = new_hasher(self.expected.algorithm)
         self.received = 0
 
+    def hexdigest(self) -> str:
+        """The hex of what was fed so far: a ``Verifier`` goes wherever a hasher does."""
+        return self._hasher.hexdigest()
+
     @property
     def actual(self) -> Digest:
         """The digest of what was fed so far."""
-        return Digest(self.expected.algorithm, self._hasher.hexdigest())
+        return Digest(self.expected.algorithm, self.hexdigest())
 
     def check(self) -> None:
         """``VerifyError`` unless what was fed is exactly the declared size and digest."""

@@ -8,7 +8,7 @@ traversal through a name, tag or digest is impossible by construction.
 from __future__ import annotations
 
 import hashlib
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from oci import digest
 from oci.digest import ALGORITHMS, DigestError
@@ -27,15 +27,21 @@ __all__ = [
 ]
 
 
-class Digest(digest.Digest):
-    """``oci``'s digest (equal to it by value), whose ``parse`` fails as ``DIGEST_INVALID``."""
+if TYPE_CHECKING:
+    # To the type checker the server's digest is oci's: the class below adds no state, only
+    # how ``parse`` fails, so the digests of ``oci.manifest``'s descriptors are the same type.
+    Digest = digest.Digest
+else:
 
-    @classmethod
-    def parse(cls, value: str) -> Self:
-        try:
-            return super().parse(value)
-        except DigestError as exc:
-            raise RegistryError("DIGEST_INVALID", str(exc)) from None
+    class Digest(digest.Digest):
+        """``oci``'s digest (equal to it by value), whose ``parse`` fails as ``DIGEST_INVALID``."""
+
+        @classmethod
+        def parse(cls, value: str) -> Self:
+            try:
+                return super().parse(value)
+            except DigestError as exc:
+                raise RegistryError("DIGEST_INVALID", str(exc)) from None
 
 
 def is_digest(reference: str) -> bool:
