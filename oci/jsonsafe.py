@@ -18,6 +18,10 @@ class UntrustedJSONError(ValueError):
     """Not JSON, or JSON nested deeper than ``MAX_DEPTH``."""
 
 
+class TooDeepError(UntrustedJSONError):
+    """JSON nested deeper than allowed: refused before it was parsed."""
+
+
 def depth(body: bytes) -> int:
     """The deepest nesting of arrays and objects in ``body``, strings skipped."""
     level = deepest = 0
@@ -35,7 +39,7 @@ def loads(body: bytes | str, max_depth: int = MAX_DEPTH) -> object:
     """``json.loads`` for untrusted input: every failure is an ``UntrustedJSONError``."""
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if depth(raw) > max_depth:
-        raise UntrustedJSONError(f"nested more than {max_depth} levels deep")
+        raise TooDeepError(f"nested more than {max_depth} levels deep")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -12,15 +12,14 @@ finds it done, instead of writing the same file at the same time.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-_DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
+from oci import digest as digests
+from oci.verify import Verifier, VerifyError
 
 
 class DigestMismatch(Exception):
@@ -38,10 +37,10 @@ def default_home() -> Path:
 
 
 def _split(digest: str) -> tuple[str, str]:
-    if not _DIGEST.fullmatch(digest):
+    """(algorithm, hex) of a digest pier verifies: nothing else can become a path here."""
+    if not digests.is_valid(digest):
         raise ValueError(f"invalid or unsupported digest: {digest[:150]!r}")
-    algorithm, _, hexpart = digest.partition(":")
-    return algorithm, hexpart
+    return digests.split(digest)
 
 
 class BlobDownload:
@@ -58,13 +57,11 @@ class BlobDownload:
         self._partial = store.root / "partial" / f"{algorithm}-{hexpart}"
         self._partial.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open_locked()
-        self._hasher = hashlib.new(algorithm)
-        self.offset = 0
+        self._verifier = Verifier(digest)
         with open(self._fd, "rb", closefd=False) as existing:
             existing.seek(0)
             while block := existing.read(1 << 20):
-                self._hasher.update(block)
-                self.offset += len(block)
+                self._verifier.update(block)
 
     def _open_locked(self) -> int:
         """Open and lock the partial file, waiting while another process downloads it.
@@ -87,24 +84,28 @@ class BlobDownload:
         """Another process finished this blob while we waited for its lock."""
         return self._store.has(self.digest)
 
+    @property
+    def offset(self) -> int:
+        """Bytes written so far, an earlier attempt's included."""
+        return self._verifier.received
+
     def write(self, data: bytes) -> None:
-        self._hasher.update(data)
+        self._verifier.update(data)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
-        self.offset += len(data)
 
     def restart(self) -> None:
         """Throw away the partial bytes (the registry ignored our Range request)."""
         os.ftruncate(self._fd, 0)
-        self._hasher = hashlib.new(self.digest.split(":", 1)[0])
-        self.offset = 0
+        self._verifier.restart()
 
     def commit(self) -> Path:
-        actual = f"{self.digest.split(':', 1)[0]}:{self._hasher.hexdigest()}"
-        if actual != self.digest:
+        try:
+            self._verifier.check()
+        except VerifyError as exc:
             self.abort()
-            raise DigestMismatch(self.digest, actual)
+            raise DigestMismatch(self.digest, str(exc.actual)) from None
         os.fsync(self._fd)
         target = self._store.path(self.digest)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ image's OCI manifest is written, so nothing unverified enters the store.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -23,13 +22,14 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
+from oci.digest import DEFAULT_ALGORITHM, digest_of, hex_pattern, new_hasher
 from oci.jsonsafe import UntrustedJSONError, loads
+from oci.manifest import MAX_CONFIG_SIZE
+from oci.mediatypes import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 
 from .content_store import ContentStore
 from .errors import PierError
 from .image import (
-    MAX_CONFIG_SIZE,
-    OCI_MANIFEST,
     Image,
     ImageError,
     check_document,
@@ -53,11 +53,10 @@ from .sources import Source, read_small
 from .text import plural
 from .unpack import decompressed, is_layer_fault
 
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 READ_BLOCK = 1 << 20
-# The name says which content it holds: check that it does.
-_NAMED = re.compile(r"(?:.*/)?blobs/sha256/([a-f0-9]{64})|([a-f0-9]{64})\.json")
+# The name says which content it holds: check that it does. docker names everything by sha256.
+_HEX = hex_pattern(DEFAULT_ALGORITHM)
+_NAMED = re.compile(rf"(?:.*/)?blobs/{DEFAULT_ALGORITHM}/({_HEX})|({_HEX})\.json")
 
 
 def _image_of(store: ContentStore, digest: str, platform: Platform) -> Image:
@@ -150,7 +149,7 @@ class _Hashing(io.RawIOBase):
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
-        self.hash = hashlib.sha256()
+        self.hash = new_hasher(DEFAULT_ALGORITHM)
         self.size = 0
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -180,7 +179,7 @@ def _scan_layer(source: Source, name: str) -> tuple[dict, str]:
         media_type = _layer_type(source, name)
     except FileNotFoundError:
         raise LayoutError(f"{source.label}: layer {name[:200]} is missing from the archive") from None
-    plain = hashlib.sha256()
+    plain = new_hasher(DEFAULT_ALGORITHM)
     with source.open(name) as stream:
         raw = _Hashing(stream)
         try:
@@ -195,14 +194,15 @@ def _scan_layer(source: Source, name: str) -> tuple[dict, str]:
             raise LayoutError(f"{source.label}: layer {name} cannot be decompressed: {exc}") from None
         while raw.read(READ_BLOCK):  # whatever follows the compressed stream is part of the blob
             pass
-    descriptor = {"mediaType": media_type, "digest": f"sha256:{raw.hash.hexdigest()}", "size": raw.size}
-    return descriptor, f"sha256:{plain.hexdigest()}"
+    stored = f"{DEFAULT_ALGORITHM}:{raw.hash.hexdigest()}"
+    descriptor = {"mediaType": media_type, "digest": stored, "size": raw.size}
+    return descriptor, f"{DEFAULT_ALGORITHM}:{plain.hexdigest()}"
 
 
 def _check_name(source: Source, name: str, digest: str) -> None:
     match = _NAMED.fullmatch(name)
     named = match and (match.group(1) or match.group(2))
-    if named and f"sha256:{named}" != digest:
+    if named and f"{DEFAULT_ALGORITHM}:{named}" != digest:
         raise LayoutError(f"{source.label}: {name} does not match its digest (got {digest})")
 
 
@@ -223,7 +223,7 @@ def _load_item(store: ContentStore, source: Source, item: object) -> str:
     config_body = read_small(source, item["Config"], MAX_CONFIG_SIZE)
     if config_body is None:
         raise LayoutError(f"{where}: {item['Config'][:200]} is missing from the archive")
-    config_digest = f"sha256:{hashlib.sha256(config_body).hexdigest()}"
+    config_digest = digest_of(config_body)
     _check_name(source, item["Config"], config_digest)
     try:
         diff_ids = loads(config_body)["rootfs"]["diff_ids"]  # type: ignore[index]
@@ -251,7 +251,7 @@ def _load_item(store: ContentStore, source: Source, item: object) -> str:
     }
     body = json.dumps(manifest, indent=2).encode()
     check_document(body)
-    digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
+    digest = digest_of(body)
     store.put(digest, body)
     return digest
 

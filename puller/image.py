@@ -8,31 +8,20 @@ key of the unpacked-rootfs cache).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from oci import manifest as documents
+from oci.digest import digest_of
 from oci.jsonsafe import UntrustedJSONError, loads
+from oci.manifest import ManifestError
+from oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 
 from .content_store import ContentStore
 from .errors import PierError
 from .platforms import Platform
 from .reference import Reference
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
-MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-# An image config is JSON read whole, and long histories pass a manifest's 4 MiB: one bound
-# for pull, inspect and load, so an image pier pulls it can also save and load again.
-MAX_CONFIG_SIZE = 32 * 1024 * 1024
-
-
-DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 
 
 class ImageError(PierError):
@@ -43,18 +32,6 @@ class InvalidDocument(PierError, ValueError):
     """A manifest or index that is not what the image-spec says it must be."""
 
 
-def _check_descriptor(value: object, where: str) -> None:
-    if not isinstance(value, dict):
-        raise InvalidDocument(f"{where} is not a descriptor")
-    if not isinstance(value.get("digest"), str) or not DIGEST.fullmatch(value["digest"]):
-        raise InvalidDocument(f"{where} has an invalid or unsupported digest")
-    size = value.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidDocument(f"{where} has an invalid size")
-    if not isinstance(value.get("mediaType", ""), str):
-        raise InvalidDocument(f"{where} has an invalid mediaType")
-
-
 def check_document(body: bytes) -> dict:
     """Parse a manifest or index from an untrusted source, checking every descriptor in it.
 
@@ -62,39 +39,16 @@ def check_document(body: bytes) -> dict:
     documents may rely on their shape, and no digest in them can name a path outside.
     """
     try:
-        document = loads(body)
-    except UntrustedJSONError as exc:
+        parsed = documents.parse_manifest(body, strict=False)
+    except ManifestError as exc:
         raise InvalidDocument(str(exc)) from None
-    if not isinstance(document, dict):
-        raise InvalidDocument("not a JSON object")
-    if not isinstance(document.get("mediaType", ""), str):
-        raise InvalidDocument("an invalid mediaType")
-    if is_index(document):
-        entries = document.get("manifests")
-        if not isinstance(entries, list):
-            raise InvalidDocument("an index without a manifests list")
-        for number, entry in enumerate(entries):
-            _check_descriptor(entry, f"manifests[{number}]")
-            platform = entry.get("platform", {})
-            if not isinstance(platform, dict) or not all(
-                isinstance(platform.get(key, ""), str) for key in ("os", "architecture", "variant")
-            ):
-                raise InvalidDocument(f"manifests[{number}] has an invalid platform")
-        return document
-    _check_descriptor(document.get("config"), "config")
-    layers = document.get("layers")
-    if not isinstance(layers, list):
-        raise InvalidDocument("a manifest without a layers list")
-    for number, layer in enumerate(layers):
-        _check_descriptor(layer, f"layers[{number}]")
-    return document
+    if not parsed.is_index:
+        parsed.document.setdefault("layers", [])  # left out: none, as every reader takes it
+    return parsed.document
 
 
 def is_index(manifest: dict) -> bool:
-    media_type = manifest.get("mediaType")
-    if isinstance(media_type, str) and media_type in INDEX_TYPES:
-        return True
-    return "manifests" in manifest and "layers" not in manifest
+    return documents.is_index(manifest)
 
 
 def media_type_of(body: bytes, fallback: str = OCI_MANIFEST) -> str:
@@ -133,11 +87,7 @@ class Image:
             return self.digest
         chain = ""
         for diff_id in diff_ids:
-            chain = (
-                diff_id
-                if not chain
-                else "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
-            )
+            chain = digest_of(f"{chain} {diff_id}".encode()) if chain else diff_id
         return chain or self.digest
 
 

@@ -11,25 +11,27 @@ A layout is read from a directory or from a tar file (see ``sources``) alike.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from oci import digest as digests
 from oci.jsonsafe import UntrustedJSONError, loads
+from oci.manifest import MAX_MANIFEST_SIZE
+from oci.mediatypes import OCI_INDEX
 
 from .content_store import ContentStore, DigestMismatch
 from .errors import PierError
-from .image import DIGEST, OCI_INDEX, InvalidDocument, check_document, is_index, media_type_of, reachable
+from .image import InvalidDocument, check_document, is_index, media_type_of, reachable
 from .reference import Reference, ReferenceError, parse_reference
 from .sources import Source, read_small
 
 LAYOUT_VERSION = "1.0.0"
 REF_NAME = "org.opencontainers.image.ref.name"
 FULL_NAME = "io.containerd.image.name"
-MAX_INDEX_SIZE = 4 * 1024 * 1024
+MAX_INDEX_SIZE = MAX_MANIFEST_SIZE  # index.json, and every manifest or index of a layout
 COPY_BLOCK = 1 << 20
 
 
@@ -45,9 +47,9 @@ class Loaded:
 
 def blob_name(digest: str, where: str = "") -> str:
     """``blobs/<alg>/<hex>``: the path of a blob in a layout, for a well-formed digest only."""
-    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+    if not digests.is_valid(digest):
         raise LayoutError(f"{where}: invalid or unsupported digest {str(digest)[:100]!r}")
-    algorithm, _, hexpart = digest.partition(":")
+    algorithm, hexpart = digests.split(digest)
     return f"blobs/{algorithm}/{hexpart}"
 
 
@@ -180,12 +182,9 @@ def _read_document(store: ContentStore, digest: str, source: Source) -> tuple[by
                 body = stream.read(MAX_INDEX_SIZE + 1)
         except FileNotFoundError:
             raise LayoutError(f"{source.label}: blob {digest} is missing from the layout") from None
-        algorithm, _, expected = digest.partition(":")
-        actual = hashlib.new(algorithm, body).hexdigest()
-        if len(body) > MAX_INDEX_SIZE or actual != expected:
-            raise LayoutError(
-                f"{source.label}: blob {digest} does not match its digest (got {algorithm}:{actual})"
-            )
+        actual = digests.Digest.of(body, digests.split(digest)[0])
+        if len(body) > MAX_INDEX_SIZE or str(actual) != digest:
+            raise LayoutError(f"{source.label}: blob {digest} does not match its digest (got {actual})")
     try:
         return body, check_document(body)
     except InvalidDocument as exc:

@@ -8,7 +8,6 @@ of it, and published only when it verifies.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,24 +16,16 @@ from dataclasses import dataclass
 
 import httpx
 
+from oci.digest import DEFAULT_ALGORITHM, Digest, DigestError
+from oci.manifest import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
+from oci.mediatypes import MANIFEST_ACCEPT
+
 from .content_store import ContentStore, DigestMismatch
 from .errors import PierError
-from .image import (
-    DOCKER_LIST,
-    DOCKER_MANIFEST,
-    MAX_CONFIG_SIZE,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    InvalidDocument,
-    check_document,
-    is_index,
-)
+from .image import InvalidDocument, check_document, is_index
 from .platforms import Platform
 from .reference import Reference
 from .transport import Credentials, RegistryRequestError, Transport, error_message, read_capped
-
-ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
-MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
 
@@ -71,7 +62,7 @@ class Remote:
 
     def fetch_manifest(self, identifier: str) -> tuple[bytes, str, str]:
         path = f"/v2/{self.reference.path}/manifests/{identifier}"
-        with self.transport.stream("GET", path, self.scope, {"Accept": ACCEPT}) as response:
+        with self.transport.stream("GET", path, self.scope, {"Accept": MANIFEST_ACCEPT}) as response:
             if response.status_code != 200:
                 raise PullError(
                     f"{self.reference.familiar()}: manifest {identifier}: {error_message(response)}"
@@ -83,9 +74,13 @@ class Remote:
         except InvalidDocument as exc:
             raise PullError(f"{self.reference.familiar()}: manifest {identifier} is invalid: {exc}") from None
         media_type = declared or media_type
-        algorithm = identifier.split(":", 1)[0] if ":" in identifier else "sha256"
-        digest = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
-        if ":" in identifier and digest != identifier:
+        by_digest = ":" in identifier
+        try:
+            algorithm = Digest.parse(identifier).algorithm if by_digest else DEFAULT_ALGORITHM
+        except DigestError as exc:
+            raise PullError(f"{self.reference.familiar()}: manifest {identifier}: {exc}") from None
+        digest = str(Digest.of(body, algorithm))
+        if by_digest and digest != identifier:
             raise PullError(f"manifest digest mismatch: expected {identifier}, got {digest}")
         return body, media_type, digest
 

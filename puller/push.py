@@ -10,13 +10,15 @@ that sends the wrong bytes fails the copy before the destination is asked to kee
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlencode
+
+from oci.digest import digest_of
+from oci.verify import Verifier, VerifyError
 
 from .content_store import ContentStore
 from .errors import PierError
@@ -75,21 +77,23 @@ class _Verified:
 
     def __init__(self, chunks: Iterator[bytes], digest: str, size: int) -> None:
         self.chunks, self.digest, self.size = chunks, digest, size
-        self.hasher = hashlib.new(digest.split(":", 1)[0])
-        self.seen = 0
+        self.verifier = Verifier(digest, size)
         self.on_bytes: Callable[[int], None] = lambda done: None
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self.chunks:
-            self.seen += len(chunk)
-            if self.seen > self.size:
-                raise PushError(f"blob {self.digest}: the source sent more than its {self.size} bytes")
-            self.hasher.update(chunk)
-            self.on_bytes(self.seen)
+            try:
+                self.verifier.update(chunk)
+            except VerifyError:
+                message = f"the source sent more than its {self.size} bytes"
+                raise PushError(f"blob {self.digest}: {message}") from None
+            self.on_bytes(self.verifier.received)
             yield chunk
-        actual = f"{self.digest.split(':', 1)[0]}:{self.hasher.hexdigest()}"
-        if self.seen != self.size or actual != self.digest:
-            raise PushError(f"blob {self.digest}: digest mismatch from the source, got {actual}")
+        try:
+            self.verifier.check()
+        except VerifyError as exc:
+            message = f"digest mismatch from the source, got {exc.actual}"
+            raise PushError(f"blob {self.digest}: {message}") from None
 
 
 class Pusher:
@@ -165,7 +169,7 @@ class Pusher:
         with self.transport.stream("PUT", path, self.scope, headers, content=lambda: body) as response:
             if response.status_code != 201:
                 raise PushError(f"{self.reference.name}: manifest {identifier}: {error_message(response)}")
-        return "sha256:" + hashlib.sha256(body).hexdigest()
+        return digest_of(body)
 
     def push_image(
         self, body: bytes, source: BlobSource, progress: Progress | None, tag: str | None = None
@@ -175,7 +179,7 @@ class Pusher:
         descriptors = [manifest["config"], *manifest.get("layers", [])]
         with ThreadPoolExecutor(self.parallel) as pool:
             list(pool.map(lambda d: self.push_blob(d, source, progress), descriptors))
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = digest_of(body)
         return self.push_manifest(tag or digest, body, media_type_of(body))
 
 
@@ -197,7 +201,7 @@ def push_tree(
             push_tree(pusher, child, read_manifest, source, None, progress)
         else:
             pusher.push_image(child, source, progress)
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    digest = digest_of(body)
     return pusher.push_manifest(tag or digest, body, media_type_of(body))
 
 

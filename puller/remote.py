@@ -7,18 +7,21 @@ are checked against their digests, and a tag list must be a list of strings.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from oci.digest import is_valid
 from oci.jsonsafe import UntrustedJSONError, loads
+from oci.manifest import MAX_CONFIG_SIZE
+from oci.mediatypes import INDEX_TYPES
 from oci.policy import same_origin
+from oci.reference import is_tag
+from oci.verify import VerifyError, verify_bytes
 
 from .errors import PierError
-from .image import INDEX_TYPES, MAX_CONFIG_SIZE, is_index
+from .image import is_index
 from .inspection import Inspected
 from .platforms import Platform
 from .pull import Remote
@@ -27,7 +30,6 @@ from .transport import Transport, error_message, read_capped
 
 MAX_TAGS_PAGE = 16 * 1024 * 1024
 MAX_TAG_PAGES = 10_000  # 10,000 pages of even 100 tags is more than any real repository
-TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # distribution's tag grammar
 
 
 class RemoteError(PierError):
@@ -47,7 +49,7 @@ def _json_object(body: bytes, what: str) -> dict:
 def fetch_config(remote: Remote, descriptor: dict) -> tuple[bytes, dict]:
     """An image config, read within its declared size and checked against its digest."""
     digest, size = descriptor.get("digest"), descriptor.get("size")
-    if not isinstance(digest, str) or ":" not in digest or not isinstance(size, int) or size < 0:
+    if not is_valid(digest) or not isinstance(size, int) or size < 0:
         raise RemoteError("the manifest's config descriptor has no valid digest and size")
     if size > MAX_CONFIG_SIZE:
         raise RemoteError(f"config {digest} is {size} bytes, more than {MAX_CONFIG_SIZE}")
@@ -55,9 +57,10 @@ def fetch_config(remote: Remote, descriptor: dict) -> tuple[bytes, dict]:
         if response.status_code != 200:
             raise RemoteError(f"config {digest}: {error_message(response)}")
         body = read_capped(response, size, f"config {digest}")
-    algorithm, _, expected = digest.partition(":")
-    if algorithm not in ("sha256", "sha512") or hashlib.new(algorithm, body).hexdigest() != expected:
-        raise RemoteError(f"config {digest}: the registry sent bytes with another digest")
+    try:
+        verify_bytes(body, digest)
+    except VerifyError:
+        raise RemoteError(f"config {digest}: the registry sent bytes with another digest") from None
     return body, _json_object(body, f"config {digest}")
 
 
@@ -125,7 +128,7 @@ def iter_tags(transport: Transport, reference: Reference, page_size: int | None 
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
             raise RemoteError("the registry's tag list is not a list of strings")
         for tag in tags:  # printed to a terminal and made into references: nothing but a tag
-            if not TAG.fullmatch(tag):
+            if not is_tag(tag):
                 raise RemoteError(f"the registry listed an invalid tag {tag[:80]!r}")
         yield from tags
     raise RemoteError(f"the registry's tag list goes on past {MAX_TAG_PAGES} pages")

@@ -9,15 +9,14 @@ tag would keep it, or when a bare digest is tagged in more than one repository.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from oci.digest import full_prefix
 
 from .containers import Containers
 from .content_store import ContentStore
 from .image import ImageError, reachable
 from .reference import DEFAULT_TAG, parse_reference
-
-_DIGEST_PREFIX = re.compile(r"(?:sha256:)?[a-f0-9]{12,64}|sha512:[a-f0-9]{12,128}")
 
 
 @dataclass
@@ -29,9 +28,9 @@ class Removal:
 
 
 def _by_digest(store: ContentStore, text: str) -> Removal | None:
-    if not _DIGEST_PREFIX.fullmatch(text):
+    prefix = full_prefix(text)
+    if prefix is None:
         return None
-    prefix = text if ":" in text else f"sha256:{text}"
     digests = sorted({digest for _, _, digest in store.refs() if digest.startswith(prefix)})
     if len(digests) > 1:
         raise ImageError(f"{text} is ambiguous: it starts {len(digests)} image digests")

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from oci import jsonsafe
+from oci.mediatypes import MANIFEST_ACCEPT
+from oci.verify import Verifier, VerifyError
 from storage_backends import StorageFull
 
 from . import layout
@@ -35,7 +36,6 @@ from .eviction import Pulls, evict
 from .references import Digest, is_digest, validate_tag
 from .store import RegistryStore
 from .upstream import (
-    MANIFEST_ACCEPT,
     UpstreamClient,
     UpstreamDenied,
     UpstreamError,
@@ -382,37 +382,39 @@ class Download:
                 )
             self.started.set()
             writer = await store.driver.writer(layout.blob_data(self.digest))
-            hasher = hashlib.new(self.digest.algorithm)
+            verifier = Verifier(self.digest, self.size)  # refuses a byte past the Content-Length
 
             async def flush(data: bytes) -> None:
                 assert writer is not None
                 # The hash runs in a thread (it releases the GIL) beside the storage write.
-                await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+                await asyncio.gather(asyncio.to_thread(verifier.update, data), writer.write(data))
 
             # Pieces of FLUSH_SIZE: clients get each at once, storage while the next arrives.
             flushing: asyncio.Future[None] | None = None
             try:
-                async with contextlib.aclosing(body_chunks(route.upstream, response, FLUSH_SIZE)) as chunks:
-                    async for chunk in chunks:
-                        if limit and self.written + len(chunk) > limit:  # longer than it said
-                            raise UpstreamUnavailable(
-                                route.upstream, f"blob {self.digest} runs over {limit} bytes"
-                            )
-                        self._keep(chunk)
-                        if flushing is not None:
-                            await flushing
-                        flushing = asyncio.ensure_future(flush(chunk))
-            finally:
-                if flushing is not None:  # never cancel the writer under a write in flight
-                    await asyncio.wait([flushing])
-            if flushing is not None:
-                await flushing  # its error, if it had one
-            actual = Digest(self.digest.algorithm, hasher.hexdigest())
-            if actual != self.digest or (self.size is not None and self.written != self.size):
+                pieces = body_chunks(route.upstream, response, FLUSH_SIZE)
+                try:
+                    async with contextlib.aclosing(pieces) as chunks:
+                        async for chunk in chunks:
+                            if limit and self.written + len(chunk) > limit:  # longer than it said
+                                raise UpstreamUnavailable(
+                                    route.upstream, f"blob {self.digest} runs over {limit} bytes"
+                                )
+                            self._keep(chunk)
+                            if flushing is not None:
+                                await flushing
+                            flushing = asyncio.ensure_future(flush(chunk))
+                finally:
+                    if flushing is not None:  # never cancel the writer under a write in flight
+                        await asyncio.wait([flushing])
+                if flushing is not None:
+                    await flushing  # its error, if it had one
+                verifier.check()
+            except VerifyError:
                 raise UpstreamUnavailable(
                     route.upstream,
-                    f"blob {self.digest} arrived as {actual} ({self.written} bytes): not cached",
-                )
+                    f"blob {self.digest} arrived as {verifier.actual} ({self.written} bytes): not cached",
+                ) from None
             await writer.commit()
             writer = None
             await store.link_blob(route.local, self.digest)

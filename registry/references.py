@@ -1,4 +1,5 @@
-"""Repository names, tags and digests, parsed strictly against the spec's grammars.
+"""Repository names, tags and digests as the server checks them: ``oci``'s grammars, the
+spec's error codes.
 
 Everything that later becomes part of a storage path passes through here first, so
 traversal through a name, tag or digest is impossible by construction.
@@ -7,66 +8,64 @@ traversal through a name, tag or digest is impossible by construction.
 from __future__ import annotations
 
 import hashlib
-import re
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
+
+from oci import digest
+from oci.digest import ALGORITHMS, DigestError
+from oci.reference import MAX_NAME_LENGTH, is_repository_name, is_tag
 
 from .errors import RegistryError
 
-MAX_NAME_LENGTH = 255
-NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_PATTERN = re.compile(rf"{NAME_COMPONENT}(?:/{NAME_COMPONENT})*")
-TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+__all__ = [
+    "ALGORITHMS",
+    "Digest",
+    "is_digest",
+    "lookup_reference",
+    "new_hasher",
+    "validate_name",
+    "validate_tag",
+]
 
-# Patterns are used with fullmatch: `$` would also accept a trailing newline.
-# Algorithms the registry can verify, with the exact length of their hex encoding.
-ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
-DIGEST_PATTERN = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
-DIGEST_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 
+if TYPE_CHECKING:
+    # To the type checker the server's digest is oci's: the class below adds no state, only
+    # how ``parse`` fails, so the digests of ``oci.manifest``'s descriptors are the same type.
+    Digest = digest.Digest
+else:
 
-@dataclass(frozen=True, order=True)
-class Digest:
-    algorithm: str
-    hex: str
+    class Digest(digest.Digest):
+        """``oci``'s digest (equal to it by value), whose ``parse`` fails as ``DIGEST_INVALID``."""
 
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.hex}"
-
-    @classmethod
-    def parse(cls, value: str) -> Digest:
-        """Parse a digest the registry can verify, or fail with ``DIGEST_INVALID``."""
-        if not DIGEST_PATTERN.fullmatch(value):
-            if DIGEST_GRAMMAR.fullmatch(value) and value.split(":", 1)[0] not in ALGORITHMS:
-                raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {value.split(':')[0]}")
-            raise RegistryError("DIGEST_INVALID", f"invalid digest: {value[:200]!r}")
-        algorithm, hexpart = value.split(":", 1)
-        return cls(algorithm, hexpart)
-
-    @classmethod
-    def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
-        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+        @classmethod
+        def parse(cls, value: str) -> Self:
+            try:
+                return super().parse(value)
+            except DigestError as exc:
+                raise RegistryError("DIGEST_INVALID", str(exc)) from None
 
 
 def is_digest(reference: str) -> bool:
+    """Whether a manifest reference is meant as a digest (a tag has no ``:``)."""
     return ":" in reference
 
 
 def new_hasher(algorithm: str) -> hashlib._Hash:
-    if algorithm not in ALGORITHMS:
-        raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {algorithm}")
-    return hashlib.new(algorithm)
+    try:
+        return digest.new_hasher(algorithm)
+    except DigestError as exc:
+        raise RegistryError("DIGEST_INVALID", str(exc)) from None
 
 
 def validate_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise RegistryError("NAME_INVALID", f"repository name longer than {MAX_NAME_LENGTH} characters")
-    if not NAME_PATTERN.fullmatch(name):
+    if not is_repository_name(name):
         raise RegistryError("NAME_INVALID", f"invalid repository name: {name[:300]!r}")
     return name
 
 
 def validate_tag(tag: str) -> str:
-    if not TAG_PATTERN.fullmatch(tag):
+    if not is_tag(tag):
         raise RegistryError("TAG_INVALID", f"invalid tag: {tag[:200]!r}")
     return tag
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Protocol
 
+from oci.digest import Hasher
 from storage_backends import FileWriter
 
 from .errors import RegistryError
@@ -28,11 +28,6 @@ def block_size(content_length: int | None) -> int:
     if content_length is None:
         return MAX_BLOCK
     return max(MIN_BLOCK, min(MAX_BLOCK, content_length // 16))
-
-
-class Hasher(Protocol):
-    def update(self, data: bytes | bytearray, /) -> None: ...
-    def hexdigest(self) -> str: ...
 
 
 class BodyTooLarge(Exception):

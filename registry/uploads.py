@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from oci.verify import Verifier, VerifyError
 from storage_backends import FileWriter, PathNotFound, StorageDriver, WriterBusy
 
 from . import layout
@@ -365,7 +366,7 @@ class Uploads:
         hasher = self._hashes.take(session.id, algorithm, session.size)
         if hasher is None:
             # Another process received (part of) this upload: derive the hash from storage.
-            hasher = hashlib.new(algorithm)
+            hasher = new_hasher(algorithm)
             await pump(self.driver.reader(layout.upload_data(session.id)), None, hasher)
         return Digest(algorithm, hasher.hexdigest())
 
@@ -374,12 +375,12 @@ class Uploads:
         self, name: str, digest: Digest, body: AsyncIterator[bytes], content_length: int | None
     ) -> None:
         """``POST ?digest=``: stream straight to the blob's place, visible only if it verifies."""
-        hasher = new_hasher(digest.algorithm)
+        verifier = Verifier(digest)
         # Skipped only when a file of the announced size is there: a short one is replaced.
         exists = content_length is not None and await self.store.has_content(digest, content_length)
         writer = None if exists else await self.driver.writer(layout.blob_data(digest), size=content_length)
         try:
-            received = await pump(body, writer, hasher, self.max_blob_size, block_size(content_length))
+            received = await pump(body, writer, verifier, self.max_blob_size, block_size(content_length))
         except BaseException as exc:
             if writer is not None:
                 await writer.cancel()
@@ -391,9 +392,11 @@ class Uploads:
                 raise RegistryError(
                     "SIZE_INVALID", f"received {received} bytes, Content-Length said {content_length}"
                 )
-            actual = Digest(digest.algorithm, hasher.hexdigest())
-            if actual != digest:
-                raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}")
+            try:
+                verifier.check()
+            except VerifyError as exc:
+                detail = f"uploaded content has digest {exc.actual}, not {digest}"
+                raise RegistryError("DIGEST_INVALID", detail) from None
         except RegistryError:
             if writer is not None:
                 await writer.cancel()

@@ -25,14 +25,6 @@ from .upstreams import Upstream
 
 log = logging.getLogger("pier.mirror")
 
-MANIFEST_ACCEPT = ", ".join(
-    [
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    ]
-)
 MAX_REDIRECTS = 5
 
 

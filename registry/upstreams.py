@@ -6,16 +6,21 @@ starting a server that mirrors nothing, never imports the client's aiohttp.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-DOCKER_HUB = "https://registry-1.docker.io"
-DOCKER_HUB_HOSTS = {"registry-1.docker.io", "index.docker.io", "docker.io"}
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+from oci import credentials
+from oci.reference import (
+    DEFAULT_DOMAIN,
+    DOCKER_HUB_API_HOST,
+    is_docker_hub,
+    is_repository_prefix,
+    official_name,
+)
+
+DOCKER_HUB = f"https://{DOCKER_HUB_API_HOST}"
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,11 @@ class Upstream:
 
     @property
     def is_docker_hub(self) -> bool:
-        return (urlsplit(self.url).hostname or "") in DOCKER_HUB_HOSTS
+        return is_docker_hub(urlsplit(self.url).hostname or "")
 
     def upstream_name(self, name: str) -> str:
         """Docker Hub's official images live under ``library/``: ``python`` is ``library/python``."""
-        return f"library/{name}" if self.is_docker_hub and "/" not in name else name
+        return official_name(name) if self.is_docker_hub else name
 
 
 def parse_upstreams(spec: str, auth_file: str = "") -> list[Upstream]:
@@ -43,7 +48,7 @@ def parse_upstreams(spec: str, auth_file: str = "") -> list[Upstream]:
     A URL may carry ``user:password@``; otherwise credentials come from ``auth_file``, in
     docker's ``config.json`` format, looked up by the upstream's host.
     """
-    logins = _read_auth_file(auth_file) if auth_file else {}
+    config = _read_auth_file(auth_file) if auth_file else {}
     found: list[Upstream] = []
     for entry in (e.strip() for e in spec.split(",")):
         if not entry:
@@ -58,16 +63,14 @@ def parse_upstreams(spec: str, auth_file: str = "") -> list[Upstream]:
             raise ValueError(f"proxy: not an http(s) URL: {url!r}")
         default = not sep
         if default:
-            prefix = "docker.io" if host in DOCKER_HUB_HOSTS else host
+            prefix = DEFAULT_DOMAIN if is_docker_hub(host) else host
         prefix = prefix.strip("/")
-        if not prefix or not all(_COMPONENT.fullmatch(p) for p in prefix.split("/")):
+        if not is_repository_prefix(prefix):
             raise ValueError(f"proxy: {prefix!r} is not a repository prefix (lowercase, like docker.io)")
+        netloc = parts.netloc.rpartition("@")[2]
         username, password = parts.username or "", parts.password or ""
         if not username:
-            username, password = logins.get(parts.netloc.rpartition("@")[2], ("", ""))
-            if not username and host in DOCKER_HUB_HOSTS:
-                username, password = logins.get("https://index.docker.io/v1/", ("", ""))
-        netloc = parts.netloc.rpartition("@")[2]
+            username, password = _login(config, netloc, auth_file)
         clean = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
         found.append(Upstream(clean, prefix, default, username, password))
     if sum(u.default for u in found) > 1:
@@ -78,23 +81,32 @@ def parse_upstreams(spec: str, auth_file: str = "") -> list[Upstream]:
     return found
 
 
-def _read_auth_file(path: str) -> dict[str, tuple[str, str]]:
+def _read_auth_file(path: str) -> dict[str, Any]:
     try:
-        with open(os.path.expanduser(path), encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
+        with open(os.path.expanduser(path), "rb") as handle:
+            return credentials.parse_config(handle.read())
+    except OSError as exc:
         raise ValueError(f"proxy_auth_file {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"proxy_auth_file {path}: not a JSON object (docker's config.json)")
-    auths = data.get("auths") or {}
-    if not isinstance(auths, dict):
-        raise ValueError(f"proxy_auth_file {path}: auths is not an object")
-    logins: dict[str, tuple[str, str]] = {}
-    for host, entry in auths.items():
-        if isinstance(entry, dict) and entry.get("auth"):
-            try:
-                user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
-            except (TypeError, ValueError):
-                raise ValueError(f"proxy_auth_file {path}: the auth of {host[:80]!r} is not base64") from None
-            logins[host] = (user, password)
-    return logins
+    except credentials.ConfigError as exc:
+        raise _auth_file_error(path, exc) from None
+
+
+def _login(config: dict[str, Any], host: str, path: str) -> tuple[str, str]:
+    """The login docker's config.json holds for ``host``: its ``auths`` only (no helper runs here),
+    and no identity token (the mirror's token flow sends a password)."""
+    try:
+        login = credentials.find_login(config, host, helpers=False)
+    except credentials.ConfigError as exc:
+        raise _auth_file_error(path, exc) from None
+    if not isinstance(login, credentials.Login) or login.identity_token:
+        return "", ""
+    return login.username, login.password
+
+
+def _auth_file_error(path: str, exc: credentials.ConfigError) -> ValueError:
+    """The mirror's own words for two of docker's rules, ``oci``'s for the others."""
+    if exc.problem == "document":
+        return ValueError(f"proxy_auth_file {path}: not a JSON object (docker's config.json)")
+    if exc.problem == "base64":
+        return ValueError(f"proxy_auth_file {path}: the auth of {str(exc.key)[:80]!r} is not base64")
+    return ValueError(f"proxy_auth_file {path}: {exc}")
