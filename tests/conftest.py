@@ -17,24 +17,40 @@ from .tokens import TokenService, distribution_token_config
 _names = itertools.count()
 
 
-# The registry's own suites run on every storage backend; the client's only on the default.
-STORAGE_SUITES = (
-    "test_api_",
-    "test_interop_skopeo",
-    "test_replicas",
-    "test_gc",
-    "test_fsck",
-    "test_mirror",
-    "test_operations",
-)
-BACKENDS = ("filesystem", "s3")
+# Storage backends: a module (or a test) that should run on several says so with
+# ``pytestmark = pytest.mark.backends("filesystem", "s3")``; without the marker, a test using
+# ``backend`` (directly or through ``registry``, ``start_registry``, ``new_storage``) runs on
+# the filesystem only. The registry's own suites run on both; the client's need no S3.
+DEFAULT_BACKENDS = ("filesystem",)
+KNOWN_BACKENDS = ("filesystem", "s3")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
-        module = metafunc.module.__name__.rsplit(".", 1)[-1]
-        backends = BACKENDS if module.startswith(STORAGE_SUITES) else BACKENDS[:1]
+        marker = metafunc.definition.get_closest_marker("backends")
+        backends = marker.args if marker else DEFAULT_BACKENDS
+        unknown = set(backends) - set(KNOWN_BACKENDS)
+        if unknown or not backends:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: backends must be among {KNOWN_BACKENDS}")
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+# Tiers: ``pytest -m "not slow"`` is the fast tier, the plain ``pytest`` the whole suite.
+# A module that is slow as a whole says ``pytestmark = pytest.mark.slow``; besides, every test
+# that needs the S3 server is slow, marked here: a ``backend`` or ``driver`` parametrized
+# "s3", or the ``seaweed`` fixture asked for by name (starting SeaweedFS takes seconds).
+def needs_s3(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return "s3" in (params.get("backend"), params.get("driver")) or "seaweed" in getattr(
+        item, "fixturenames", ()
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_s3(item):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

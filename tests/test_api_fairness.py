@@ -19,6 +19,8 @@ from .oci import error_codes, make_image, push_image
 from .servers import PierServer
 from .test_api_auth import USERS, basic
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 GREEDY = "127.0.0.2"
 OTHER_GREEDY = "127.0.0.3"
 

@@ -10,6 +10,8 @@ import pytest
 
 from .oci import error_codes, make_image, push_image, push_manifest, sha256
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 def raw_request(port: int, target: bytes) -> tuple[int, bytes]:
     """Send a request line exactly as given: no client-side normalisation of the path."""

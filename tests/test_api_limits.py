@@ -12,6 +12,8 @@ import pytest
 
 from .servers import PierServer
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):  # type: ignore[no-untyped-def]

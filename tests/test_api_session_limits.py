@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from .oci import error_codes
 from .test_api_fairness import GREEDY, client_from
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 OTHER = "127.0.0.1"
 

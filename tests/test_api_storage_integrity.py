@@ -19,6 +19,8 @@ from .oci import make_image, push_image, sha256
 from .servers import PierServer
 from .storeview import blob_data_path
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 async def test_a_truncated_manifest_is_replaced_by_a_push_of_the_same_manifest(
     start_registry, tmp_path: Path

@@ -21,6 +21,8 @@ from .servers import PierServer, serve_refused
 from .test_api_auth import ACL, USERS, basic
 from .tokens import write_signing_key
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 def get_token(server: PierServer, *scopes: str, auth: dict[str, str] | None = None, **query: str) -> dict:
     params = [("service", "pier"), *(("scope", s) for s in scopes), *query.items()]

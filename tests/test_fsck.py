@@ -15,6 +15,8 @@ from .oci import error_codes, make_image, push_blob, push_image, sha256
 from .storeview import blob_data_path
 from .test_gc import assert_pulls, remove, run_storage_command, stored
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 @pytest.fixture
 async def served(start_registry):  # type: ignore[no-untyped-def]

@@ -37,6 +37,8 @@ from .oci import (
 from .servers import REPO_ROOT, free_port
 from .storeview import LocalStorage, Storage, blob_data_path
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 SUMMARY = re.compile(
     r"gc: (?:would free )?(\d+) blobs \([^)]*\)(?: freed)?, (?:delete )?(\d+) manifests"
     r"(?: deleted)?, (?:purge )?(\d+) links"

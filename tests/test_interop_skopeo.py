@@ -36,6 +36,8 @@ from .servers import PierServer
 from .skopeo import COPY_FLAGS, TIMEOUT, Skopeo
 from .storeview import Storage
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 @pytest.fixture
 def http(registry: PierServer) -> Iterator[httpx.Client]:

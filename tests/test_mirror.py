@@ -31,6 +31,8 @@ from .test_gc import run_storage_command
 from .test_operations import metric
 from .tokens import write_signing_key
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 ACL = """
 [[rule]]
 account = "anonymous"

@@ -20,6 +20,8 @@ from .images import build_image, sha256, write_blob
 from .servers import PierServer, serve_refused
 from .test_gc import run_storage_command
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample of the exposition text (labels: a subset that must match)."""

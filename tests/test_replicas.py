@@ -18,6 +18,8 @@ from .servers import PierServer, run_round_robin
 from .skopeo import Skopeo
 from .test_interop_skopeo import assert_same_layout_content
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 @pytest.fixture
 def replicas(start_registry, tmp_path):  # type: ignore[no-untyped-def]
