@@ -9,31 +9,10 @@ import subprocess
 import httpx
 import pytest
 
+from .auth_users import ACL, USERS, basic
 from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
 from .images import build_image
 from .servers import serve_refused
-
-USERS = {"alice": "wonderland", "bob": "builder"}
-ACL = """
-[[rule]]
-account = "anonymous"
-repository = "public/*"
-actions = ["pull"]
-
-[[rule]]
-account = "*"
-repository = "${account}/*"
-actions = ["*"]
-
-[[rule]]
-account = "*"
-repository = "public/*"
-actions = ["pull", "push"]
-"""
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from .auth_users import USERS, basic
 from .helpers import write_htpasswd
+from .loopback_clients import GREEDY, OTHER_GREEDY, client_from
 from .oci import error_codes, make_image, push_image
 from .servers import PierServer
-from .test_api_auth import USERS, basic
 
 pytestmark = pytest.mark.backends("filesystem", "s3")
-
-GREEDY = "127.0.0.2"
-OTHER_GREEDY = "127.0.0.3"
-
-
-def client_from(server: PierServer, address: str, **kwargs: object) -> httpx.AsyncClient:
-    """An HTTP client whose connections come from ``address``."""
-    transport = httpx.AsyncHTTPTransport(local_address=address)
-    return httpx.AsyncClient(base_url=server.url, transport=transport, timeout=30, **kwargs)  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .auth_users import USERS, basic
 from .helpers import write_htpasswd
 from .servers import PierServer
-from .test_api_auth import USERS, basic
 from .tokens import write_signing_key
 
 LOCKED_OUT_WITHIN = 2.0  # seconds: the file is looked at once a second, plus a margin

@@ -7,9 +7,9 @@ import pytest
 
 from .helpers import push_index, run_pier
 from .images import build_image, build_index
+from .layouts import assert_same_layout_content
 from .oci import push_blob, sha256
 from .skopeo import Skopeo
-from .test_interop_skopeo import assert_same_layout_content
 
 pytestmark = pytest.mark.backends("filesystem", "s3")
 

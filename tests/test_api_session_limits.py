@@ -8,8 +8,8 @@ import asyncio
 import httpx
 import pytest
 
+from .loopback_clients import GREEDY, client_from
 from .oci import error_codes
-from .test_api_fairness import GREEDY, client_from
 
 pytestmark = pytest.mark.backends("filesystem", "s3")
 

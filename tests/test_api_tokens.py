@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.tokens import key_id
 
+from .auth_users import ACL, USERS, basic
 from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
 from .images import build_image
 from .servers import PierServer, serve_refused
-from .test_api_auth import ACL, USERS, basic
 from .tokens import write_signing_key
 
 pytestmark = pytest.mark.backends("filesystem", "s3")

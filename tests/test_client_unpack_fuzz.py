@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from puller.errors import PierError
 from puller.unpack import apply_layer
 
-from .test_client_unpack import entry, make_tar
-from .test_client_unpack_hostile import untouched
+from .layers import entry, make_tar, untouched
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -6,8 +6,6 @@ import asyncio
 import hashlib
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from registry.references import Digest
 from registry.store import RegistryStore
 from storage_backends import FilesystemDriver
 
+from .maintenance import assert_pulls, remove, run_storage_command, stored
 from .oci import (
     OCI_INDEX,
     Image,
@@ -34,8 +33,8 @@ from .oci import (
     push_manifest,
     sha256,
 )
-from .servers import REPO_ROOT, free_port
-from .storeview import LocalStorage, Storage, blob_data_path
+from .servers import free_port
+from .storeview import LocalStorage, Storage
 
 pytestmark = pytest.mark.backends("filesystem", "s3")
 
@@ -45,24 +44,6 @@ SUMMARY = re.compile(
 )
 
 
-def run_storage_command(
-    storage: Storage | Path, *args: str, module: str = "registry"
-) -> subprocess.CompletedProcess[str]:
-    """``pier gc|fsck ARGS --root LOCATION`` as its own process, as an operator runs it."""
-    if isinstance(storage, Path):
-        storage = LocalStorage(str(storage))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIER_")}
-    env.update(storage.env)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args, "--root", storage.location, "--fsync", "false"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
-
-
 def gc(storage: Storage | Path, *args: str) -> tuple[int, int, int]:
     """Run gc, expect success; (blobs, manifests, links) from its summary line."""
     done = run_storage_command(storage, "gc", *args)
@@ -70,29 +51,6 @@ def gc(storage: Storage | Path, *args: str) -> tuple[int, int, int]:
     match = SUMMARY.search(done.stdout)
     assert match, done.stdout
     return int(match.group(1)), int(match.group(2)), int(match.group(3))
-
-
-def stored(storage: Storage, digest: str) -> bool:
-    return storage.exists(blob_data_path(digest))
-
-
-def remove(storage: Storage, path: str) -> None:
-    """Delete one stored file behind the registry's back."""
-    if isinstance(storage, LocalStorage):
-        (storage.root / path).unlink()
-    else:
-        storage.client.delete_object(Bucket=storage.bucket, Key=storage.prefix + path)  # type: ignore[attr-defined]
-
-
-async def assert_pulls(client: httpx.AsyncClient, repo: str, reference: str, image: Image) -> None:
-    """The manifest and every blob it names answer 200 with the right bytes."""
-    got = await client.get(f"/v2/{repo}/manifests/{reference}", headers={"Accept": image.media_type})
-    assert got.status_code == 200, got.text
-    assert got.content == image.manifest
-    for blob in image.blobs:
-        response = await client.get(f"/v2/{repo}/blobs/{sha256(blob)}")
-        assert response.status_code == 200, response.text
-        assert sha256(response.content) == sha256(blob)
 
 
 async def assert_gone(client: httpx.AsyncClient, storage: Storage, repo: str, digests: list[str]) -> None:

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import serialization
 
 from registry.tokens import key_id
 
+from .auth_users import ACL, USERS
 from .helpers import run_pier, write_htpasswd
 from .images import build_image
 from .servers import PierServer, free_port, run_distribution
 from .skopeo import COPY_FLAGS, Skopeo
-from .test_api_auth import ACL, USERS
 from .tokens import ISSUER, SERVICE, TokenService, distribution_token_config, write_signing_key
 
 

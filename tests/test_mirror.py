@@ -22,13 +22,13 @@ import pytest
 from .gate import Gate
 from .helpers import push_blob, push_index, push_manifest, run_pier, write_htpasswd
 from .images import OCI_MANIFEST, Blob, Image, build_image, build_index, sha256, write_blob
+from .maintenance import run_storage_command
 from .oci import descriptor
+from .prometheus import metric
 from .scripted import Answer, Request, ScriptedServer
 from .servers import PierServer, serve_refused
 from .skopeo import Skopeo
 from .storeview import blob_data_path
-from .test_gc import run_storage_command
-from .test_operations import metric
 from .tokens import write_signing_key
 
 pytestmark = pytest.mark.backends("filesystem", "s3")

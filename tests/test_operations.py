@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -17,22 +16,11 @@ import pytest
 
 from .helpers import push_blob, push_manifest, write_htpasswd
 from .images import build_image, sha256, write_blob
+from .maintenance import run_storage_command
+from .prometheus import metric
 from .servers import PierServer, serve_refused
-from .test_gc import run_storage_command
 
 pytestmark = pytest.mark.backends("filesystem", "s3")
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the exposition text (labels: a subset that must match)."""
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(2))
-    raise AssertionError(f"no sample {name} {labels}")
 
 
 def test_metrics_count_requests_by_route_template_storage_and_uploads(

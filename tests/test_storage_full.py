@@ -146,7 +146,7 @@ async def test_readiness_after_a_full_store_rechecks_s3_with_a_probe_write(seawe
     """S3 cannot tell its free space: a small probe write decides, and leaves nothing."""
     from registry.space import SpaceWatch
 
-    from .test_storage_contract import s3_driver
+    from .s3_drivers import s3_driver
 
     driver = s3_driver(seaweed, seaweed.new_bucket())
     watch = SpaceWatch()
