@@ -128,7 +128,7 @@ def test_a_header_block_sent_slowly_is_cut_off(strict) -> None:
     with socket.create_connection(("127.0.0.1", strict.port)) as sock:
         sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
         for _ in range(3):  # a slowloris: a byte now and then, never the blank line
-            time.sleep(0.4)
+            time.sleep(0.4)  # sleep-ok: the slowloris's pace is what the test sends
             sock.sendall(b"X")
         closed, reply, _ = closed_within(sock, 5)
     assert closed
@@ -172,7 +172,8 @@ def test_a_client_that_stops_reading_a_download_is_closed(strict) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", strict.port))
         sock.sendall(f"GET /v2/limits/download/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        time.sleep(4)  # read nothing: the server's writes stall
+        # The server's send timeout must pass while nothing is read: no event shows it from here.
+        time.sleep(4)  # sleep-ok: read nothing, the server's writes stall until it gives up
         sock.settimeout(10)
         received = 0
         try:

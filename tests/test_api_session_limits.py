@@ -68,7 +68,7 @@ async def test_expired_sessions_stop_counting_and_their_urls_are_unknown(start_r
         assert (await greedy.patch(abandoned[0], content=b"partial")).status_code == 202
         assert (await open_session(other, "expiry/other")).status_code == 202
         assert_refused(await open_session(greedy, "expiry/repo9"), "by you")
-        await asyncio.sleep(3)  # all three are abandoned and expire
+        await asyncio.sleep(3)  # sleep-ok: the 2 s upload timeout must pass; all three expire
         for number in range(2):  # neither the client's nor the store's cap counts them any more
             assert (await open_session(greedy, f"expiry/again{number}")).status_code == 202
         assert (await open_session(other, "expiry/other")).status_code == 202
