@@ -35,21 +35,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
 
 
-# Tiers: ``pytest -m "not slow"`` is the fast tier, the plain ``pytest`` the whole suite.
-# A module that is slow as a whole says ``pytestmark = pytest.mark.slow``; besides, every test
-# that needs the S3 server is slow, marked here: a ``backend`` or ``driver`` parametrized
-# "s3", or the ``seaweed`` fixture asked for by name (starting SeaweedFS takes seconds).
-def needs_s3(item: pytest.Item) -> bool:
+# Tiers: ``pytest -m "not slow"`` is the fast tier (the shared core, the storage contract and
+# the handlers on the filesystem, the client's units), the plain ``pytest`` the whole suite.
+# A module slow as a whole says ``pytestmark = pytest.mark.slow`` and a slow test
+# ``@pytest.mark.slow``, each with its reason: the pier CLI as a process per step, runc, fuzzing,
+# a wait for a timeout or TTL. Besides, marked here, every test that needs another server than
+# pier: S3 (a ``backend`` or ``driver`` parametrized "s3", or SeaweedFS by fixture), skopeo,
+# or distribution.
+SLOW_FIXTURES = frozenset({"seaweed", "skopeo", "distribution", "token_registry"})
+
+
+def needs_another_server(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     params = callspec.params if callspec is not None else {}
-    return "s3" in (params.get("backend"), params.get("driver")) or "seaweed" in getattr(
-        item, "fixturenames", ()
-    )
+    on_s3 = "s3" in (params.get("backend"), params.get("driver"))
+    return on_s3 or not SLOW_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if needs_s3(item):
+        if needs_another_server(item):
             item.add_marker(pytest.mark.slow)
 
 

@@ -128,6 +128,7 @@ def test_no_mount_from_a_repository_the_caller_may_not_pull(secured) -> None:
     assert allowed.status_code == 201
 
 
+@pytest.mark.slow  # the pier CLI as a process per step
 def test_pier_client_logs_in_pushes_and_is_refused_where_it_may_not(secured, tmp_path) -> None:
     server, _ = secured
 

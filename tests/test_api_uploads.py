@@ -274,6 +274,7 @@ async def test_two_servers_serve_one_upload_alternately(start_registry, tmp_path
             assert (await http.get(f"{server.url}/v2/shared/repo/blobs/{sha256(data)}")).content == data
 
 
+@pytest.mark.slow  # waits 2.5 s for a session to expire
 async def test_abandoned_sessions_expire(start_registry) -> None:
     server = start_registry("--upload-timeout", "1s")
     async with httpx.AsyncClient(base_url=server.url) as http:
@@ -286,6 +287,7 @@ async def test_abandoned_sessions_expire(start_registry) -> None:
     assert server.storage.files("_uploads") == {}
 
 
+@pytest.mark.slow  # kills and starts three servers
 async def test_killed_server_leaves_no_partial_blob(start_registry, tmp_path) -> None:
     root = tmp_path / "crash"
     server = start_registry(root=root)
@@ -323,6 +325,7 @@ async def test_killed_server_leaves_no_partial_blob(start_registry, tmp_path) ->
     assert purging.storage.incomplete_writes() == []
 
 
+@pytest.mark.slow  # a server with two worker processes
 async def test_worker_processes_share_uploads(start_registry) -> None:
     server = start_registry("--workers", "2")
     data = os.urandom(8 * 50_000)

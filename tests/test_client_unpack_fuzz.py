@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,8 @@ from puller.errors import PierError
 from puller.unpack import apply_layer
 
 from .layers import entry, make_tar, untouched
+
+pytestmark = pytest.mark.slow  # hypothesis over damaged layers
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

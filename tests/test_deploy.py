@@ -52,6 +52,8 @@ from .storeview import S3Storage
 from .tls import make_certificates
 from .tokens import write_signing_key
 
+pytestmark = pytest.mark.slow  # builds the image, runs nginx, systemd-analyze and the Kubernetes tools
+
 DEPLOY = REPO_ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 KUBERNETES_VERSION = "1.33.0"  # the version the manifests are validated against (README says so too)

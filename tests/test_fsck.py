@@ -15,7 +15,8 @@ from .maintenance import assert_pulls, remove, run_storage_command, stored
 from .oci import error_codes, make_image, push_blob, push_image, sha256
 from .storeview import blob_data_path
 
-pytestmark = pytest.mark.backends("filesystem", "s3")
+# slow: pier fsck as a process per step
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ from .oci import (
 from .servers import free_port
 from .storeview import LocalStorage, Storage
 
-pytestmark = pytest.mark.backends("filesystem", "s3")
+# slow: pier gc as a process per step; grace periods must pass
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 SUMMARY = re.compile(
     r"gc: (?:would free )?(\d+) blobs \([^)]*\)(?: freed)?, (?:delete )?(\d+) manifests"

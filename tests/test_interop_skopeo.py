@@ -37,7 +37,8 @@ from .servers import PierServer
 from .skopeo import COPY_FLAGS, TIMEOUT, Skopeo
 from .storeview import Storage
 
-pytestmark = pytest.mark.backends("filesystem", "s3")
+# slow: skopeo, a process per step
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 @pytest.fixture

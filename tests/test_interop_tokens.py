@@ -20,6 +20,8 @@ from .servers import PierServer, free_port, run_distribution
 from .skopeo import COPY_FLAGS, Skopeo
 from .tokens import ISSUER, SERVICE, TokenService, distribution_token_config, write_signing_key
 
+pytestmark = pytest.mark.slow  # distribution and skopeo against pier's tokens
+
 
 def _skopeo(tmp_path, server: PierServer | None = None) -> Skopeo:  # type: ignore[no-untyped-def]
     executable = shutil.which("skopeo")

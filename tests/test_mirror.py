@@ -31,7 +31,8 @@ from .skopeo import Skopeo
 from .storeview import blob_data_path
 from .tokens import write_signing_key
 
-pytestmark = pytest.mark.backends("filesystem", "s3")
+# slow: an upstream, a mirror and pier pulls per test; TTLs must pass
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 ACL = """
 [[rule]]

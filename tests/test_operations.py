@@ -20,7 +20,8 @@ from .maintenance import run_storage_command
 from .prometheus import metric
 from .servers import PierServer, serve_refused
 
-pytestmark = pytest.mark.backends("filesystem", "s3")
+# slow: webhook retries, draining shutdowns, replicas: waits by design
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 def test_metrics_count_requests_by_route_template_storage_and_uploads(

@@ -18,7 +18,8 @@ from .oci import make_image, push_blob, push_manifest, sha256
 from .servers import PierServer, run_round_robin
 from .skopeo import Skopeo
 
-pytestmark = pytest.mark.backends("filesystem", "s3")
+# slow: nginx in front of several servers, skopeo
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 @pytest.fixture
