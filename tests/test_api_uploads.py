@@ -148,7 +148,8 @@ async def test_truncated_chunk_leaves_session_intact(registry, client: httpx.Asy
         return done if done.status_code != 416 else None
 
     done = await wait_until_async(finish, what="the broken request to let go of the session")
-    assert done is not None and done.status_code == 201, done.text
+    assert done is not None
+    assert done.status_code == 201, done.text
 
 
 async def test_put_with_wrong_digest_stores_nothing(client: httpx.AsyncClient, repo: str) -> None:
