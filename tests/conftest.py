@@ -17,24 +17,45 @@ from .tokens import TokenService, distribution_token_config
 _names = itertools.count()
 
 
-# The registry's own suites run on every storage backend; the client's only on the default.
-STORAGE_SUITES = (
-    "test_api_",
-    "test_interop_skopeo",
-    "test_replicas",
-    "test_gc",
-    "test_fsck",
-    "test_mirror",
-    "test_operations",
-)
-BACKENDS = ("filesystem", "s3")
+# Storage backends: a module (or a test) that should run on several says so with
+# ``pytestmark = pytest.mark.backends("filesystem", "s3")``; without the marker, a test using
+# ``backend`` (directly or through ``registry``, ``start_registry``, ``new_storage``) runs on
+# the filesystem only. The registry's own suites run on both; the client's need no S3.
+DEFAULT_BACKENDS = ("filesystem",)
+KNOWN_BACKENDS = ("filesystem", "s3")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
-        module = metafunc.module.__name__.rsplit(".", 1)[-1]
-        backends = BACKENDS if module.startswith(STORAGE_SUITES) else BACKENDS[:1]
+        marker = metafunc.definition.get_closest_marker("backends")
+        backends = marker.args if marker else DEFAULT_BACKENDS
+        unknown = set(backends) - set(KNOWN_BACKENDS)
+        if unknown or not backends:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: backends must be among {KNOWN_BACKENDS}")
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+# Tiers: ``pytest -m "not slow"`` is the fast tier (the shared core, the storage contract and
+# the handlers on the filesystem, the client's units), the plain ``pytest`` the whole suite.
+# A module slow as a whole says ``pytestmark = pytest.mark.slow`` and a slow test
+# ``@pytest.mark.slow``, each with its reason: the pier CLI as a process per step, runc, fuzzing,
+# a wait for a timeout or TTL. Besides, marked here, every test that needs another server than
+# pier: S3 (a ``backend`` or ``driver`` parametrized "s3", or SeaweedFS by fixture), skopeo,
+# or distribution.
+SLOW_FIXTURES = frozenset({"seaweed", "skopeo", "distribution", "token_registry"})
+
+
+def needs_another_server(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    on_s3 = "s3" in (params.get("backend"), params.get("driver"))
+    return on_s3 or not SLOW_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_another_server(item):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,64 @@
-"""Helpers shared by the client tests: seeding a registry over plain HTTP, running ``pier``."""
+"""Helpers shared by the tests: waiting for an event, seeding a registry over plain HTTP,
+running ``pier``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from .images import Blob, ImageIndex
 from .servers import REPO_ROOT
+
+T = TypeVar("T")
+
+POLL_INTERVAL = 0.05  # seconds between two looks at a condition: short next to any timeout used
+
+
+Description = str | Callable[[], str]
+
+
+def timed_out(timeout: float, what: Description) -> AssertionError:
+    return AssertionError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: Description = "the condition") -> T:
+    """Ask ``predicate()`` again until it is truthy, and return that value.
+
+    For a test that waits for something to happen (a file, a log line, an answer), instead
+    of sleeping a fixed time that is too long on a fast machine and too short on a busy one.
+    ``what`` names the event in the AssertionError on timeout (a callable: asked only then,
+    to show a server's log of that moment, say).
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise timed_out(timeout, what)
+        time.sleep(POLL_INTERVAL)
+    return value
+
+
+async def wait_until_async(
+    predicate: Callable[[], Awaitable[T]], timeout: float = 10.0, what: Description = "the condition"
+) -> T:
+    """``wait_until`` for a predicate that must be awaited (an HTTP request of an async client)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await predicate()):
+        if loop.time() > deadline:
+            raise timed_out(timeout, what)
+        await asyncio.sleep(POLL_INTERVAL)
+    return value
 
 
 def push_blob(

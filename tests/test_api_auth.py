@@ -9,31 +9,10 @@ import subprocess
 import httpx
 import pytest
 
+from .auth_users import ACL, USERS, basic
 from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
 from .images import build_image
 from .servers import serve_refused
-
-USERS = {"alice": "wonderland", "bob": "builder"}
-ACL = """
-[[rule]]
-account = "anonymous"
-repository = "public/*"
-actions = ["pull"]
-
-[[rule]]
-account = "*"
-repository = "${account}/*"
-actions = ["*"]
-
-[[rule]]
-account = "*"
-repository = "public/*"
-actions = ["pull", "push"]
-"""
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +128,7 @@ def test_no_mount_from_a_repository_the_caller_may_not_pull(secured) -> None:
     assert allowed.status_code == 201
 
 
+@pytest.mark.slow  # the pier CLI as a process per step
 def test_pier_client_logs_in_pushes_and_is_refused_where_it_may_not(secured, tmp_path) -> None:
     server, _ = secured
 

@@ -7,9 +7,12 @@ import os
 import socket
 
 import httpx
+import pytest
 
 from .oci import error_codes, push_blob, sha256
 from .storeview import blob_data_path
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 async def test_base_endpoint_announces_api_version(client: httpx.AsyncClient) -> None:

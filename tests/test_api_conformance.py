@@ -12,6 +12,8 @@ import pytest
 
 from .oci import error_codes, make_image, push_image, push_manifest
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 NOT_REFERENCES = [
     ".INVALID_MANIFEST_NAME",  # the suite's "nonexistent manifest"
     "-bad-",

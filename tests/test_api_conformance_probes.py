@@ -18,6 +18,8 @@ import pytest
 
 from .oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, error_codes, push_blob, push_manifest, sha256
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 EMPTY_JSON = "application/vnd.oci.empty.v1+json"
 EMPTY_DESCRIPTOR = {"mediaType": EMPTY_JSON, "digest": sha256(b"{}"), "size": 2}
 SPEC_ERROR_CODES = {

@@ -14,19 +14,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from .helpers import write_htpasswd
+from .auth_users import USERS, basic
+from .helpers import wait_until_async, write_htpasswd
+from .loopback_clients import GREEDY, OTHER_GREEDY, client_from
 from .oci import error_codes, make_image, push_image
 from .servers import PierServer
-from .test_api_auth import USERS, basic
 
-GREEDY = "127.0.0.2"
-OTHER_GREEDY = "127.0.0.3"
-
-
-def client_from(server: PierServer, address: str, **kwargs: object) -> httpx.AsyncClient:
-    """An HTTP client whose connections come from ``address``."""
-    transport = httpx.AsyncHTTPTransport(local_address=address)
-    return httpx.AsyncClient(base_url=server.url, transport=transport, timeout=30, **kwargs)  # type: ignore[arg-type]
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 @contextlib.asynccontextmanager
@@ -60,7 +54,7 @@ async def slow_uploads(
                     await writer.drain()
                 except ConnectionError:  # refused (429) and closed by the server: the others go on
                     writers.remove(writer)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # sleep-ok: the trickle's pace, a byte every 0.2 s, is the slow client
 
     task = asyncio.create_task(trickle())
     try:
@@ -77,12 +71,14 @@ async def until_status(
     http: httpx.AsyncClient, path: str, status: int, timeout: float = 10.0
 ) -> httpx.Response:
     """Ask again until the answer has ``status`` (the slow uploads reach the server meanwhile)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    async def answer() -> httpx.Response | None:
         reply = await http.get(path)
-        if reply.status_code == status or asyncio.get_running_loop().time() > deadline:
-            return reply
-        await asyncio.sleep(0.05)
+        return reply if reply.status_code == status else None
+
+    found = await wait_until_async(answer, timeout, what=f"{path} to answer {status}")
+    assert found is not None  # for the type checker: wait_until_async returns a truthy value
+    return found
 
 
 def assert_busy(reply: httpx.Response) -> None:
@@ -161,10 +157,14 @@ async def test_a_few_clients_each_at_their_share_cannot_fill_the_total(start_reg
         for address in greedy:
             await stack.enter_async_context(slow_uploads(server, address, 4))
         fresh = await stack.enter_async_context(client_from(server, "127.0.0.10"))
-        deadline = asyncio.get_running_loop().time() + 10
-        while await in_flight(fresh) < 14 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # any PATCH still on its way arrives (and would take a place)
+
+        async def fourteen_in_flight() -> bool:
+            return await in_flight(fresh) >= 14
+
+        await wait_until_async(fourteen_in_flight, 10, what="14 requests in flight")
+        # Proving that nothing more arrives has no event to wait for: a pause long enough for a
+        # PATCH still on its way to arrive (and take a place).
+        await asyncio.sleep(0.3)  # sleep-ok: waits for the absence of a late request
         assert await in_flight(fresh) == 14
         assert (await fresh.get("/v2/")).status_code == 200
         another = await stack.enter_async_context(client_from(server, "127.0.0.11"))

@@ -8,7 +8,10 @@ import socket
 import httpx
 import pytest
 
+from .helpers import wait_until_async
 from .oci import error_codes, make_image, push_image, push_manifest, sha256
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 def raw_request(port: int, target: bytes) -> tuple[int, bytes]:
@@ -109,12 +112,13 @@ async def test_too_many_requests_answers_429_with_retry_after(start_registry) ->
                 content=slow_body(),
             )
         )
-        for _ in range(100):
-            busy = await http.get("/v2/")
-            if busy.status_code == 429:
-                break
-            await asyncio.sleep(0.02)
-        assert busy.status_code == 429
+
+        async def refused() -> httpx.Response | None:
+            reply = await http.get("/v2/")
+            return reply if reply.status_code == 429 else None
+
+        busy = await wait_until_async(refused, 10, what="/v2/ to answer 429 while the upload holds the place")
+        assert busy is not None and busy.status_code == 429
         assert busy.headers["retry-after"] == "1"
         assert error_codes(busy) == ["TOOMANYREQUESTS"]
         release.set()

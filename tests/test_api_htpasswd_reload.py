@@ -12,21 +12,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import write_htpasswd
+from .auth_users import USERS, basic
+from .helpers import wait_until, write_htpasswd
 from .servers import PierServer
-from .test_api_auth import USERS, basic
 from .tokens import write_signing_key
+
+pytestmark = pytest.mark.slow  # waits for the htpasswd file watcher
 
 LOCKED_OUT_WITHIN = 2.0  # seconds: the file is looked at once a second, plus a margin
 
 
 def seconds_until(check, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
-    """How long until ``check()`` holds (``timeout`` plus a bit when it never does)."""
+    """How long until ``check()`` holds (an AssertionError when it never does)."""
     started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            break
-        time.sleep(0.05)
+    wait_until(check, timeout, what="the changed htpasswd file to take effect")
     return time.monotonic() - started
 
 

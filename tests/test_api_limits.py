@@ -12,6 +12,8 @@ import pytest
 
 from .servers import PierServer
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):  # type: ignore[no-untyped-def]
@@ -122,23 +124,26 @@ def test_headers_at_the_limit_are_fine(strict) -> None:
     assert httpx.get(f"{strict.url}/v2/", headers=headers).status_code == 200
 
 
+@pytest.mark.slow  # waits for the 1 s header timeout
 def test_a_header_block_sent_slowly_is_cut_off(strict) -> None:
     with socket.create_connection(("127.0.0.1", strict.port)) as sock:
         sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
         for _ in range(3):  # a slowloris: a byte now and then, never the blank line
-            time.sleep(0.4)
+            time.sleep(0.4)  # sleep-ok: the slowloris's pace is what the test sends
             sock.sendall(b"X")
         closed, reply, _ = closed_within(sock, 5)
     assert closed
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
 
 
+@pytest.mark.slow  # waits for the 1 s idle timeout
 def test_a_connection_that_never_speaks_is_closed(strict) -> None:
     with socket.create_connection(("127.0.0.1", strict.port)) as sock:
         closed, _, took = closed_within(sock, 5)
     assert closed and took < 4
 
 
+@pytest.mark.slow  # waits for the 1 s idle timeout
 def test_a_stalled_upload_is_closed_and_the_session_survives(strict) -> None:
     started = httpx.post(f"{strict.url}/v2/limits/stalled/blobs/uploads/")
     assert started.status_code == 202
@@ -159,6 +164,7 @@ def test_a_stalled_upload_is_closed_and_the_session_survives(strict) -> None:
         httpx.delete(f"{strict.url}{location}")
 
 
+@pytest.mark.slow  # waits 4 s for the send timeout
 def test_a_client_that_stops_reading_a_download_is_closed(strict) -> None:
     blob = os.urandom(32 * 1024 * 1024)
     import hashlib
@@ -170,7 +176,8 @@ def test_a_client_that_stops_reading_a_download_is_closed(strict) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", strict.port))
         sock.sendall(f"GET /v2/limits/download/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        time.sleep(4)  # read nothing: the server's writes stall
+        # The server's send timeout must pass while nothing is read: no event shows it from here.
+        time.sleep(4)  # sleep-ok: read nothing, the server's writes stall until it gives up
         sock.settimeout(10)
         received = 0
         try:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from .oci import descriptor, error_codes, make_image, push_image, push_manifest
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 async def test_tags_are_listed_in_lexical_order_and_paginated(client: httpx.AsyncClient, repo: str) -> None:

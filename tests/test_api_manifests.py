@@ -21,6 +21,8 @@ from .oci import (
     sha256,
 )
 
+pytestmark = pytest.mark.backends("filesystem", "s3")
+
 
 @pytest.mark.parametrize("media_type", [OCI_MANIFEST, DOCKER_MANIFEST])
 async def test_image_manifest_round_trip(client: httpx.AsyncClient, repo: str, media_type: str) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from .helpers import push_index, run_pier
 from .images import build_image, build_index
+from .layouts import assert_same_layout_content
 from .oci import push_blob, sha256
 from .skopeo import Skopeo
-from .test_interop_skopeo import assert_same_layout_content
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 async def test_blob_get_redirects_to_storage_on_s3_and_streams_on_disk(start_registry, backend) -> None:

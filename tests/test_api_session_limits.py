@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
+from .loopback_clients import GREEDY, client_from
 from .oci import error_codes
-from .test_api_fairness import GREEDY, client_from
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 OTHER = "127.0.0.1"
 
@@ -47,6 +50,7 @@ async def test_sessions_of_many_clients_hit_the_stores_cap(start_registry) -> No
         assert_refused(await open_session(other, "total/other2"), "on this registry")
 
 
+@pytest.mark.slow  # waits 3 s for sessions to expire
 async def test_expired_sessions_stop_counting_and_their_urls_are_unknown(start_registry) -> None:
     server = start_registry(
         "--upload-timeout",
@@ -65,7 +69,7 @@ async def test_expired_sessions_stop_counting_and_their_urls_are_unknown(start_r
         assert (await greedy.patch(abandoned[0], content=b"partial")).status_code == 202
         assert (await open_session(other, "expiry/other")).status_code == 202
         assert_refused(await open_session(greedy, "expiry/repo9"), "by you")
-        await asyncio.sleep(3)  # all three are abandoned and expire
+        await asyncio.sleep(3)  # sleep-ok: the 2 s upload timeout must pass; all three expire
         for number in range(2):  # neither the client's nor the store's cap counts them any more
             assert (await open_session(greedy, f"expiry/again{number}")).status_code == 202
         assert (await open_session(other, "expiry/other")).status_code == 202

@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from .helpers import wait_until_async
 from .oci import make_image, push_image, sha256
 from .servers import PierServer
 from .storeview import blob_data_path
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 async def test_a_truncated_manifest_is_replaced_by_a_push_of_the_same_manifest(
@@ -97,9 +99,10 @@ async def test_a_body_shorter_than_its_content_length_never_becomes_a_blob(start
             target = "/" + target.split("/", 3)[3]
         await asyncio.to_thread(send_short_body, server.port, target, len(data) + 4096, data)
 
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and server.storage.incomplete_writes():
-            await asyncio.sleep(0.1)
+        async def nothing_incomplete() -> bool:
+            return not server.storage.incomplete_writes()
+
+        await wait_until_async(nothing_incomplete, what="the short body's writer to clean up after itself")
         assert server.storage.incomplete_writes() == []
         assert not server.storage.exists(blob_data_path(digest))
         assert (await http.head(f"/v2/app/short/blobs/{digest}")).status_code == 404

@@ -15,11 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.tokens import key_id
 
+from .auth_users import ACL, USERS, basic
 from .helpers import push_blob, push_manifest, run_pier, write_htpasswd
 from .images import build_image
 from .servers import PierServer, serve_refused
-from .test_api_auth import ACL, USERS, basic
 from .tokens import write_signing_key
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 def get_token(server: PierServer, *scopes: str, auth: dict[str, str] | None = None, **query: str) -> dict:
@@ -288,6 +290,7 @@ def test_rsa_keys_sign_too(start_registry, tmp_path) -> None:
     assert reply.status_code == 404  # authorized, and the repository does not exist
 
 
+@pytest.mark.slow  # the pier CLI as a process per step
 def test_pier_client_logs_in_pushes_and_pulls_with_tokens(tokened, tmp_path) -> None:
     server, *_ = tokened
 
@@ -335,6 +338,7 @@ def test_inconsistent_auth_settings_stop_serve_with_one_line(tmp_path, args, mes
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # the pier CLI as a process per step
 def test_pier_client_uses_a_docker_identity_token(tokened, tmp_path) -> None:
     """docker stores a refresh token as "identitytoken"; pier redeems it with the OAuth2 refresh grant."""
     server, *_ = tokened

@@ -8,9 +8,13 @@ import os
 import socket
 
 import httpx
+import pytest
 
+from .helpers import wait_until_async
 from .oci import error_codes, push_blob, sha256
 from .storeview import blob_data_path
+
+pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 async def start_session(client: httpx.AsyncClient, repo: str, **params: str) -> str:
@@ -123,14 +127,16 @@ async def test_truncated_chunk_leaves_session_intact(registry, client: httpx.Asy
             "Content-Range: 100-1099\r\nContent-Length: 1000\r\n\r\n".encode()
             + b"b" * 10
         )
-    for _ in range(50):
+
+    async def intact() -> httpx.Response | None:
         status = await client.get(location)
-        if status.headers["range"] == "0-99":
-            break
-        await asyncio.sleep(0.05)
-    assert status.headers["range"] == "0-99"
+        return status if status.headers["range"] == "0-99" else None
+
+    status = await wait_until_async(intact, what="the session to show the first 100 bytes only")
+    assert status is not None and status.headers["range"] == "0-99"
     rest = b"c" * 50
-    for _ in range(50):
+
+    async def finish() -> httpx.Response | None:
         done = await client.put(
             location,
             params={"digest": sha256(b"a" * 100 + rest)},
@@ -139,9 +145,10 @@ async def test_truncated_chunk_leaves_session_intact(registry, client: httpx.Asy
         )
         # Until the server notices the hang-up, the broken request still holds the session
         # (on S3 its stored size never showed the 10 bytes): 416, and the client tries again.
-        if done.status_code != 416:
-            break
-        await asyncio.sleep(0.05)
+        return done if done.status_code != 416 else None
+
+    done = await wait_until_async(finish, what="the broken request to let go of the session")
+    assert done is not None
     assert done.status_code == 201, done.text
 
 
@@ -268,18 +275,20 @@ async def test_two_servers_serve_one_upload_alternately(start_registry, tmp_path
             assert (await http.get(f"{server.url}/v2/shared/repo/blobs/{sha256(data)}")).content == data
 
 
+@pytest.mark.slow  # waits 2.5 s for a session to expire
 async def test_abandoned_sessions_expire(start_registry) -> None:
     server = start_registry("--upload-timeout", "1s")
     async with httpx.AsyncClient(base_url=server.url) as http:
         location = await start_session(http, "expiry/repo")
         await http.patch(location, content=b"partial")
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(2.5)  # sleep-ok: the 1 s upload timeout must pass (S3 times are whole seconds)
         response = await http.get(location)
         assert response.status_code == 404
         assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
     assert server.storage.files("_uploads") == {}
 
 
+@pytest.mark.slow  # kills and starts three servers
 async def test_killed_server_leaves_no_partial_blob(start_registry, tmp_path) -> None:
     root = tmp_path / "crash"
     server = start_registry(root=root)
@@ -291,7 +300,12 @@ async def test_killed_server_leaves_no_partial_blob(start_registry, tmp_path) ->
             f"Content-Length: {len(data)}\r\n\r\n".encode()
             + data[: len(data) // 2]
         )
-        await asyncio.sleep(0.5)
+
+        # Killed once it is writing the half it has: a temporary file, an S3 multipart upload.
+        async def writing() -> list[str]:
+            return server.storage.incomplete_writes()
+
+        await wait_until_async(writing, what="the server to begin writing the half-sent blob")
         server.kill()
     again = start_registry(root=root)
     async with httpx.AsyncClient(base_url=again.url) as http:
@@ -304,13 +318,15 @@ async def test_killed_server_leaves_no_partial_blob(start_registry, tmp_path) ->
     # once it is older than the upload timeout.
     assert again.storage.incomplete_writes()
     purging = start_registry("--upload-timeout", "1s", root=root)
-    for _ in range(100):
-        if not purging.storage.incomplete_writes():
-            break
-        await asyncio.sleep(0.1)
+
+    async def purged() -> bool:
+        return not purging.storage.incomplete_writes()
+
+    await wait_until_async(purged, what="the leftovers of the killed writer to be purged")
     assert purging.storage.incomplete_writes() == []
 
 
+@pytest.mark.slow  # a server with two worker processes
 async def test_worker_processes_share_uploads(start_registry) -> None:
     server = start_registry("--workers", "2")
     data = os.urandom(8 * 50_000)

@@ -20,6 +20,8 @@ from .helpers import push_blob, push_manifest, run_pier
 from .images import Image, build_image, build_index
 from .servers import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step, and skopeo
+
 
 @pytest.fixture
 def image(tmp_path) -> Image:

@@ -31,6 +31,8 @@ from puller.content_store import ContentStore
 from .images import Image, build_image
 from .scripted import Answer, Request, ScriptedServer
 
+pytestmark = pytest.mark.slow  # hypothesis against real servers
+
 EXAMPLES = int(os.environ.get("PIER_FUZZ_EXAMPLES") or 100)  # more for a long hunt
 MAX_DELAY = 30.0  # the longest Retry-After the client may honour
 

@@ -23,6 +23,8 @@ from .images import build_image
 from .scripted import Answer, Request, Script, ScriptedServer
 from .tls import make_certificates
 
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step
+
 ZERO = "sha256:" + "0" * 64
 
 

@@ -30,6 +30,8 @@ from puller.cli import main
 
 from .helpers import run_pier
 
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step, hypothesis
+
 DEEP = b"[" * 100_000  # json.loads raises RecursionError on this
 OCI_LAYOUT = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
 

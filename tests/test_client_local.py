@@ -15,6 +15,8 @@ from puller.content_store import ContentStore
 from .helpers import push_index, run_pier
 from .images import ImageIndex, build_image, build_index, random_files, sample_layers
 
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step, skopeo and umoci
+
 
 @pytest.fixture
 def index(tmp_path) -> ImageIndex:

@@ -14,6 +14,8 @@ from puller.text import human_size, plural, printable
 from .helpers import push_blob, push_manifest, run_pier
 from .images import OCI_MANIFEST, build_image, build_index, tag_layout, write_blob
 
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step
+
 HOSTILE = "2023-11-14\x00\x1b]0;owned\x07\x1b[2J\u202e"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,8 @@ from oci.challenge import ChallengeError, parse_challenges
 from puller.image import InvalidDocument, check_document, is_index
 from puller.platforms import Platform, PlatformError
 from puller.reference import ReferenceError, parse_reference
+
+pytestmark = pytest.mark.slow  # hypothesis, hundreds of examples per property
 
 ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
 WORD = ALNUM + "ABCDEFGHIJKLMNOPQRSTUVWXYZ_"

@@ -20,6 +20,8 @@ from .helpers import push_blob, push_index, push_manifest, run_pier
 from .images import ImageIndex, build_image, build_index
 from .servers import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step, and distribution
+
 
 @pytest.fixture
 def index(tmp_path) -> ImageIndex:

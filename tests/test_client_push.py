@@ -11,6 +11,8 @@ from .helpers import TamperingProxy, push_index, run_pier
 from .images import ImageIndex, build_index
 from .storeview import blob_data_path
 
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step, and distribution
+
 
 @pytest.fixture
 def index(tmp_path) -> ImageIndex:

@@ -16,6 +16,8 @@ from puller.content_store import ContentStore
 from .helpers import push_blob, push_index, push_manifest, run_pier
 from .images import Image, build_image, build_index, random_files
 
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step, and distribution
+
 
 @pytest.fixture(params=["pier", "distribution"])
 def server(request: pytest.FixtureRequest, registry) -> str:  # type: ignore[no-untyped-def]

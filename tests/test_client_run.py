@@ -10,6 +10,8 @@ import pytest
 from .helpers import push_blob, push_manifest, run_pier
 from .images import build_image
 
+pytestmark = pytest.mark.slow  # runc containers
+
 
 @pytest.fixture
 def image_ref(registry, tmp_path) -> str:

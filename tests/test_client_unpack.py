@@ -16,6 +16,7 @@ import pytest
 from puller.unpack import UnsafeLayer, apply_layer
 
 from .images import build_image
+from .layers import apply, entry, make_tar
 
 
 def tree(root: Path) -> dict[str, tuple]:
@@ -60,29 +61,6 @@ def test_unpacked_image_matches_umoci(tmp_path) -> None:
     assert "data/doomed.txt" not in expected  # the image really exercises a whiteout
     assert any(kind[0] == "symlink" for kind in expected.values())
     assert tree(ours) == expected
-
-
-def make_tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in entries:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    buffer.seek(0)
-    return buffer
-
-
-def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0o644) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode, info.mtime = kind, link, mode, 1_700_000_000
-    return info
-
-
-def apply(
-    rootfs: Path, entries: list[tuple[tarfile.TarInfo, bytes | None]], layer: str = "test-layer"
-) -> None:
-    apply_layer(rootfs, make_tar(entries), "application/vnd.oci.image.layer.v1.tar", layer)
 
 
 def test_whiteouts_opaque_dirs_hardlinks_and_type_changes(tmp_path) -> None:

@@ -19,14 +19,16 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from puller.errors import PierError
 from puller.unpack import apply_layer
 
-from .test_client_unpack import entry, make_tar
-from .test_client_unpack_hostile import untouched
+from .layers import entry, make_tar, untouched
+
+pytestmark = pytest.mark.slow  # hypothesis over damaged layers
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from puller.unpack import UnsafeLayer
 
-from .test_client_unpack import apply, entry
+from .layers import apply, entry, untouched
 
 D, S, L, F = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.REGTYPE
 
@@ -167,25 +167,6 @@ def test_random_layers_never_touch_anything_outside(tmp_path_factory, layers) ->
             apply(rootfs, prepared)
         assert untouched(outside) == before
         assert sorted(os.listdir(base)) == ["outside", "rootfs"]
-
-
-def untouched(directory: Path) -> dict[str, tuple]:
-    """A stricter ``snapshot``: ctime catches chmod, chown, utime and setxattr, even to the same value."""
-    found = {}
-    for path in [directory, *sorted(directory.rglob("*"))]:
-        info = path.lstat()
-        content = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else None
-        found[str(path)] = (
-            info.st_ino,
-            info.st_mode,
-            info.st_uid,
-            info.st_gid,
-            info.st_nlink,
-            info.st_mtime_ns,
-            info.st_ctime_ns,
-            content,
-        )
-    return found
 
 
 @pytest.mark.parametrize("link", ["../outside", "{out}", "a"], ids=["relative", "absolute", "loop"])

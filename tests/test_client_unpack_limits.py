@@ -38,7 +38,7 @@ from .images import (
     layer_tar,
     sha256,
 )
-from .test_client_unpack import entry, make_tar
+from .layers import entry, make_tar
 
 MiB, GiB, GB = 1 << 20, 1 << 30, 10**9
 TAR = "application/vnd.oci.image.layer.v1.tar"

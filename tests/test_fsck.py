@@ -11,9 +11,12 @@ import pytest
 from registry import layout
 from registry.references import Digest
 
+from .maintenance import assert_pulls, remove, run_storage_command, stored
 from .oci import error_codes, make_image, push_blob, push_image, sha256
 from .storeview import blob_data_path
-from .test_gc import assert_pulls, remove, run_storage_command, stored
+
+# slow: pier fsck as a process per step
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 @pytest.fixture

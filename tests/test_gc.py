@@ -6,8 +6,6 @@ import asyncio
 import hashlib
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from registry.references import Digest
 from registry.store import RegistryStore
 from storage_backends import FilesystemDriver
 
+from .maintenance import assert_pulls, remove, run_storage_command, stored
 from .oci import (
     OCI_INDEX,
     Image,
@@ -34,31 +33,16 @@ from .oci import (
     push_manifest,
     sha256,
 )
-from .servers import REPO_ROOT, free_port
-from .storeview import LocalStorage, Storage, blob_data_path
+from .servers import free_port
+from .storeview import LocalStorage, Storage
+
+# slow: pier gc as a process per step; grace periods must pass
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 SUMMARY = re.compile(
     r"gc: (?:would free )?(\d+) blobs \([^)]*\)(?: freed)?, (?:delete )?(\d+) manifests"
     r"(?: deleted)?, (?:purge )?(\d+) links"
 )
-
-
-def run_storage_command(
-    storage: Storage | Path, *args: str, module: str = "registry"
-) -> subprocess.CompletedProcess[str]:
-    """``pier gc|fsck ARGS --root LOCATION`` as its own process, as an operator runs it."""
-    if isinstance(storage, Path):
-        storage = LocalStorage(str(storage))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIER_")}
-    env.update(storage.env)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args, "--root", storage.location, "--fsync", "false"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
 
 
 def gc(storage: Storage | Path, *args: str) -> tuple[int, int, int]:
@@ -68,29 +52,6 @@ def gc(storage: Storage | Path, *args: str) -> tuple[int, int, int]:
     match = SUMMARY.search(done.stdout)
     assert match, done.stdout
     return int(match.group(1)), int(match.group(2)), int(match.group(3))
-
-
-def stored(storage: Storage, digest: str) -> bool:
-    return storage.exists(blob_data_path(digest))
-
-
-def remove(storage: Storage, path: str) -> None:
-    """Delete one stored file behind the registry's back."""
-    if isinstance(storage, LocalStorage):
-        (storage.root / path).unlink()
-    else:
-        storage.client.delete_object(Bucket=storage.bucket, Key=storage.prefix + path)  # type: ignore[attr-defined]
-
-
-async def assert_pulls(client: httpx.AsyncClient, repo: str, reference: str, image: Image) -> None:
-    """The manifest and every blob it names answer 200 with the right bytes."""
-    got = await client.get(f"/v2/{repo}/manifests/{reference}", headers={"Accept": image.media_type})
-    assert got.status_code == 200, got.text
-    assert got.content == image.manifest
-    for blob in image.blobs:
-        response = await client.get(f"/v2/{repo}/blobs/{sha256(blob)}")
-        assert response.status_code == 200, response.text
-        assert sha256(response.content) == sha256(blob)
 
 
 async def assert_gone(client: httpx.AsyncClient, storage: Storage, repo: str, digests: list[str]) -> None:
@@ -160,10 +121,10 @@ async def test_an_old_blob_linked_again_recently_is_kept(served) -> None:  # typ
     server, client = served
     data = os.urandom(1000)
     digest = await push_blob(client, "old/one", data)
-    await asyncio.sleep(4.5)  # data and first link now older than the 3 s grace period
+    await asyncio.sleep(4.5)  # sleep-ok: ages by waiting; data and first link older than the 3 s grace
     await push_blob(client, "old/two", data)  # the old bytes linked into another repository: a fresh link
     assert gc(server.storage, "--grace", "3s") == (0, 0, 0)
-    await asyncio.sleep(3.5)
+    await asyncio.sleep(3.5)  # sleep-ok: ages by waiting; the fresh link now older than the grace too
     assert gc(server.storage, "--grace", "3s") == (1, 0, 2)
     await assert_gone(client, server.storage, "old/two", [digest])
 

@@ -32,9 +32,13 @@ from .images import (
     sample_layers,
     tag_layout,
 )
+from .layouts import assert_same_layout_content
 from .servers import PierServer
 from .skopeo import COPY_FLAGS, TIMEOUT, Skopeo
 from .storeview import Storage
+
+# slow: skopeo, a process per step
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 @pytest.fixture
@@ -46,17 +50,6 @@ def http(registry: PierServer) -> Iterator[httpx.Client]:
 def ref(server: PierServer, repo: str, reference: str) -> str:
     separator = "@" if ":" in reference else ":"
     return f"docker://{server.host}/{repo}{separator}{reference}"
-
-
-def assert_same_layout_content(original: Path, copy: Path, tag: str) -> None:
-    """``tag`` names the same manifest in both layouts, and every blob has the same bytes."""
-    want, got = resolve_tag(original, tag), resolve_tag(copy, tag)
-    for field in ("mediaType", "digest", "size"):
-        assert got[field] == want[field], f"{field} of {tag} changed in the round trip"
-    original_blobs, copied_blobs = layout_blobs(original), layout_blobs(copy)
-    assert sorted(copied_blobs) == sorted(original_blobs), "the pulled layout holds other blobs"
-    for digest, content in original_blobs.items():
-        assert copied_blobs[digest] == content, f"{digest} differs after the round trip"
 
 
 def assert_registry_serves(

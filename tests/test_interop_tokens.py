@@ -13,12 +13,14 @@ from cryptography.hazmat.primitives import serialization
 
 from registry.tokens import key_id
 
+from .auth_users import ACL, USERS
 from .helpers import run_pier, write_htpasswd
 from .images import build_image
 from .servers import PierServer, free_port, run_distribution
 from .skopeo import COPY_FLAGS, Skopeo
-from .test_api_auth import ACL, USERS
 from .tokens import ISSUER, SERVICE, TokenService, distribution_token_config, write_signing_key
+
+pytestmark = pytest.mark.slow  # distribution and skopeo against pier's tokens
 
 
 def _skopeo(tmp_path, server: PierServer | None = None) -> Skopeo:  # type: ignore[no-untyped-def]

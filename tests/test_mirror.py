@@ -20,16 +20,19 @@ import httpx
 import pytest
 
 from .gate import Gate
-from .helpers import push_blob, push_index, push_manifest, run_pier, write_htpasswd
+from .helpers import push_blob, push_index, push_manifest, run_pier, wait_until, write_htpasswd
 from .images import OCI_MANIFEST, Blob, Image, build_image, build_index, sha256, write_blob
+from .maintenance import run_storage_command
 from .oci import descriptor
+from .prometheus import metric
 from .scripted import Answer, Request, ScriptedServer
 from .servers import PierServer, serve_refused
 from .skopeo import Skopeo
 from .storeview import blob_data_path
-from .test_gc import run_storage_command
-from .test_operations import metric
 from .tokens import write_signing_key
+
+# slow: an upstream, a mirror and pier pulls per test; TTLs must pass
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 ACL = """
 [[rule]]
@@ -243,7 +246,7 @@ def test_a_moved_tag_is_picked_up_after_the_ttl_with_a_head(
     mirror = start_registry(*mirror_args(gate, ttl="2s"))
     assert get(mirror, "/v2/up/library/app/manifests/v1").headers["docker-content-digest"] == image.digest
     gets = gate.count("GET", "/manifests/v1")
-    time.sleep(2.2)
+    time.sleep(2.2)  # sleep-ok: the 2 s TTL must pass
     assert get(mirror, "/v2/up/library/app/manifests/v1").headers["docker-content-digest"] == image.digest
     assert gate.count("HEAD", "/manifests/v1") == 1 and gate.count("GET", "/manifests/v1") == gets
 
@@ -251,7 +254,7 @@ def test_a_moved_tag_is_picked_up_after_the_ttl_with_a_head(
     upstream.push("library/app", moved, "v1")
     fresh = get(mirror, "/v2/up/library/app/manifests/v1")
     assert fresh.headers["docker-content-digest"] == image.digest  # still within the new TTL
-    time.sleep(2.2)
+    time.sleep(2.2)  # sleep-ok: the renewed 2 s TTL must pass
     assert get(mirror, "/v2/up/library/app/manifests/v1").headers["docker-content-digest"] == moved.digest
     assert_pulls(tmp_path / "home", f"{mirror.host}/up/library/app:v1", moved)
 
@@ -395,12 +398,14 @@ def test_the_cache_evicts_the_least_recently_pulled_and_keeps_what_local_reposit
     push_manifest(mirror.url, "team/keep", "v1", keep)
 
     assert_pulls(tmp_path / "home1", f"{mirror.host}/up/library/old:v1", old)
-    time.sleep(1.1)  # mtimes of the pull markers are the order
+    time.sleep(1.1)  # sleep-ok: the clock must move; mtimes of the pull markers are the order
     assert_pulls(tmp_path / "home2", f"{mirror.host}/up/library/new:v1", new)
     evicted = old.layers[1]  # old's own big layer
-    deadline = time.monotonic() + 20
-    while mirror.storage.exists(blob_data_path(evicted.digest)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(
+        lambda: not mirror.storage.exists(blob_data_path(evicted.digest)),
+        20,
+        what=lambda: f"the eviction of {evicted.digest}; log:\n{mirror.log()}",
+    )
     assert not mirror.storage.exists(blob_data_path(evicted.digest)), mirror.log()
     for kept in (*new.blobs, old.config, old.layers[0]):
         assert mirror.storage.exists(blob_data_path(kept.digest))

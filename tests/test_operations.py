@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -15,22 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import push_blob, push_manifest, write_htpasswd
+from .helpers import push_blob, push_manifest, wait_until, write_htpasswd
 from .images import build_image, sha256, write_blob
+from .maintenance import run_storage_command
+from .prometheus import metric
 from .servers import PierServer, serve_refused
-from .test_gc import run_storage_command
 
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the exposition text (labels: a subset that must match)."""
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(2))
-    raise AssertionError(f"no sample {name} {labels}")
+# slow: webhook retries, draining shutdowns, replicas: waits by design
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 def test_metrics_count_requests_by_route_template_storage_and_uploads(
@@ -102,7 +93,7 @@ def test_text_access_log_cannot_be_forged_with_a_path(start_registry) -> None:
 
 def _stream(chunks: int, pause: float) -> Iterator[bytes]:
     for _ in range(chunks):
-        time.sleep(pause)
+        time.sleep(pause)  # sleep-ok: a slow client's pace, so the request is in flight a while
         yield b"x" * 65536
 
 
@@ -126,10 +117,15 @@ def test_sigterm_drains_finishes_in_flight_work_and_another_replica_resumes_the_
 
     worker = threading.Thread(target=slow_patch)
     worker.start()
-    time.sleep(0.5)
+    wait_until(
+        lambda: metric(httpx.get(f"{first.url}/metrics").text, "pier_http_requests_in_flight") >= 1,
+        what="the slow PATCH to be in flight",
+    )
     assert first.process is not None
     os.kill(first.process.pid, signal.SIGTERM)
-    time.sleep(0.4)
+    wait_until(
+        lambda: httpx.get(f"{first.url}/readyz").status_code == 503, what="readiness to fail after SIGTERM"
+    )
     assert httpx.get(f"{first.url}/readyz").status_code == 503  # balancers stop sending work
     assert httpx.get(f"{first.url}/v2/").status_code == 200  # while it still serves
     worker.join()
@@ -217,7 +213,7 @@ def test_webhooks_survive_a_failing_receiver_and_a_restart_and_arrive_once(
         push_manifest(server.url, repo, "v1", image.manifest)
     assert httpx.get(f"{server.url}/v2/team/app/manifests/v1").status_code == 200
     assert httpx.delete(f"{server.url}/v2/other/app/manifests/v1").status_code == 202
-    time.sleep(1.0)
+    wait_until(lambda: receiver.refused >= 2, what="two refused deliveries")
     assert receiver.refused >= 2 and not receiver.deliveries  # retried, with backoff
     server.stop()
     store = server.storage
@@ -226,9 +222,7 @@ def test_webhooks_survive_a_failing_receiver_and_a_restart_and_arrive_once(
 
     receiver.failing = False
     server.start()
-    deadline = time.monotonic() + 20
-    while len(receiver.events()) < 5 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: len(receiver.events()) >= 5, 20, what=lambda: f"5 events; got {receiver.events()}")
     events = receiver.events()
     plain = [e for e in events if "cloudevent" not in e]
     assert sorted((e["action"], e["target"]["repository"]) for e in plain) == [
@@ -244,7 +238,7 @@ def test_webhooks_survive_a_failing_receiver_and_a_restart_and_arrive_once(
     clouds = [e for e in events if "cloudevent" in e]
     assert [(c["type"], c["subject"]) for c in clouds] == [("io.pier.registry.push", "team/app:v1")]
     assert clouds[0]["specversion"] == "1.0" and clouds[0]["data"]["target"]["digest"] == image.digest
-    time.sleep(2.5)  # nothing is delivered twice
+    time.sleep(2.5)  # sleep-ok: nothing is delivered twice; an absence has no event to wait for
     assert len(receiver.events()) == 5
     assert not store.files("_events/audit")
     receiver.server.shutdown()
@@ -290,10 +284,10 @@ def test_replicas_on_one_store_deliver_each_event_once_in_batches(start_registry
         thread.start()
     for thread in threads:
         thread.join()
-    deadline = time.monotonic() + 20
-    while len(receiver.events()) < 80 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(2.5)  # a second dispatcher would have posted by now
+    wait_until(
+        lambda: len(receiver.events()) >= 80, 20, what=lambda: f"80 events; got {len(receiver.events())}"
+    )
+    time.sleep(2.5)  # sleep-ok: a second dispatcher would have posted by now; an absence has no event
     events = receiver.events()
     assert len(events) == 80 and len({e["id"] for e in events}) == 80
     assert {e["action"] for e in events} == {"pull"}

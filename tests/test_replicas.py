@@ -13,10 +13,13 @@ import httpx
 import pytest
 
 from .images import build_image
+from .layouts import assert_same_layout_content
 from .oci import make_image, push_blob, push_manifest, sha256
 from .servers import PierServer, run_round_robin
 from .skopeo import Skopeo
-from .test_interop_skopeo import assert_same_layout_content
+
+# slow: nginx in front of several servers, skopeo
+pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 @pytest.fixture

@@ -146,7 +146,7 @@ async def test_readiness_after_a_full_store_rechecks_s3_with_a_probe_write(seawe
     """S3 cannot tell its free space: a small probe write decides, and leaves nothing."""
     from registry.space import SpaceWatch
 
-    from .test_storage_contract import s3_driver
+    from .s3_drivers import s3_driver
 
     driver = s3_driver(seaweed, seaweed.new_bucket())
     watch = SpaceWatch()
@@ -159,6 +159,7 @@ async def test_readiness_after_a_full_store_rechecks_s3_with_a_probe_write(seawe
     await driver.close()
 
 
+@pytest.mark.slow  # a server with two worker processes
 async def test_every_worker_says_a_full_disk_is_not_ready_before_any_write_fails(small_disk: Path) -> None:
     """Each worker process checks the free space itself: none needs a failed write of its own."""
     server = PierServer(small_disk / "root", "--workers", "2").start()

@@ -13,6 +13,8 @@ from .images import build_image
 from .servers import serve_refused
 from .tls import make_certificates
 
+pytestmark = pytest.mark.slow  # certificates and the pier CLI as a process
+
 
 @pytest.fixture
 def tls_registry(start_registry, tmp_path):  # type: ignore[no-untyped-def]

@@ -46,6 +46,7 @@ async def test_upload_starts_walk_the_markers_at_most_once_a_second(tmp_path: Pa
     assert driver.walks <= 1 + int(elapsed / COUNT_INTERVAL), (driver.walks, elapsed)
 
 
+@pytest.mark.slow  # waits for the count to be renewed
 async def test_sessions_of_another_process_count_once_the_count_is_renewed(tmp_path: Path) -> None:
     driver = FilesystemDriver(tmp_path, fsync=False)
     mine, other = uploads_on(driver, total=3), uploads_on(driver, total=3)

@@ -1,0 +1,54 @@
+"""Layer tars made by hand for the unpacker's tests, and a fingerprint of what a layer must
+never touch outside its rootfs."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+from puller.unpack import apply_layer
+
+
+def make_tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    buffer.seek(0)
+    return buffer
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode, info.mtime = kind, link, mode, 1_700_000_000
+    return info
+
+
+def apply(
+    rootfs: Path, entries: list[tuple[tarfile.TarInfo, bytes | None]], layer: str = "test-layer"
+) -> None:
+    apply_layer(rootfs, make_tar(entries), "application/vnd.oci.image.layer.v1.tar", layer)
+
+
+def untouched(directory: Path) -> dict[str, tuple]:
+    """Everything about a tree an unpacker could change: ctime catches chmod, chown, utime and
+    setxattr, even to the same value."""
+    found = {}
+    for path in [directory, *sorted(directory.rglob("*"))]:
+        info = path.lstat()
+        content = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else None
+        found[str(path)] = (
+            info.st_ino,
+            info.st_mode,
+            info.st_uid,
+            info.st_gid,
+            info.st_nlink,
+            info.st_mtime_ns,
+            info.st_ctime_ns,
+            content,
+        )
+    return found
