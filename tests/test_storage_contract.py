@@ -30,8 +30,9 @@ from storage_backends import (
     open_storage,
     storage_scheme,
 )
-from storage_backends.s3 import MIN_PART, S3Driver
+from storage_backends.s3 import MIN_PART
 
+from .s3_drivers import s3_driver
 from .seaweed import SeaweedS3
 
 
@@ -72,12 +73,6 @@ async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         backend = open_storage(store.location, **store.options)
     yield backend
     await backend.close()
-
-
-def s3_driver(seaweed: SeaweedS3, bucket: str, **options) -> S3Driver:  # type: ignore[no-untyped-def]
-    """Configured as a server would be: through boto3's standard environment variables."""
-    with mock.patch.dict(os.environ, seaweed.env):
-        return open_storage(f"s3://{bucket}/some/prefix", addressing_style="path", **options)  # type: ignore[return-value]
 
 
 async def read_all(driver: StorageDriver, path: str, offset: int = 0, length: int | None = None) -> bytes:
