@@ -17,9 +17,9 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from oci.challenge import ChallengeError, choose
-from oci.policy import PolicyError, check_realm, same_origin
-from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response, token_request
+from oci.auth import AuthFlowError, respond
+from oci.policy import same_origin
+from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response
 
 from .upstreams import Upstream
 
@@ -84,23 +84,19 @@ class UpstreamClient:
 
     async def _authenticate(self, header: str, scope: str) -> dict[str, str]:
         """Answer the upstream's challenge: the Authorization header to retry with."""
+        login = self.upstream.username
         try:
-            challenge = choose(header)
-        except ChallengeError as exc:
-            message = f"unusable challenge ({exc}): {header[:100]!r}"
-            raise UpstreamDenied(self.upstream, message, 401) from None
-        if challenge.scheme == "basic":
-            if not self.upstream.username:
-                raise UpstreamDenied(self.upstream, "asks for a login (Basic) and none is configured", 401)
+            request = respond(header, self.upstream.url, [scope], has_login=bool(login))
+        except AuthFlowError as exc:
+            reason = {
+                "login-needed": "asks for a login (Basic) and none is configured",
+                "challenge": f"unusable challenge ({exc}): {header[:100]!r}",
+            }.get(exc.problem, str(exc))  # "realm": a login must not leave over plain HTTP
+            raise UpstreamDenied(self.upstream, reason, 401) from None
+        if request is None:
             self._basic = True
             return self._authorization(scope)
-        realm = challenge.params["realm"]
-        try:
-            check_realm(self.upstream.url, realm)  # a login must not leave over plain HTTP
-        except PolicyError as exc:
-            raise UpstreamDenied(self.upstream, str(exc), 401) from None
-        login = self.upstream.username
-        request = token_request(realm, challenge.params.get("service"), [scope], has_login=bool(login))
+        realm = request.url.split("?", 1)[0]
         auth = aiohttp.BasicAuth(login, self.upstream.password) if request.basic else None
         try:
             async with self.session.get(request.url, auth=auth, allow_redirects=False) as answer:
