@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oci.challenge import ChallengeError, parse_challenges
-from puller.image import InvalidDocument, check_document, is_index
-from puller.platforms import Platform, PlatformError
 from puller.reference import ReferenceError, parse_reference
+from puller.store.image import InvalidDocument, check_document, is_index
+from puller.store.platforms import Platform, PlatformError
 
 ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
 WORD = ALNUM + "ABCDEFGHIJKLMNOPQRSTUVWXYZ_"

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from puller.errors import PierError
-from puller.unpack import apply_layer
+from puller.unpack.layers import apply_layer
 
 from .test_client_unpack import entry, make_tar
 from .test_client_unpack_hostile import untouched
