@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .errors import PierError
 from .formatting import FormatError, Template
 from .prune import collect_garbage
-from .reference import Reference, ReferenceError, parse_reference
+from .reference import InvalidReference, Reference, parse_reference
 from .run.containers import Containers, is_running
 from .run.oci_runtime import CommandNotRunnable, RunOptions, run
 from .store.content_store import ContentStore
@@ -174,7 +174,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     _, digest = _local(store, args.source)
     target = parse_reference(args.target)
     if target.digest:
-        raise ReferenceError(f"{args.target}: a tag cannot name a digest")
+        raise InvalidReference(f"{args.target}: a tag cannot name a digest")
     store.set_ref(target.name, target.tag or "latest", digest)
     return 0
 
@@ -315,7 +315,7 @@ def _repository(text: str, command: str) -> Reference:
     """A repository without tag or digest, as ``pier tags`` and ``pull --all-tags`` take it."""
     reference = parse_reference(text)
     if "@" in text or ":" in text.rsplit("/", 1)[-1]:
-        raise ReferenceError(f"{command} takes a repository without tag or digest: {reference.name}")
+        raise InvalidReference(f"{command} takes a repository without tag or digest: {reference.name}")
     return reference
 
 

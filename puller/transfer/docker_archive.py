@@ -28,7 +28,7 @@ from oci.manifest import MAX_CONFIG_SIZE
 from oci.mediatypes import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 
 from ..errors import PierError
-from ..reference import Reference, ReferenceError, parse_reference
+from ..reference import InvalidReference, Reference, parse_reference
 from ..store.content_store import ContentStore
 from ..store.image import (
     Image,
@@ -270,7 +270,7 @@ def load_archive(store: ContentStore, source: Source, repository: str | None = N
         tags = _strings(item.get("RepoTags") if isinstance(item, dict) else None, "RepoTags", source.label)
         try:
             references = [parse_reference(tag) for tag in tags or ([repository] if repository else [])]
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             raise LayoutError(f"{source.label}/manifest.json: {exc}") from None
         digest = _load_item(store, source, item)
         for reference in references:
