@@ -43,7 +43,7 @@ _REFERENCE = re.compile(
 )
 
 
-class ReferenceError(ValueError):
+class InvalidReference(ValueError):
     """A name, tag or reference that docker would refuse too; the message says why."""
 
 
@@ -128,25 +128,25 @@ def split_domain(name: str) -> tuple[str, str]:
 def parse_reference(text: str) -> Reference:
     """Parse and normalise a reference; a tag defaults to ``latest`` only without a digest."""
     if not text:
-        raise ReferenceError("empty image reference")
+        raise InvalidReference("empty image reference")
     if text != text.strip() or any(ch.isspace() for ch in text):
-        raise ReferenceError(f"invalid reference format: {text!r} contains whitespace")
+        raise InvalidReference(f"invalid reference format: {text!r} contains whitespace")
     match = _REFERENCE.fullmatch(text)
     if match is None:
         if _REFERENCE.fullmatch(text.lower()):
-            raise ReferenceError(f"invalid reference format: repository name must be lowercase: {text!r}")
-        raise ReferenceError(f"invalid reference format: {text!r}")
+            raise InvalidReference(f"invalid reference format: repository name must be lowercase: {text!r}")
+        raise InvalidReference(f"invalid reference format: {text!r}")
     domain, path = split_domain(match.group("name"))
     if len(path) > MAX_NAME_LENGTH:
-        raise ReferenceError(f"repository name longer than {MAX_NAME_LENGTH} characters: {text[:80]}...")
+        raise InvalidReference(f"repository name longer than {MAX_NAME_LENGTH} characters: {text[:80]}...")
     digest = match.group("digest")
     if digest is not None:
         algorithm, _, encoded = digest.partition(":")
         expected = ALGORITHMS.get(algorithm)
         if expected is None:
-            raise ReferenceError(f"unsupported digest algorithm {algorithm!r} in {text!r}")
+            raise InvalidReference(f"unsupported digest algorithm {algorithm!r} in {text!r}")
         if len(encoded) != expected or encoded.lower() != encoded:
-            raise ReferenceError(f"invalid {algorithm} digest in {text!r}")
+            raise InvalidReference(f"invalid {algorithm} digest in {text!r}")
     tag = match.group("tag")
     if tag is None and digest is None:
         tag = DEFAULT_TAG

@@ -16,24 +16,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .containers import Containers, is_running
-from .content_store import ContentStore
-from .credentials import Credentials, CredentialsError, erase, lookup
-from .credentials import save as save_credentials
 from .errors import PierError
 from .formatting import FormatError, Template
-from .gc import collect_garbage
-from .image import ImageError, is_index, load_image, local_digest, read_json, shareable
-from .inspection import Inspected, inspect_local
-from .platforms import Platform
-from .reference import Reference, ReferenceError, parse_reference
-from .rootfs import unpack_image
-from .run import CommandNotRunnable, RunOptions, run
-from .saved import FORMATS, load_from_stream, load_images, output_format, save_images, save_to_stream
+from .prune import collect_garbage
+from .reference import InvalidReference, Reference, parse_reference
+from .run.containers import Containers, is_running
+from .run.oci_runtime import CommandNotRunnable, RunOptions, run
+from .store.content_store import ContentStore
+from .store.image import ImageError, is_index, load_image, local_digest, read_json, shareable
+from .store.inspection import Inspected, inspect_local
+from .store.platforms import Platform
 from .text import human_size, plural, printable
+from .transfer.credentials import Credentials, CredentialsError, erase, lookup
+from .transfer.credentials import save as save_credentials
+from .transfer.saved import FORMATS, load_from_stream, load_images, output_format, save_images, save_to_stream
+from .unpack.rootfs import unpack_image
 
 if TYPE_CHECKING:
-    from .transport import Transport
+    from .transfer.transport import Transport
 
 # httpx and rich take a third of a second to import: commands that move bytes import
 # them when they run, so local commands (images, unpack, ps) start at once.
@@ -46,7 +46,7 @@ def _insecure(args: argparse.Namespace, host: str) -> bool:
 
 
 def _transport(args: argparse.Namespace, reference: Reference) -> Transport:
-    from .transport import Transport
+    from .transfer.transport import Transport
 
     return Transport(
         reference.api_host,
@@ -77,7 +77,7 @@ def _local(store: ContentStore, text: str) -> tuple[Reference, str]:
 
 def _pull_all_tags(args: argparse.Namespace) -> int:
     """docker's ``pull --all-tags``: every tag of the repository (all pages), pulled one by one."""
-    from .remote import iter_tags
+    from .transfer.remote import iter_tags
 
     repository = _repository(args.reference, "pull --all-tags")
     transport = _transport(args, repository)
@@ -99,7 +99,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if getattr(args, "all_tags", False):
         return _pull_all_tags(args)
     from .progress import transfer_progress
-    from .pull import pull
+    from .transfer.pull import pull
 
     reference = parse_reference(args.reference)
     platform = _platform(args)
@@ -124,7 +124,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     from .progress import transfer_progress
-    from .push import push_local
+    from .transfer.push import push_local
 
     store = ContentStore()
     reference, digest = _local(store, args.reference)
@@ -144,7 +144,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_copy(args: argparse.Namespace) -> int:
     from .progress import transfer_progress
-    from .push import copy_remote
+    from .transfer.push import copy_remote
 
     source, destination = parse_reference(args.source), parse_reference(args.destination)
     platform = Platform.parse(args.platform) if args.platform else None
@@ -174,7 +174,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     _, digest = _local(store, args.source)
     target = parse_reference(args.target)
     if target.digest:
-        raise ReferenceError(f"{args.target}: a tag cannot name a digest")
+        raise InvalidReference(f"{args.target}: a tag cannot name a digest")
     store.set_ref(target.name, target.tag or "latest", digest)
     return 0
 
@@ -292,7 +292,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     platform = None if args.raw and not args.config else _platform(args)
     found: Inspected
     if remote:
-        from .remote import inspect_remote
+        from .transfer.remote import inspect_remote
 
         reference = parse_reference(text)
         transport = _transport(args, reference)
@@ -315,12 +315,12 @@ def _repository(text: str, command: str) -> Reference:
     """A repository without tag or digest, as ``pier tags`` and ``pull --all-tags`` take it."""
     reference = parse_reference(text)
     if "@" in text or ":" in text.rsplit("/", 1)[-1]:
-        raise ReferenceError(f"{command} takes a repository without tag or digest: {reference.name}")
+        raise InvalidReference(f"{command} takes a repository without tag or digest: {reference.name}")
     return reference
 
 
 def cmd_tags(args: argparse.Namespace) -> int:
-    from .remote import iter_tags
+    from .transfer.remote import iter_tags
 
     reference = _repository(args.repository, "pier tags")
     transport = _transport(args, reference)
@@ -333,7 +333,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from .remote import delete_manifest
+    from .transfer.remote import delete_manifest
 
     reference = parse_reference(args.reference)
     transport = _transport(args, reference)
@@ -387,7 +387,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    from .transport import Transport
+    from .transfer.transport import Transport
 
     domain = parse_reference(f"{args.server}/probe").domain if args.server else "docker.io"
     username = args.username or input("Username: ")
@@ -432,7 +432,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pull import pull
+    from .transfer.pull import pull
 
     reference = parse_reference(args.reference)
     platform = _platform(args)

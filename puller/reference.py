@@ -12,10 +12,10 @@ from oci.reference import DEFAULT_TAG, Reference
 
 from .errors import PierError
 
-__all__ = ["DEFAULT_TAG", "Reference", "ReferenceError", "parse_reference"]
+__all__ = ["DEFAULT_TAG", "InvalidReference", "Reference", "parse_reference"]
 
 
-class ReferenceError(PierError, grammar.ReferenceError):
+class InvalidReference(PierError, grammar.InvalidReference):
     """A reference that docker would refuse too; the message says why."""
 
 
@@ -23,5 +23,5 @@ def parse_reference(text: str) -> Reference:
     """Parse and normalise a reference; a tag defaults to ``latest`` only without a digest."""
     try:
         return grammar.parse_reference(text)
-    except grammar.ReferenceError as exc:
-        raise ReferenceError(str(exc)) from None
+    except grammar.InvalidReference as exc:
+        raise InvalidReference(str(exc)) from None

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from oci.digest import full_prefix
 
-from .containers import Containers
-from .content_store import ContentStore
-from .image import ImageError, reachable
 from .reference import DEFAULT_TAG, parse_reference
+from .run.containers import Containers
+from .store.content_store import ContentStore
+from .store.image import ImageError, reachable
 
 
 @dataclass

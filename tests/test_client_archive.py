@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from puller.content_store import ContentStore
+from puller.store.content_store import ContentStore
 
 from .helpers import push_blob, push_manifest, run_pier
 from .images import Image, build_image, build_index

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from puller.content_store import ContentStore, DigestMismatch
+from puller.store.content_store import ContentStore, DigestMismatch
 
 
 def digest_of(data: bytes) -> str:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from puller.credentials import CredentialsError, lookup
-from puller.transport import Credentials
+from puller.transfer.credentials import CredentialsError, lookup
+from puller.transfer.transport import Credentials
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import puller.transport
+import puller.transfer.transport
 from puller.cli import main
-from puller.content_store import ContentStore
+from puller.store.content_store import ContentStore
 
 from .images import Image, build_image
 from .scripted import Answer, Request, ScriptedServer
@@ -285,7 +285,7 @@ def _run(
     """``pier ARGS`` in this process: its exit code; a traceback on stderr fails the test."""
     script.answers, script.served = answers, {}
     delays: list[float] = []
-    monkeypatch.setattr(puller.transport, "pause", delays.append)
+    monkeypatch.setattr(puller.transfer.transport, "pause", delays.append)
     stderr, stdout = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
         code = main(args)

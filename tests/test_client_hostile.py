@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from puller.content_store import ContentStore
-from puller.platforms import Platform
+from puller.store.content_store import ContentStore
+from puller.store.platforms import Platform
 
 from .helpers import run_pier
 from .images import build_image

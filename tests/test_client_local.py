@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from puller.content_store import ContentStore
+from puller.store.content_store import ContentStore
 
 from .helpers import push_index, run_pier
 from .images import ImageIndex, build_image, build_index, random_files, sample_layers

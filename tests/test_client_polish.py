@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from puller.content_store import ContentStore
+from puller.store.content_store import ContentStore
 from puller.text import human_size, plural, printable
 
 from .helpers import push_blob, push_manifest, run_pier

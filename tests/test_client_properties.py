@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oci.challenge import ChallengeError, parse_challenges
-from puller.image import InvalidDocument, check_document, is_index
-from puller.platforms import Platform, PlatformError
-from puller.reference import ReferenceError, parse_reference
+from puller.reference import InvalidReference, parse_reference
+from puller.store.image import InvalidDocument, check_document, is_index
+from puller.store.platforms import Platform, PlatformError
 
 pytestmark = pytest.mark.slow  # hypothesis, hundreds of examples per property
 
@@ -52,7 +52,7 @@ def test_a_valid_reference_round_trips(prefix, parts, tag_, digest_) -> None:
 def test_any_text_parses_or_raises_reference_error(text) -> None:
     try:
         reference = parse_reference(text)
-    except ReferenceError:
+    except InvalidReference:
         return
     assert reference.path and not reference.path.startswith("/")
     assert all(part not in ("", ".", "..") for part in reference.path.split("/"))

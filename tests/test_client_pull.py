@@ -11,10 +11,10 @@ import sys
 import httpx
 import pytest
 
-from puller.content_store import ContentStore
-from puller.pull import Platform, PullError, pull
 from puller.reference import parse_reference
-from puller.transport import Credentials
+from puller.store.content_store import ContentStore
+from puller.transfer.pull import Platform, PullError, pull
+from puller.transfer.transport import Credentials
 
 from .helpers import push_blob, push_index, push_manifest, run_pier
 from .images import ImageIndex, build_image, build_index

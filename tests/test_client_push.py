@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from puller.content_store import ContentStore
+from puller.store.content_store import ContentStore
 
 from .helpers import TamperingProxy, push_index, run_pier
 from .images import ImageIndex, build_index

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from puller.reference import ReferenceError, parse_reference
+from puller.reference import InvalidReference, parse_reference
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -68,5 +68,5 @@ def test_api_host_and_identifier() -> None:
     ],
 )
 def test_invalid_references(text: str, message: str) -> None:
-    with pytest.raises(ReferenceError, match=message):
+    with pytest.raises(InvalidReference, match=message):
         parse_reference(text)

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from puller.content_store import ContentStore
+from puller.store.content_store import ContentStore
 
 from .helpers import push_blob, push_index, push_manifest, run_pier
 from .images import Image, build_image, build_index, random_files

@@ -196,7 +196,7 @@ def test_a_process_past_its_memory_limit_is_killed(image_ref, tmp_path) -> None:
 
 
 def test_runtime_choice_follows_the_cgroup_layout(tmp_path, monkeypatch) -> None:
-    from puller.run import RunError, cgroup_layout, find_runtime
+    from puller.run.oci_runtime import RunError, cgroup_layout, find_runtime
 
     unified, hybrid, legacy = (tmp_path / name for name in ("unified-root", "hybrid-root", "legacy-root"))
     (unified).mkdir()
@@ -225,7 +225,7 @@ def test_runtime_choice_follows_the_cgroup_layout(tmp_path, monkeypatch) -> None
 
 def test_the_machine_runtime_really_runs(image_ref, tmp_path) -> None:
     """Whatever find_runtime picks here must run a container (runc on this hybrid machine)."""
-    from puller.run import cgroup_layout, find_runtime
+    from puller.run.oci_runtime import cgroup_layout, find_runtime
 
     chosen = os.path.basename(find_runtime(None))
     result = pier(tmp_path, "run", "--rm", image_ref, "true")
@@ -253,7 +253,7 @@ def test_a_missing_command_exits_127_with_dockers_message(image_ref, tmp_path) -
 
 def test_command_lookup_stays_inside_the_rootfs(tmp_path) -> None:
     """An image's symlink to a host path is followed as the container sees it, never on the host."""
-    from puller.run import CommandNotRunnable, check_command
+    from puller.run.oci_runtime import CommandNotRunnable, check_command
 
     rootfs = tmp_path / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
@@ -293,7 +293,7 @@ def test_a_user_of_non_ascii_digits_is_a_one_line_error(image_ref, user, tmp_pat
 
 def test_passwd_and_group_rows_with_non_ascii_digits_are_ignored(tmp_path) -> None:
     """An image's /etc/passwd or /etc/group whose uid or gid field is "²" names nobody."""
-    from puller.run import RunError, resolve_user
+    from puller.run.oci_runtime import RunError, resolve_user
 
     etc = tmp_path / "rootfs" / "etc"
     etc.mkdir(parents=True)

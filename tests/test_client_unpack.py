@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from puller.unpack import UnsafeLayer, apply_layer
+from puller.unpack.layers import UnsafeLayer, apply_layer
 
 from .images import build_image
 from .layers import apply, entry, make_tar

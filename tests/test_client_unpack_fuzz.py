@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from puller.errors import PierError
-from puller.unpack import apply_layer
+from puller.unpack.layers import apply_layer
 
 from .layers import entry, make_tar, untouched
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from puller.unpack import UnsafeLayer
+from puller.unpack.layers import UnsafeLayer
 
 from .layers import apply, entry, untouched
 

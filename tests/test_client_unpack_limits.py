@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from puller.content_store import ContentStore
 from puller.errors import PierError
-from puller.image import load_image, local_digest
-from puller.platforms import Platform
 from puller.reference import parse_reference
-from puller.rootfs import RootfsCache
-from puller.unpack import apply_layer
-from puller.unpack_limits import UnpackBudget, UnpackLimitError, UnpackLimits
+from puller.store.content_store import ContentStore
+from puller.store.image import load_image, local_digest
+from puller.store.platforms import Platform
+from puller.unpack.layers import apply_layer
+from puller.unpack.limits import UnpackBudget, UnpackLimitError, UnpackLimits
+from puller.unpack.rootfs import RootfsCache
 
 from .helpers import run_pier
 from .images import (

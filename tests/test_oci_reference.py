@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from oci.reference import (
+    InvalidReference,
     Reference,
-    ReferenceError,
     is_repository_name,
     is_repository_prefix,
     is_tag,
@@ -70,5 +70,5 @@ def test_docker_hub_normalisation() -> None:
     ],
 )
 def test_hostile_references(text: str, message: str) -> None:
-    with pytest.raises(ReferenceError, match=message):
+    with pytest.raises(InvalidReference, match=message):
         parse_reference(text)

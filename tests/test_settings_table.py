@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from puller.unpack_limits import UnpackLimits, markdown_table
+from puller.unpack.limits import UnpackLimits, markdown_table
 from registry.config import SETTINGS, Settings, load_settings
 from registry.settings_readme import HEADER, configuration_table, table_in
 from registry.settings_schema import Setting
@@ -39,7 +39,7 @@ def test_the_configuration_table_is_generated_from_the_declarations() -> None:
 
 
 def test_the_unpack_limits_table_is_generated_from_the_declarations() -> None:
-    command = "python -m puller.unpack_limits  # and paste its output over the README's table"
+    command = "python -m puller.unpack.limits  # and paste its output over the README's table"
     assert_same_table(markdown_table(), "| Variable | Default | Bounds |", command)
 
 

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from .content_store import ContentStore
+from ..reference import Reference
+from ..store.content_store import ContentStore
+from ..store.platforms import Platform
 from .docker_archive import load_archive, save_archive, write_archive
-from .layout import MAX_INDEX_SIZE, LayoutError, Loaded, is_layout, load_layout, save
-from .platforms import Platform
-from .reference import Reference
+from .oci_layout import MAX_INDEX_SIZE, LayoutError, Loaded, is_layout, load_layout, save
 from .sources import ARCHIVE_ERRORS, open_source, read_small
 
 FORMATS = ("oci-dir", "oci-archive", "docker-archive")

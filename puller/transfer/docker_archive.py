@@ -27,9 +27,10 @@ from oci.jsonsafe import UntrustedJSONError, loads
 from oci.manifest import MAX_CONFIG_SIZE
 from oci.mediatypes import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 
-from .content_store import ContentStore
-from .errors import PierError
-from .image import (
+from ..errors import PierError
+from ..reference import InvalidReference, Reference, parse_reference
+from ..store.content_store import ContentStore
+from ..store.image import (
     Image,
     ImageError,
     check_document,
@@ -37,7 +38,10 @@ from .image import (
     reachable,
     read_json,
 )
-from .layout import (
+from ..store.platforms import Platform
+from ..text import plural
+from ..unpack.layers import decompressed, is_layer_fault
+from .oci_layout import (
     LAYOUT_VERSION,
     MAX_INDEX_SIZE,
     LayoutError,
@@ -47,11 +51,7 @@ from .layout import (
     import_blob,
     new_index,
 )
-from .platforms import Platform
-from .reference import Reference, ReferenceError, parse_reference
 from .sources import Source, read_small
-from .text import plural
-from .unpack import decompressed, is_layer_fault
 
 READ_BLOCK = 1 << 20
 # The name says which content it holds: check that it does. docker names everything by sha256.
@@ -270,7 +270,7 @@ def load_archive(store: ContentStore, source: Source, repository: str | None = N
         tags = _strings(item.get("RepoTags") if isinstance(item, dict) else None, "RepoTags", source.label)
         try:
             references = [parse_reference(tag) for tag in tags or ([repository] if repository else [])]
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             raise LayoutError(f"{source.label}/manifest.json: {exc}") from None
         digest = _load_item(store, source, item)
         for reference in references:

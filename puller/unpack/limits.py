@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 from oci.units import exact_size, parse_size
 
-from .errors import PierError
-from .text import human_size
+from ..errors import PierError
+from ..text import human_size
 
 KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
 REFRESH_BYTES = 64 * MB  # statvfs again after this much, in case others write to the same disk
@@ -104,7 +104,7 @@ ENVIRONMENT = {name: limit.env for name, limit in LIMITS.items()}
 
 
 def markdown_table() -> str:
-    """The README's table of the limits (``python -m puller.unpack_limits`` prints it)."""
+    """The README's table of the limits (``python -m puller.unpack.limits`` prints it)."""
     rows = ["| Variable | Default | Bounds |", "|---|---|---|"]
     defaults = UnpackLimits()
     for name, limit in LIMITS.items():

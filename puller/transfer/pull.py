@@ -20,11 +20,11 @@ from oci.digest import DEFAULT_ALGORITHM, Digest, DigestError
 from oci.manifest import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
 from oci.mediatypes import MANIFEST_ACCEPT
 
-from .content_store import ContentStore, DigestMismatch
-from .errors import PierError
-from .image import InvalidDocument, check_document, is_index
-from .platforms import Platform
-from .reference import Reference
+from ..errors import PierError
+from ..reference import Reference
+from ..store.content_store import ContentStore, DigestMismatch
+from ..store.image import InvalidDocument, check_document, is_index
+from ..store.platforms import Platform
 from .transport import Credentials, RegistryRequestError, Transport, error_message, read_capped
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)

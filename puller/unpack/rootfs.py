@@ -19,10 +19,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .content_store import ContentStore
-from .image import Image, ImageError
-from .unpack import apply_layer
-from .unpack_limits import UnpackBudget, UnpackLimits
+from ..store.content_store import ContentStore
+from ..store.image import Image, ImageError
+from .layers import apply_layer
+from .limits import UnpackBudget, UnpackLimits
 
 LayerProgress = Callable[[str, int, int], None]  # (layer digest, index, count)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..reference import parse_reference
 from .content_store import ContentStore
 from .image import ImageError, is_index, load_image, local_digest, read_json
 from .platforms import Platform
-from .reference import parse_reference
 
 
 @dataclass

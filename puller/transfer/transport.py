@@ -27,9 +27,9 @@ from oci.jsonsafe import UntrustedJSONError, loads
 from oci.policy import PolicyError, check_realm, same_origin
 from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response, token_request
 
+from ..errors import PierError
+from ..text import printable
 from .credentials import Credentials
-from .errors import PierError
-from .text import printable
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 64 * 1024  # an error body is read this far for its message, no further

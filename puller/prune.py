@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from oci.jsonsafe import loads
 
-from .containers import Containers
-from .content_store import ContentStore
-from .image import Image, is_index, reachable
-from .rootfs import RootfsCache
+from .run.containers import Containers
+from .store.content_store import ContentStore
+from .store.image import Image, is_index, reachable
+from .unpack.rootfs import RootfsCache
 
 
 @dataclass

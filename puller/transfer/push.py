@@ -20,12 +20,12 @@ from urllib.parse import urlencode
 from oci.digest import digest_of
 from oci.verify import Verifier, VerifyError
 
-from .content_store import ContentStore
-from .errors import PierError
-from .image import is_index, media_type_of, reachable, shareable
-from .platforms import Platform
+from ..errors import PierError
+from ..reference import Reference
+from ..store.content_store import ContentStore
+from ..store.image import is_index, media_type_of, reachable, shareable
+from ..store.platforms import Platform
 from .pull import Progress, PullError, Remote
-from .reference import Reference
 from .transport import RegistryRequestError, Transport, error_message
 
 CHUNK = 1 << 20

@@ -23,12 +23,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import PierError
+from ..store.content_store import ContentStore
+from ..store.image import Image
+from ..unpack.layers import UnsafeLayer, resolve_inside
+from ..unpack.rootfs import LayerProgress, RootfsCache
 from .containers import ContainerError, Containers, ContainerState
-from .content_store import ContentStore
-from .errors import PierError
-from .image import Image
-from .rootfs import LayerProgress, RootfsCache
-from .unpack import UnsafeLayer, resolve_inside
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgKMG]?)[bB]?")
 CPU_PERIOD = 100_000

@@ -18,7 +18,7 @@ from oci import credentials as config_json
 from oci.credentials import ConfigError, Helper
 from oci.credentials import Login as Credentials
 
-from .errors import PierError
+from ..errors import PierError
 
 __all__ = ["Credentials", "CredentialsError", "config_path", "erase", "lookup", "save"]
 

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .errors import PierError
+from ..errors import PierError
 
 MAX_MEMBERS = 200_000  # a docker save of a thousand-layer image has a few thousand
 

@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import PierError
-from .unpack_limits import UnpackBudget, UnpackLimits
+from ..errors import PierError
+from .limits import UnpackBudget, UnpackLimits
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

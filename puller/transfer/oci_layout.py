@@ -22,10 +22,10 @@ from oci.jsonsafe import UntrustedJSONError, loads
 from oci.manifest import MAX_MANIFEST_SIZE
 from oci.mediatypes import OCI_INDEX
 
-from .content_store import ContentStore, DigestMismatch
-from .errors import PierError
-from .image import InvalidDocument, check_document, is_index, media_type_of, reachable
-from .reference import Reference, ReferenceError, parse_reference
+from ..errors import PierError
+from ..reference import InvalidReference, Reference, parse_reference
+from ..store.content_store import ContentStore, DigestMismatch
+from ..store.image import InvalidDocument, check_document, is_index, media_type_of, reachable
 from .sources import Source, read_small
 
 LAYOUT_VERSION = "1.0.0"
@@ -217,7 +217,7 @@ def _name_of(entry: dict, repository: str | None) -> Reference | None:
         try:
             if candidate:
                 return parse_reference(candidate)
-        except ReferenceError:
+        except InvalidReference:
             continue
     return None
 

@@ -18,10 +18,10 @@ from oci.jsonsafe import UntrustedJSONError, loads
 from oci.manifest import ManifestError
 from oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 
+from ..errors import PierError
+from ..reference import Reference
 from .content_store import ContentStore
-from .errors import PierError
 from .platforms import Platform
-from .reference import Reference
 
 
 class ImageError(PierError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform as host_platform
 from dataclasses import dataclass
 
-from .errors import PierError
+from ..errors import PierError
 
 _MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 

@@ -20,12 +20,12 @@ from oci.policy import same_origin
 from oci.reference import is_tag
 from oci.verify import VerifyError, verify_bytes
 
-from .errors import PierError
-from .image import is_index
-from .inspection import Inspected
-from .platforms import Platform
+from ..errors import PierError
+from ..reference import Reference
+from ..store.image import is_index
+from ..store.inspection import Inspected
+from ..store.platforms import Platform
 from .pull import Remote
-from .reference import Reference
 from .transport import Transport, error_message, read_capped
 
 MAX_TAGS_PAGE = 16 * 1024 * 1024

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import PierError
+from ..errors import PierError
 
 MNT_DETACH = 2
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
