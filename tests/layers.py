@@ -8,7 +8,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from puller.unpack import apply_layer
+from puller.unpack.layers import apply_layer
 
 
 def make_tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> io.BytesIO:
