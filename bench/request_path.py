@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Run with a checkout as the working directory (``python -c``: sys.path[0] is that folder).
 WORKER = r'''
-import asyncio, base64, cProfile, hashlib, io, json, os, pstats, sys, tempfile, time
+import asyncio, base64, cProfile, hashlib, io, json, os, pstats, shutil, sys, tempfile, time
 
 import bcrypt
 from cryptography.hazmat.primitives import serialization
@@ -99,6 +99,13 @@ async def push_image(app):
 
 async def main():
     work = tempfile.mkdtemp(prefix="pier-bench-request-path-")
+    try:
+        await measure(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def measure(work):
     root = os.path.join(work, "data")
     htpasswd = os.path.join(work, "htpasswd")
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$", 1)

@@ -43,6 +43,7 @@ log = logging.getLogger("pier.registry")
 
 _API_VERSION = (API_VERSION_HEADER[0].encode(), API_VERSION_HEADER[1].encode())
 _METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"})  # others: "OTHER"
+_PLAIN_CALL = Response.__call__
 VALID_NAMES_KEPT = 4096  # repository names already validated, so a name's pattern runs once
 
 
@@ -165,7 +166,14 @@ class RegistryApp:
                 await response(scope, receive, counting_send)
             else:
                 sent = len(response.body)  # wrapping send costs more than the rest of a HEAD's logging
-                await response(scope, receive, send)
+                if response.background is None and type(response).__call__ is _PLAIN_CALL:
+                    # What Response.__call__ does, without its coroutine: this is on every request.
+                    start_message = {"type": "http.response.start", "status": status}
+                    start_message["headers"] = response.raw_headers
+                    await send(start_message)
+                    await send({"type": "http.response.body", "body": response.body})
+                else:
+                    await response(scope, receive, send)
         finally:
             admitted = scope.get("pier.admitted")
             if admitted is not None:

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import RegistryError
-from ..http import empty_response, read_limited
+from ..http import RawResponse, empty_response, read_limited
 from ..manifests import MANIFEST_TYPES
 from ..references import is_digest, lookup_reference
 from .services import Services, manifest_target, tag_of
@@ -33,18 +33,19 @@ async def get_manifest(services: Services, request: Request, name: str, referenc
             "MANIFEST_UNKNOWN", f"manifest is {record.media_type}, which the Accept header does not list"
         )
     digest = str(record.digest)
-    headers = {
-        "content-type": record.media_type,
-        "docker-content-digest": digest,
-        "etag": f'"{digest}"',
-        "content-length": str(record.size),
-    }
+    encoded = digest.encode()
+    headers = [
+        (b"content-type", record.media_type.encode("latin-1")),
+        (b"docker-content-digest", encoded),
+        (b"etag", b'"' + encoded + b'"'),
+        (b"content-length", str(record.size).encode()),
+    ]
     if request.method == "HEAD":
-        return Response(b"", 200, headers)
+        return RawResponse(200, headers)
     body = await services.store.manifest_body(record)
     target = manifest_target(record.media_type, digest, record.size)
     await services.notify(request, "pull", name, {**target, **tag_of(reference)})
-    return Response(body, 200, headers)
+    return RawResponse(200, headers, body)
 
 
 async def put_manifest(services: Services, request: Request, name: str, reference: str) -> Response:

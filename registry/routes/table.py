@@ -117,6 +117,7 @@ class _Pattern:
     segments: tuple[str, ...]  # fixed text, or "" for a parameter
     parameters: tuple[str, ...]  # the parameters' names, in order
     trailing_slash: bool  # the template ends in "/": the path may or may not
+    marker: str  # "/" and its first fixed segment: a path without it cannot match
 
     @classmethod
     def of(cls, route: Route) -> _Pattern:
@@ -125,9 +126,11 @@ class _Pattern:
         parts = rest.rstrip("/").split("/")
         segments = tuple("" if p.startswith("{") else p for p in parts)
         parameters = tuple(p[1:-1] for p in parts if p.startswith("{"))
-        return cls(route, segments, parameters, trailing)
+        return cls(route, segments, parameters, trailing, f"/{next(s for s in segments if s)}")
 
     def match(self, path: str) -> dict[str, str] | None:
+        if self.marker not in path:
+            return None
         if self.trailing_slash and path.endswith("/"):
             path = path[:-1]
         head, *tail = path.rsplit("/", len(self.segments))
