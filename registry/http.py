@@ -28,6 +28,17 @@ def json_response(
     return Response(json.dumps(data).encode(), status, headers, media_type)
 
 
+class RawResponse(Response):
+    """A response from headers already encoded: Starlette's constructor lowers and encodes each
+    header and scans them for two names, a fifth of a manifest HEAD's request layer."""
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+        self.status_code = status
+        self.background = None
+        self.body = body
+        self.raw_headers = raw_headers
+
+
 def error_response(error: RegistryError) -> Response:
     return json_response(error.body(), error.status, error.headers)
 
