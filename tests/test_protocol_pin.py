@@ -99,7 +99,7 @@ class FakeTransport(asyncio.Transport):
 
 
 async def _never_answers(scope: Any, receive: Any, send: Any) -> None:
-    await asyncio.sleep(3600)
+    await asyncio.sleep(3600)  # sleep-ok: an app that never answers; the test only drives the parser
 
 
 def _connection() -> tuple[BoundedHttpToolsProtocol, FakeTransport]:
