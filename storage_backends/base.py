@@ -8,7 +8,6 @@ for every backend. Nothing here knows about HTTP or about registries.
 
 from __future__ import annotations
 
-import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -200,11 +199,6 @@ class StorageDriver(ABC):
         """Release clients and pools; the filesystem backend has none."""
 
     # Last in the class: below this line ``list`` would name the method, not the builtin.
-    async def list(self, path: str) -> builtins.list[str]:
-        """Deprecated name of ``list_children``, kept while callers outside the storage
-        modules (registry/app.py's readiness check, tests/test_gc.py) still use it."""
-        return await self.list_children(path)
-
 
 class Opener(Protocol):
     """How a backend module opens a store: its ``open_location`` function.

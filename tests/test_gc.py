@@ -171,7 +171,7 @@ async def test_stale_markers_are_cleared_and_fresh_ones_kept(tmp_path: Path) -> 
     old = time.time() - 3 * 3600
     os.utime(tmp_path / layout.doomed_marker("stale"), (old, old))
     gc(tmp_path)
-    assert await driver.list(layout.GC_DOOMED) == ["fresh"]
+    assert await driver.list_children(layout.GC_DOOMED) == ["fresh"]
 
 
 async def test_sweep_stops_when_marking_is_too_old(tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ async def test_sweep_stops_when_marking_is_too_old(tmp_path: Path) -> None:
     assert report.blobs == 0 and "stopped sweeping" in report.stopped
     assert "stopped sweeping" in summary(report, dry_run=False)
     assert await driver.exists(layout.blob_data(digest))
-    assert await driver.list(layout.GC_DOOMED) == []  # its markers are gone all the same
+    assert await driver.list_children(layout.GC_DOOMED) == []  # its markers are gone all the same
     report = await collect(driver, grace=0.0)
     assert (report.blobs, report.links, report.stopped) == (1, 1, "")
     assert not await driver.exists(layout.blob_data(digest))

@@ -44,7 +44,7 @@ async def readyz(services: Services, request: Request) -> Response:
 
 async def _check_storage(services: Services) -> None:
     driver = services.store.driver
-    await driver.list(layout.REPOSITORIES)
+    await driver.list_children(layout.REPOSITORIES)
     if services.mirror is not None:
         await driver.put_content(layout.HEALTH_PROBE, b"ok")
 
