@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from oci.challenge import ChallengeError, choose
+from oci.auth import AuthFlowError, Problem, respond
 from oci.headers import retry_after
 from oci.jsonsafe import UntrustedJSONError, loads
-from oci.policy import PolicyError, check_realm, same_origin
-from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response, token_request
+from oci.policy import same_origin
+from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response
 
 from ..errors import PierError
 from ..text import printable
@@ -36,6 +36,11 @@ MAX_ERROR_BODY = 64 * 1024  # an error body is read this far for its message, no
 Body = Callable[[], bytes | Iterable[bytes]]
 # What httpx raises for a server that breaks HTTP: bad URLs in Location, bad encodings, ...
 HTTP_FAILURES = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError)
+_AUTH_PROBLEMS: dict[Problem, str] = {  # the client's words for oci.auth's refusals
+    "challenge": "{url} asked for unusable auth ({exc}): {header!r}",
+    "login-needed": "{url} requires a login (Basic auth)",
+    "realm": "{url}: not sending credentials: {exc}",
+}
 pause = time.sleep  # the backoff's sleep, one name for tests to replace
 
 
@@ -122,30 +127,24 @@ class Transport:
         return {}
 
     def _authenticate(self, header: str, scope: str) -> None:
+        credentials = self.credentials
         try:
-            challenge = choose(header)
-        except ChallengeError as exc:
+            request = respond(
+                header,
+                self.base_url,
+                scope.split(),
+                has_login=credentials is not None,
+                refresh_token=(credentials.identity_token or None) if credentials is not None else None,
+            )
+        except AuthFlowError as exc:
+            words = _AUTH_PROBLEMS[exc.problem]
             raise RegistryRequestError(
-                f"{self.base_url} asked for unusable auth ({exc}): {header[:100]!r}"
+                words.format(url=self.base_url, exc=exc, header=header[:100])
             ) from None
-        if challenge.scheme == "basic":
-            if self.credentials is None:
-                raise RegistryRequestError(f"{self.base_url} requires a login (Basic auth)")
+        if request is None:
             self._basic = True
             return
-        realm = challenge.params["realm"]
-        try:
-            check_realm(self.base_url, realm)
-        except PolicyError as exc:
-            raise RegistryRequestError(f"{self.base_url}: not sending credentials: {exc}") from None
-        credentials = self.credentials
-        request = token_request(
-            realm,
-            challenge.params.get("service"),
-            sorted(set(challenge.params.get("scope", "").split()) | set(scope.split())),
-            has_login=credentials is not None and not credentials.identity_token,
-            refresh_token=credentials.identity_token if credentials is not None else None,
-        )
+        realm = request.url.split("?", 1)[0]
         auth = (credentials.username, credentials.password) if request.basic and credentials else None
         where = f"token service {printable(realm, 100)}"
         try:
@@ -199,7 +198,9 @@ class Transport:
             raise RegistryRequestError(f"{self.base_url} gave an invalid URL: {path[:100]!r}") from None
         own = same_origin(url, self.base_url)
         authenticated = False
-        for attempt in range(self.retries + 1):
+        attempt = -1
+        while attempt < self.retries:
+            attempt += 1
             request_headers = {**(headers or {}), **(self._auth_header(scope) if own else {})}
             body = content() if content is not None else None
             try:
@@ -225,6 +226,7 @@ class Transport:
                 response.close()
                 self._authenticate(challenge, scope)
                 authenticated = True
+                attempt -= 1  # answering the challenge is not a retry
                 continue
             if response.status_code in RETRY_STATUSES and attempt < self.retries:
                 delay = retry_after(response.headers.get("retry-after"))
