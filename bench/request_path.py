@@ -12,7 +12,7 @@ shown beside the open figure: what the request layer costs is the difference.
 
     .venv/bin/python bench/request_path.py                          # this checkout
     .venv/bin/python bench/request_path.py --repo /tmp/before --repo .   # side by side
-    .venv/bin/python bench/request_path.py --profile                # where the open HEAD spends
+    .venv/bin/python bench/request_path.py --profile token          # where a HEAD spends (open, basic, token)
 
 Basic uses an htpasswd entry at bcrypt cost 4 (a verified login is remembered, so the cost
 is paid once); the token comes from the app's own ``/auth/token``.
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from registry.config import load_settings
 from registry.server import create_app
 
-count, repeats, profile = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+count, repeats, profile = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 USER, PASSWORD = "bench", "bench-password"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -170,7 +170,7 @@ async def measure(work):
     if profile:
         profiler = cProfile.Profile()
         profiler.enable()
-        await run("open", count)
+        await run(profile, count)
         profiler.disable()
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
@@ -182,9 +182,9 @@ asyncio.run(main())
 '''
 
 
-def measure(repo: Path, count: int, repeats: int, profile: bool) -> dict[str, object]:
+def measure(repo: Path, count: int, repeats: int, profile: str) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-c", WORKER, str(count), str(repeats), "1" if profile else "0"],
+        [sys.executable, "-c", WORKER, str(count), str(repeats), profile],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -209,19 +209,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="turns each checkout takes")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per mode in a turn")
     parser.add_argument("--count", type=int, default=5000, help="requests per timed run")
-    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (open mode)")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="open",
+        default="",
+        choices=["open", "basic", "token"],
+        help="print cProfile's top functions for one mode (default: open)",
+    )
     args = parser.parse_args()
     repos = [repo.resolve() for repo in (args.repo or [REPO_ROOT])]
     best: dict[Path, dict[str, float]] = {repo: {} for repo in repos}
     for round_number in range(args.rounds):
         for repo in repos:
-            result = measure(repo, args.count, args.repeats, args.profile and round_number == 0)
+            result = measure(repo, args.count, args.repeats, args.profile if round_number == 0 else "")
             figures = result["us"]
             assert isinstance(figures, dict)
             for mode, value in figures.items():
                 best[repo][mode] = min(best[repo].get(mode, float("inf")), value)
             if "profile" in result:
-                print(f"== {repo}: open manifest HEAD, cProfile (its own overhead inflates times)")
+                print(f"== {repo}: {args.profile} manifest HEAD, cProfile (its own overhead inflates times)")
                 print(result["profile"])
     print(
         f"in-process manifest HEAD, µs per request (best of {args.rounds} x {args.repeats} runs "

@@ -228,16 +228,22 @@ class FilesystemDriver(StorageDriver):
 
     def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:
         self.root = Path(root).resolve()
+        self._root_slash = str(self.root).rstrip("/") + "/"
         self.root.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
 
     def _full(self, path: str) -> Path:
         return self.root / check_path(path)
 
+    def _os_path(self, path: str) -> str:
+        """``_full`` as a plain string: the per-request reads skip pathlib's parsing."""
+        return self._root_slash + check_path(path)
+
     # -- small files -------------------------------------------------------------
     def _get_content(self, path: str) -> bytes:
         try:
-            return self._full(path).read_bytes()
+            with open(self._os_path(path), "rb") as file:
+                return file.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise PathNotFound(path) from None
 
@@ -343,7 +349,7 @@ class FilesystemDriver(StorageDriver):
     # -- metadata ----------------------------------------------------------------
     def _stat(self, path: str) -> FileInfo:
         try:
-            st = self._full(path).stat()
+            st = os.stat(self._os_path(path))
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
         is_dir = (st.st_mode & 0o170000) == 0o040000
