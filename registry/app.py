@@ -34,7 +34,7 @@ from .routes.services import NEEDED, base_url
 from .space import SpaceWatch
 from .store import RegistryStore
 from .uploads import Uploads
-from .upstreams import parse_upstreams
+from .upstream_config import parse_upstreams
 
 if TYPE_CHECKING:
     from .mirror import Mirror

@@ -13,7 +13,7 @@ from .auth import AuthConfigError
 from .config import SETTINGS, ConfigError, format_default, load_settings
 from .notifications import parse_endpoints
 from .setting_kinds import Boolean
-from .upstreams import parse_upstreams
+from .upstream_config import parse_upstreams
 
 
 class _Parser(argparse.ArgumentParser):

@@ -35,7 +35,7 @@ from .errors import RegistryError
 from .eviction import Pulls, evict
 from .references import Digest, is_digest, validate_tag
 from .store import RegistryStore
-from .upstream import (
+from .upstream_client import (
     UpstreamClient,
     UpstreamDenied,
     UpstreamError,
@@ -43,7 +43,7 @@ from .upstream import (
     UpstreamUnavailable,
     body_chunks,
 )
-from .upstreams import Upstream
+from .upstream_config import Upstream
 
 log = logging.getLogger("pier.mirror")
 WINDOW = 64 * 1024 * 1024  # bytes of a download kept in memory for the clients following it

@@ -27,7 +27,7 @@ from .setting_kinds import (
     split_addr,
 )
 from .settings_schema import Setting, declared, setting
-from .upstreams import DOCKER_HUB
+from .upstream_config import DOCKER_HUB
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0

@@ -21,7 +21,7 @@ from oci.auth import AuthFlowError, respond
 from oci.policy import same_origin
 from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response
 
-from .upstreams import Upstream
+from .upstream_config import Upstream
 
 log = logging.getLogger("pier.mirror")
 

@@ -1,6 +1,6 @@
 """The registries a mirror pulls from, as configured: URL, repository prefix, login.
 
-Kept apart from the HTTP client (``upstream.py``), so that reading the settings, and
+Kept apart from the HTTP client (``upstream_client.py``), so that reading the settings, and
 starting a server that mirrors nothing, never imports the client's aiohttp.
 """
 
