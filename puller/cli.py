@@ -12,7 +12,7 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,10 +221,7 @@ def _row_template(text: str | None, fields: tuple[str, ...]) -> Template | None:
 def cmd_images(args: argparse.Namespace) -> int:
     template = _row_template(args.format, IMAGE_FIELDS)
     store = ContentStore()
-    rows = [
-        (Reference(*name.split("/", 1), tag, None).familiar().rsplit(":", 1)[0], tag, digest)
-        for name, tag, digest in store.refs()
-    ]
+    rows = [(_familiar(name, tag).rsplit(":", 1)[0], tag, digest) for name, tag, digest in store.refs()]
     if args.quiet:
         for digest in dict.fromkeys(row[2] for row in rows):
             print(digest)
@@ -248,11 +245,17 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
+def _familiar(name: str, tag: str) -> str:
+    """A stored name (``domain/path``) and tag as the user would write them."""
+    domain, path = name.split("/", 1)
+    return Reference(domain, path, tag, None).familiar()
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     """Columns padded to their widest cell, as docker prints its lists; untrusted text escaped."""
-    rows = [tuple(printable(cell) for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
+    cells = [tuple(printable(cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for row in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
@@ -271,7 +274,7 @@ def cmd_rmi(args: argparse.Namespace) -> int:
             raise ImageError(f"conflict: {refused}")
         for name, tag in removal.tags:
             if store.delete_ref(name, tag):
-                print(f"Untagged: {Reference(*name.split('/', 1), tag, None).familiar()}")
+                print(f"Untagged: {_familiar(name, tag)}")
     collected = collect_garbage(store)
     blobs, trees = plural(collected.blobs, "blob"), plural(collected.trees, "unpacked tree")
     print(f"Deleted {blobs} ({_human(collected.bytes)}), {trees}")

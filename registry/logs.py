@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from json.encoder import encode_basestring_ascii as _q  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _q
 from typing import Any, TextIO
 
 from starlette.types import Scope

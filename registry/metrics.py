@@ -46,7 +46,8 @@ class Histogram:
         self.total += other.total
 
     def cumulative(self) -> list[tuple[str, float]]:
-        running, out = 0, []
+        running = 0
+        out: list[tuple[str, float]] = []
         for le, count in zip(_LE, self.counts, strict=True):
             running += count
             out.append((le, running))

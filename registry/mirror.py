@@ -249,7 +249,8 @@ class Mirror:
             for _ in range(MAX_TAG_PAGES):
                 response, body = await route.client.fetch("GET", route.remote, path, None, self.max_manifest)
                 found += _tag_page(route.upstream, body)
-                link = str(response.links.get("next", {}).get("url", ""))
+                following = response.links.get("next")
+                link = str(following.get("url", "")) if following is not None else ""
                 if "/tags/list?" not in link:
                     break
                 path = "tags/list?" + link.split("/tags/list?", 1)[1]

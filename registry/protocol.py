@@ -59,7 +59,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 30.0
     idle_timeout = 60.0
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn types it BaseTransport; it is always a Transport
         super().connection_made(transport)
         self._header_bytes = 0
         self._header_count = 0

@@ -127,6 +127,7 @@ class TrustedKeys:
             except OSError as exc:
                 raise KeyConfigError(f"token_trust {path}: {exc}") from None
             found = 0
+            public: object  # any key type the file holds; only RSA and EC are kept
             for block in _pem_blocks(data):
                 if b"CERTIFICATE" in block.split(b"\n", 1)[0]:
                     certificate = x509.load_pem_x509_certificate(block)

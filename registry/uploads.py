@@ -52,17 +52,17 @@ class _HashCache:
     """Per-process hash states of recent sessions: (algorithm, offset) -> hasher."""
 
     def __init__(self, capacity: int = 512) -> None:
-        self._items: OrderedDict[str, tuple[str, int, object]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str, int, hashlib._Hash]] = OrderedDict()
         self._capacity = capacity
 
-    def take(self, upload_id: str, algorithm: str, offset: int):  # type: ignore[no-untyped-def]
+    def take(self, upload_id: str, algorithm: str, offset: int) -> hashlib._Hash | None:
         """A copy of the cached state if it is exactly at ``offset``, else None."""
         item = self._items.get(upload_id)
         if item is None or item[0] != algorithm or item[1] != offset:
             return None
-        return item[2].copy()  # type: ignore[attr-defined]
+        return item[2].copy()
 
-    def put(self, upload_id: str, algorithm: str, offset: int, hasher: object) -> None:
+    def put(self, upload_id: str, algorithm: str, offset: int, hasher: hashlib._Hash) -> None:
         self._items[upload_id] = (algorithm, offset, hasher)
         self._items.move_to_end(upload_id)
         while len(self._items) > self._capacity:

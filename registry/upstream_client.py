@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from urllib.parse import urljoin
 
 import aiohttp
@@ -195,7 +195,7 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 async def body_chunks(
     upstream: Upstream, response: aiohttp.ClientResponse, size: int
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """A streamed body in pieces of at most about ``size``, its transport failures as
     ``UpstreamUnavailable``."""
     content = response.content

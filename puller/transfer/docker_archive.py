@@ -152,7 +152,7 @@ class _Hashing(io.RawIOBase):
         self.hash = new_hasher(DEFAULT_ALGORITHM)
         self.size = 0
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # any writable buffer reaches here as one of these
         data = self.stream.read(len(buffer))
         buffer[: len(data)] = data
         self.hash.update(data)
@@ -183,7 +183,7 @@ def _scan_layer(source: Source, name: str) -> tuple[dict, str]:
     with source.open(name) as stream:
         raw = _Hashing(stream)
         try:
-            with decompressed(raw, media_type) as reader:  # type: ignore[arg-type]
+            with decompressed(raw, media_type) as reader:  # type: ignore[arg-type]  # a RawIOBase: read() is all it needs
                 while block := reader.read(READ_BLOCK):
                     plain.update(block)
         except PierError:
@@ -226,7 +226,7 @@ def _load_item(store: ContentStore, source: Source, item: object) -> str:
     config_digest = digest_of(config_body)
     _check_name(source, item["Config"], config_digest)
     try:
-        diff_ids = loads(config_body)["rootfs"]["diff_ids"]  # type: ignore[index]
+        diff_ids = loads(config_body)["rootfs"]["diff_ids"]  # type: ignore[index]  # any other shape raises, caught below
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
             raise TypeError
     except (UntrustedJSONError, KeyError, TypeError):

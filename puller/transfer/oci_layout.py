@@ -71,9 +71,11 @@ def read_index(source: Source) -> dict:
         raise LayoutError(f"{where} is not an OCI image layout: {missing} is missing")
     try:
         marker = loads(raw_marker)
-        version = marker.get("imageLayoutVersion")  # type: ignore[union-attr]
-    except (UntrustedJSONError, AttributeError):
+    except UntrustedJSONError:
         raise LayoutError(f"{where}/oci-layout is not valid JSON") from None
+    if not isinstance(marker, dict):
+        raise LayoutError(f"{where}/oci-layout is not a JSON object")
+    version = marker.get("imageLayoutVersion")
     if version != LAYOUT_VERSION:
         raise LayoutError(f"{where}: unsupported imageLayoutVersion {str(version)[:40]!r}")
     try:

@@ -85,7 +85,7 @@ class TarSource:
             stream = None
         if stream is None:
             raise FileNotFoundError(name)
-        return stream  # type: ignore[return-value]
+        return stream  # type: ignore[return-value]  # typeshed: IO[bytes]; it is a BufferedReader
 
     def close(self) -> None:
         self.tar.close()

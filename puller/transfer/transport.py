@@ -264,7 +264,7 @@ def error_message(response: httpx.Response) -> str:
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return status
     first = errors[0]
-    code, message = (first.get(key) if isinstance(first.get(key), str) else "" for key in ("code", "message"))
+    code, message = (value if isinstance(value := first.get(key), str) else "" for key in ("code", "message"))
     line = f"{response.status_code} {printable(code, 100)}: {printable(message, 200)}".strip(" :")
     detail = first.get("detail")
     if isinstance(detail, str) and detail:  # e.g. a mirror naming its upstream's answer

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ..errors import PierError
 from .limits import UnpackBudget, UnpackLimits
@@ -194,7 +194,9 @@ class LayerApplier:
             self.budget.end_header()
             if member is None:
                 break
-            tar.members.clear()  # tarfile keeps every member read: a million of them is memory
+            # tarfile keeps every member read: a million of them is memory. ``members`` is an
+            # attribute of every TarFile since Python 2, absent from typeshed.
+            tar.members.clear()  # type: ignore[attr-defined]
             self.budget.add_entry()
             self._entry(tar, member)
             assert tar.fileobj is not None
@@ -362,7 +364,8 @@ def _sparse_map(layer: str, member: tarfile.TarInfo) -> list[tuple[int, int]] | 
         return None
     end = 0
     regions = []
-    for offset, size in member.sparse:
+    # typeshed says bytes; tarfile really keeps [(offset, size), ...] read from the headers.
+    for offset, size in cast(list[tuple[int, int]], member.sparse):
         if size == 0:
             continue  # GNU tar fills unused slots of its header with (0, 0) and ends with (size, 0)
         if offset < end or size < 0 or offset + size > member.size:

@@ -186,7 +186,7 @@ class UnpackBudget:
     def counted(self, stream: BinaryIO) -> BinaryIO:
         """``stream`` (a layer's decompressed tar), stopping once it yields more than allowed."""
         self.start_header()  # a tar starts with one
-        return _Counted(stream, self)  # type: ignore[return-value]
+        return _Counted(stream, self)  # type: ignore[return-value]  # tarfile only calls read()
 
     def start_header(self) -> None:
         """The bytes read from now on are one member's headers: at most ``MAX_HEADER_BYTES``."""
