@@ -177,3 +177,8 @@ def test_the_endpoint_list_is_the_tables() -> None:
             assert any(
                 row.startswith(f"| {method} | `{route.template}` | {endpoint.action} |") for row in rows
             ), (method, route.template)
+
+
+def test_the_readme_shows_the_tables_endpoint_list() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert describe().strip() in readme, "README's endpoint list is stale: paste `python -m registry.routes`"
