@@ -7,7 +7,7 @@ credentials on every request:
 
 - a pull of the 1 GiB blob with ``curl`` (Basic: the password; token: a bearer token
   fetched from pier's ``/auth/token``);
-- manifest ``HEAD``s per second at 16 connections (bench/registry.py's load generator:
+- manifest ``HEAD``s per second at 16 connections (bench/api.py's load generator:
   Debian's wrk cannot HEAD) and manifest ``GET``s per second with ``wrk -t1``.
 
 The three servers run side by side and the measurements rotate among them in short
@@ -32,11 +32,7 @@ import urllib.request
 from pathlib import Path
 
 import bcrypt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from servers import REPO_ROOT  # bench/servers.py
-
-from registry import (
+from api import (
     MIB,
     BlobFile,
     pull_curl,
@@ -46,12 +42,15 @@ from registry import (
     run_wrk,
     start_pier,
 )
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from servers import REPO_ROOT  # bench/servers.py
 
 USER, PASSWORD = "bench", "bench-password"
 
-# Run with the repository as the working directory, so ``registry`` is pier's package (in
-# this folder the name is bench/registry.py). It calls the ASGI app directly: no sockets,
-# no HTTP parsing, no other process, so what differs between the modes is the auth code.
+# Run with the repository as the working directory, so ``registry`` is pier's package. It
+# calls the ASGI app directly: no sockets, no HTTP parsing, no other process, so what
+# differs between the modes is the auth code.
 IN_PROCESS = """
 import asyncio, json, sys, time
 from registry.config import load_settings
@@ -157,7 +156,8 @@ def main() -> int:
         # All three servers run at once (idle but for the one being measured) and the
         # measurements rotate in short bursts: the machine's drift, which is larger than
         # what is measured here, then hits every mode alike.
-        servers, headers = {}, {}
+        servers = {}
+        headers: dict[str, dict[str, str]] = {}
         for mode, extra in modes.items():
             (work / f"{mode}-data").symlink_to(work / "shared-data")
             servers[mode] = start_pier(mode, work, ["--max-inflight-requests", "4096", *extra])

@@ -17,9 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from api import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Http, cpu_seconds, expect, push_small, start_pier
 from servers import Server, start_distribution  # bench/servers.py
-
-from registry import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Http, cpu_seconds, expect, push_small, start_pier
 
 
 def push_blobs(server: Server, name: str, layers: int) -> tuple[dict[str, object], list[dict[str, object]]]:

@@ -37,9 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from servers import Server, free_port  # bench/servers.py
-
-from registry import (  # bench/registry.py (bench/ is sys.path[0])
+from api import (  # bench/api.py (bench/ is sys.path[0])
     MIB,
     BlobFile,
     cpu_seconds,
@@ -50,6 +48,7 @@ from registry import (  # bench/registry.py (bench/ is sys.path[0])
     push_post_put,
     start_pier,
 )
+from servers import Server, free_port  # bench/servers.py
 
 
 def start_distribution(label: str, work: Path, proxy: str | None = None) -> Server:
@@ -220,11 +219,11 @@ def main() -> int:
             ),
         ]
         table = []
-        for name, value, reference in rows:
-            ratio = f"{value / reference:.2f}x" if reference else ""
-            print(f"  {name:48}{fmt(value):>8}  {ratio}")
+        for name, rate, reference in rows:
+            ratio = f"{rate / reference:.2f}x" if reference else ""
+            print(f"  {name:48}{fmt(rate):>8}  {ratio}")
             table.append(
-                {"measurement": name, "mbps": value, "ratio": value / reference if reference else None}
+                {"measurement": name, "mbps": rate, "ratio": rate / reference if reference else None}
             )
         print(
             "Registry CPU seconds per GiB (median): " + ", ".join(f"{k} {med(v):.2f}" for k, v in cpu.items())

@@ -7,7 +7,7 @@ with everything off, and with Prometheus metrics, a JSON access log line per req
 endpoint (a receiver in this process). Measured, in rotating bursts so the machine's
 drift hits every server alike:
 
-- manifest ``HEAD``s per second at 16 connections (bench/registry.py's load generator:
+- manifest ``HEAD``s per second at 16 connections (bench/api.py's load generator:
   Debian's wrk cannot HEAD) — the issue's figure; HEADs send no events;
 - manifest ``GET``s per second at 16 connections (``wrk -t1``): each GET is a pull event,
   which pier writes to storage before it answers (distribution keeps it in memory);
@@ -34,9 +34,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from api import cpu_seconds, push_small_image, run_builtin, run_wrk, start_pier
 from servers import REPO_ROOT, Server, free_port  # bench/servers.py
-
-from registry import cpu_seconds, push_small_image, run_builtin, run_wrk, start_pier
 
 IN_PROCESS = """
 import asyncio, json, sys, time
@@ -186,8 +185,10 @@ def main() -> int:
             servers[label] = start_pier(name, work, ["--max-inflight-requests", "4096", *extra])
         # distribution's own layout: its copy of the image, pushed through it
         dist_root = work / "dist-data"
-        for label, on in (("distribution off", False), ("distribution on", True)):
-            servers[label] = start_distribution(label.replace(" ", "-"), work, dist_root, on, receiver.url)
+        for label, enabled in (("distribution off", False), ("distribution on", True)):
+            servers[label] = start_distribution(
+                label.replace(" ", "-"), work, dist_root, enabled, receiver.url
+            )
         push_small_image(servers["distribution off"].port, "bench/app", "v1")
         if pinned:
             for server in servers.values():

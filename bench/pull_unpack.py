@@ -40,8 +40,9 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from servers import REPO_ROOT, Server, start_distribution  # bench/servers.py
 
@@ -175,7 +176,7 @@ def _write_blob(layout: Path, data: bytes) -> tuple[str, int]:
     return digest, len(data)
 
 
-def _skip_filter(root_excludes: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def _skip_filter(root_excludes: tuple[str, ...]) -> Callable[[tarfile.TarInfo], tarfile.TarInfo | None]:
     """A tarfile filter that keeps the named directories but drops what is inside them."""
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -197,7 +198,7 @@ def pack_layer(layout: Path, name: str, tree: Path, excludes: tuple[str, ...] = 
         gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as compressed,
     ):
         sink = _HashingSink(compressed)
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # stubs demand read/seek for "w|" too
             keep = _skip_filter(excludes)
             for child in sorted(tree.iterdir()):
                 tar.add(child, arcname=child.name, recursive=True, filter=keep)
@@ -231,7 +232,7 @@ def random_layer_tree(tree: Path, seed: int, size: int) -> None:
         index += 1
 
 
-def run_checked(argv: list[str], **kwargs) -> subprocess.CompletedProcess[bytes]:  # type: ignore[no-untyped-def]
+def run_checked(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     result = subprocess.run(argv, capture_output=True, check=False, **kwargs)
     if result.returncode != 0:
         tail = (result.stderr or b"").decode(errors="replace")[-3000:]
@@ -534,7 +535,7 @@ def profile_unpack(work: Path, ref: str, top: int) -> dict:
         stats_path = place / "unpack.prof"
         argv = [sys.executable, "-m", "cProfile", "-o", str(stats_path), "-m", "puller", "unpack"]
         run = timed([*argv, ref, str(place / "rootfs"), "-q"], env)
-        raw = pstats.Stats(str(stats_path)).stats  # type: ignore[attr-defined]
+        raw = pstats.Stats(str(stats_path)).stats  # type: ignore[attr-defined]  # typeshed omits Stats.stats
         rows = [
             {"function": _short(key), "calls": calls, "own": own, "cum": cumulative, "key": key}
             for key, (_, calls, own, cumulative, _) in raw.items()

@@ -45,9 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from servers import REPO_ROOT, Server, free_port  # bench/servers.py
-
-from registry import (  # bench/registry.py (bench/ is sys.path[0])
+from api import (  # bench/api.py (bench/ is sys.path[0])
     MIB,
     OCI_CONFIG,
     OCI_LAYER,
@@ -63,8 +61,9 @@ from registry import (  # bench/registry.py (bench/ is sys.path[0])
     push_post_put,
     push_small,
 )
+from servers import REPO_ROOT, Server, free_port  # bench/servers.py
 
-sys.path.append(str(REPO_ROOT))  # appended: "registry" above must stay bench/registry.py
+sys.path.append(str(REPO_ROOT))  # for tests.seaweed (and, through it, pier's own registry package)
 from tests.seaweed import SeaweedS3
 
 # Layer sizes of the multi-layer image, MiB (256 in all); --quick divides them by 4.
@@ -141,7 +140,7 @@ def dist_env() -> dict[str, str]:
 
 
 def pull_follow(url: str, size: int) -> float:
-    """``curl -L -o /dev/null``: bench/registry.py's pull_curl, following redirects."""
+    """``curl -L -o /dev/null``: bench/api.py's pull_curl, following redirects."""
     result = subprocess.run(
         [*CURL_L, "-w", "%{http_code} %{size_download} %{time_total} %{num_redirects}", url],
         capture_output=True,
@@ -561,8 +560,8 @@ def main() -> int:
 
         phase(f"ceiling: boto3 and curl straight to SeaweedFS, {size // MIB} MiB, x{repeats}")
         ceiling = raw_ceiling(s3, raw_bucket, big, repeats)
-        for name, value in ceiling.items():
-            print(f"    {name}: {value:,.0f} MB/s")
+        for name, rate in ceiling.items():
+            print(f"    {name}: {rate:,.0f} MB/s")
         results["ceiling_mbps"] = ceiling
 
         phase("starting pier (redirect off / on) and distribution (redirect off / on)")

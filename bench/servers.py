@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    found = []
+    found: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:

@@ -6,7 +6,7 @@ ports with fresh temporary data folders, measures blob pushes and pulls, chunked
 manifest HEAD/GET request rates and pier's memory, prints a table with pier/distribution
 ratios, and stops both servers by PID. See bench/README.md.
 
-    .venv/bin/python bench/registry.py [--size-mib 1024] [--quick] [--pier-args "--workers 2"]
+    .venv/bin/python bench/api.py [--size-mib 1024] [--quick] [--pier-args "--workers 2"]
 
 Clients: pushes use a small keep-alive HTTP/1.1 client in this file that sends the body
 with ``socket.sendfile`` (zero copy from the page cache); pulls use ``curl -o /dev/null``;
@@ -36,10 +36,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from servers import REPO_ROOT, Server, descendants, free_port, start_distribution  # bench/servers.py
+
+if TYPE_CHECKING:
+    import asyncio
 
 MIB = 1024 * 1024
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -104,7 +109,7 @@ class Http:
         target: str,
         headers: dict[str, str] | None = None,
         body: bytes = b"",
-        file: object | None = None,
+        file: BinaryIO | None = None,
         offset: int = 0,
         count: int = 0,
     ) -> Reply:
@@ -119,7 +124,7 @@ class Http:
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         if file is not None:
-            sent = self.sock.sendfile(file, offset, count)  # type: ignore[arg-type]
+            sent = self.sock.sendfile(file, offset, count)
             if sent != count:
                 raise RuntimeError(f"sendfile sent {sent} of {count} bytes")
         elif body:
@@ -272,7 +277,7 @@ class CpuAccount:
         self.per_gib: dict[tuple[str, str], list[float]] = {}
 
     @contextlib.contextmanager
-    def measure(self, label: str, kind: str, size: int, server: Server):  # type: ignore[no-untyped-def]
+    def measure(self, label: str, kind: str, size: int, server: Server) -> Iterator[None]:
         before = cpu_seconds(server.pid)
         yield
         used = cpu_seconds(server.pid) - before
@@ -298,9 +303,9 @@ class BlobFile:
         with open(path, "rb") as handle:
             remaining = size - STAMP_LEN
             while remaining:
-                piece = handle.read(min(remaining, 16 * MIB))
-                prefix.update(piece)
-                remaining -= len(piece)
+                chunk = handle.read(min(remaining, 16 * MIB))
+                prefix.update(chunk)
+                remaining -= len(chunk)
         self.digests = []
         for variant in range(variants):
             hasher = prefix.copy()
@@ -570,25 +575,26 @@ def run_builtin(
 class _LoadConnection:
     """One keep-alive connection sending the same request again as soon as each answer ends."""
 
-    def __init__(self, state: dict) -> None:  # type: ignore[type-arg]
+    def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
         self.buf = bytearray()
         self.need: int | None = None
         self.status = 0
         self.started = 0.0
-        self.transport = None
+        self.transport: asyncio.Transport | None = None
 
     # asyncio.Protocol methods
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self.send()
 
     def send(self) -> None:
+        assert self.transport is not None  # set by connection_made, which asyncio calls first
         if self.state["stop"]:
-            self.transport.close()  # type: ignore[union-attr]
+            self.transport.close()
             return
         self.started = time.perf_counter()
-        self.transport.write(self.state["request"])  # type: ignore[union-attr]
+        self.transport.write(self.state["request"])
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -642,6 +648,8 @@ def load_generator_main(
     import uvloop
 
     parts = urlsplit(url)
+    host, port = parts.hostname, parts.port
+    assert host is not None and port is not None  # url is http://host:port/...
     extra = "".join(f"{header}\r\n" for header in headers or [])
     request = (
         f"{method} {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: {OCI_MANIFEST}\r\n{extra}\r\n"
@@ -652,7 +660,7 @@ def load_generator_main(
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         for _ in range(connections):
-            await loop.create_connection(lambda: _LoadConnection(state), parts.hostname, parts.port)
+            await loop.create_connection(lambda: _LoadConnection(state), host, port)  # type: ignore[type-var]  # stubs demand a BaseProtocol subclass; uvloop duck-types
         await asyncio.sleep(seconds - (time.perf_counter() - started))
         state["stop"] = True
         elapsed = time.perf_counter() - started
@@ -679,7 +687,7 @@ def canned_main(port: int) -> None:
     answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n"
 
     class Canned(asyncio.Protocol):
-        def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        def connection_made(self, transport) -> None:
             self.transport = transport
             self.buf = b""
 
@@ -1221,13 +1229,13 @@ def main() -> int:
             (f"Peak RSS during {size // MIB} MiB pulls (MiB, 50 ms samples)", "pull"),
         ]
         for name, ph in mem_rows:
-            value = peak[("pier", ph)]
-            status = "met" if value < 200 else "above target"
-            print(line(name, fmt(value), fmt(peak[("distribution", ph)]), "", "< 200 MiB", status))
+            peak_mib = peak[("pier", ph)]
+            status = "met" if peak_mib < 200 else "above target"
+            print(line(name, fmt(peak_mib), fmt(peak[("distribution", ph)]), "", "< 200 MiB", status))
             table.append(
                 {
                     "measurement": name,
-                    "pier": value,
+                    "pier": peak_mib,
                     "distribution": peak[("distribution", ph)],
                     "target": "< 200 MiB",
                     "status": status,
