@@ -201,6 +201,7 @@ class StorageDriver(ABC):
 
     # Last in the class: below this line ``list`` would name the method, not the builtin.
 
+
 class Opener(Protocol):
     """How a backend module opens a store: its ``open_location`` function.
 

@@ -81,7 +81,7 @@ def new_storage(request: pytest.FixtureRequest, backend: str) -> Callable[[Path]
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory, new_storage) -> Iterator[PierServer]:  # type: ignore[no-untyped-def]
+def registry(tmp_path_factory: pytest.TempPathFactory, new_storage) -> Iterator[PierServer]:
     """One pier server shared by the tests that only need the default settings."""
     folder = tmp_path_factory.mktemp("registry") / "data"
     server = PierServer(folder, storage=new_storage(folder)).start()
@@ -98,14 +98,14 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture
-def start_registry(tmp_path, new_storage) -> Iterator:  # type: ignore[no-untyped-def]
+def start_registry(tmp_path, new_storage) -> Iterator:
     """Start pier servers with their own settings; all of them stop after the test.
 
     Servers given the same ``root`` share one store (on S3: one bucket).
     """
     started: list[PierServer] = []
 
-    def start(*args: str, root=None, env=None) -> PierServer:  # type: ignore[no-untyped-def]
+    def start(*args: str, root=None, env=None) -> PierServer:
         folder = root or tmp_path / f"data{len(started)}"
         server = PierServer(folder, *args, env=env, storage=new_storage(folder))
         started.append(server)
@@ -131,7 +131,7 @@ def repo(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def distribution(tmp_path):  # type: ignore[no-untyped-def]
+def distribution(tmp_path):
     """Debian's docker-registry (distribution 2.8), the reference registry, on loopback."""
     port = free_port()
     config = tmp_path / "distribution.yml"
@@ -146,7 +146,7 @@ def distribution(tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def token_registry(tmp_path):  # type: ignore[no-untyped-def]
+def token_registry(tmp_path):
     """distribution demanding Bearer tokens from a token service the test runs."""
     tokens = TokenService(tmp_path, users={"alice": "wonderland"}).start()
     port = free_port()

@@ -40,7 +40,7 @@ def need(tool: str, package: str) -> str:
     return path
 
 
-def run(argv: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def run(argv: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run a setup command; on failure the test fails with its output."""
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)

@@ -13,6 +13,11 @@ PIECE = 64 * 1024
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients hang up mid-answer: no traceback
+
+
 class Gate:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream  # http://HOST:PORT
@@ -37,9 +42,8 @@ class Gate:
 
             do_HEAD = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # clients hang up
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

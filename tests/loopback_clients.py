@@ -3,6 +3,8 @@ socket bound to 127.0.0.2 is another client than one from 127.0.0.1 (limits per 
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from .servers import PierServer
@@ -11,7 +13,7 @@ GREEDY = "127.0.0.2"
 OTHER_GREEDY = "127.0.0.3"
 
 
-def client_from(server: PierServer, address: str, **kwargs: object) -> httpx.AsyncClient:
+def client_from(server: PierServer, address: str, **kwargs: Any) -> httpx.AsyncClient:
     """An HTTP client whose connections come from ``address``."""
     transport = httpx.AsyncHTTPTransport(local_address=address)
-    return httpx.AsyncClient(base_url=server.url, transport=transport, timeout=30, **kwargs)  # type: ignore[arg-type]
+    return httpx.AsyncClient(base_url=server.url, transport=transport, timeout=30, **kwargs)

@@ -12,7 +12,7 @@ import httpx
 
 from .oci import Image, sha256
 from .servers import REPO_ROOT
-from .storeview import LocalStorage, Storage, blob_data_path
+from .storeview import LocalStorage, S3Storage, Storage, blob_data_path
 
 
 def run_storage_command(
@@ -42,7 +42,8 @@ def remove(storage: Storage, path: str) -> None:
     if isinstance(storage, LocalStorage):
         (storage.root / path).unlink()
     else:
-        storage.client.delete_object(Bucket=storage.bucket, Key=storage.prefix + path)  # type: ignore[attr-defined]
+        assert isinstance(storage, S3Storage)
+        storage.client.delete_object(Bucket=storage.bucket, Key=storage.prefix + path)
 
 
 async def assert_pulls(client: httpx.AsyncClient, repo: str, reference: str, image: Image) -> None:

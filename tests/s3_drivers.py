@@ -11,7 +11,9 @@ from storage_backends.s3 import S3Driver
 from .seaweed import SeaweedS3
 
 
-def s3_driver(seaweed: SeaweedS3, bucket: str, **options) -> S3Driver:  # type: ignore[no-untyped-def]
+def s3_driver(seaweed: SeaweedS3, bucket: str, **options) -> S3Driver:
     """Configured as a server would be: through boto3's standard environment variables."""
     with mock.patch.dict(os.environ, seaweed.env):
-        return open_storage(f"s3://{bucket}/some/prefix", addressing_style="path", **options)  # type: ignore[return-value]
+        driver = open_storage(f"s3://{bucket}/some/prefix", addressing_style="path", **options)
+    assert isinstance(driver, S3Driver)
+    return driver

@@ -76,7 +76,7 @@ class SeaweedS3:
         self._wait_ready()
         return self
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         import boto3
         from botocore.config import Config
 

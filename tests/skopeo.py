@@ -20,16 +20,23 @@ COPY_FLAGS = ("--quiet", "--preserve-digests")
 class Skopeo:
     """Runs skopeo isolated from the machine's settings: own policy, auth file, HOME and tmp."""
 
-    def __init__(self, executable: str, home: Path, registry: PierServer) -> None:
+    def __init__(self, executable: str, home: Path, registry: PierServer | None) -> None:
         self.executable = executable
         self.home = home
-        self.registry = registry
+        self._registry = registry  # None: every command names its server (another registry)
         self.policy = home / "policy.json"
         self.policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
         self.authfile = home / "auth.json"
         self.authfile.write_text(json.dumps({"auths": {}}))
         for folder in ("registries.d", "tmp", "run"):
             (home / folder).mkdir()
+
+    @property
+    def registry(self) -> PierServer:
+        """The pier server commands go to unless they name another."""
+        if self._registry is None:
+            raise AssertionError("this Skopeo has no default server: pass server=")
+        return self._registry
 
     def run(
         self, command: str, *args: str, check: bool = True, server: PierServer | None = None
@@ -60,7 +67,10 @@ class Skopeo:
         return json.loads(self.run(command, *args).stdout)
 
     def _server_log(self, server: PierServer | None) -> str:
-        return f"--- pier log (tail) ---\n{(server or self.registry).log()[-4000:]}"
+        logged = server or self._registry
+        if logged is None:  # a test against another registry: its log is not pier's to show
+            return ""
+        return f"--- pier log (tail) ---\n{logged.log()[-4000:]}"
 
     # The transports a test needs, named once.
     def push(self, layout: Path, tag: str, repo: str, *flags: str, server: PierServer | None = None) -> None:

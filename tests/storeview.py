@@ -61,7 +61,7 @@ class LocalStorage(Storage):
 
 
 class S3Storage(Storage):
-    def __init__(self, location: str, env: dict[str, str], client) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, location: str, env: dict[str, str], client) -> None:
         super().__init__(location, env)
         self.bucket, _, prefix = location.removeprefix("s3://").partition("/")
         self.prefix = prefix.strip("/") + "/" if prefix else ""

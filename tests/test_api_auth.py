@@ -16,7 +16,7 @@ from .servers import serve_refused
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory):  # type: ignore[no-untyped-def]
+def secured(tmp_path_factory):
     from .servers import PierServer
 
     base = tmp_path_factory.mktemp("auth")
@@ -104,7 +104,7 @@ def test_the_acl_decides_and_denial_does_not_reveal_existence(secured) -> None:
 def test_catalog_lists_only_what_the_caller_may_pull(secured) -> None:
     server, _ = secured
 
-    def catalog(headers=None):  # type: ignore[no-untyped-def]
+    def catalog(headers=None):
         return httpx.get(f"{server.url}/v2/_catalog", headers=headers).json()["repositories"]
 
     assert catalog() == ["public/tools"]

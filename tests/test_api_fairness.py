@@ -120,7 +120,7 @@ async def test_health_readiness_and_metrics_answer_when_the_server_is_full(start
 
 
 @pytest.fixture
-def two_users(start_registry, tmp_path):  # type: ignore[no-untyped-def]
+def two_users(start_registry, tmp_path):
     htpasswd = write_htpasswd(tmp_path / "htpasswd", USERS)
     return start_registry(
         "--htpasswd", str(htpasswd), "--max-inflight-requests", "20", "--max-inflight-per-client", "2"

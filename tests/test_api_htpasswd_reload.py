@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # waits for the htpasswd file watcher
 LOCKED_OUT_WITHIN = 2.0  # seconds: the file is looked at once a second, plus a margin
 
 
-def seconds_until(check, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
+def seconds_until(check, timeout: float = 10.0) -> float:
     """How long until ``check()`` holds (an AssertionError when it never does)."""
     started = time.monotonic()
     wait_until(check, timeout, what="the changed htpasswd file to take effect")
@@ -35,7 +35,7 @@ def users(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def basic_server(tmp_path: Path, users: Path):  # type: ignore[no-untyped-def]
+def basic_server(tmp_path: Path, users: Path):
     server = PierServer(tmp_path / "data", "--htpasswd", str(users)).start()
     yield server
     server.stop()

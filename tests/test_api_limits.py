@@ -16,7 +16,7 @@ pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 @pytest.fixture(scope="module")
-def strict(tmp_path_factory):  # type: ignore[no-untyped-def]
+def strict(tmp_path_factory):
     server = PierServer(
         tmp_path_factory.mktemp("limits") / "data",
         "--max-header-size",

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.backends("filesystem", "s3")
 
 async def test_a_truncated_manifest_is_replaced_by_a_push_of_the_same_manifest(
     start_registry, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     root = tmp_path / "shared"
     image = make_image((1024,), annotations={"pad": "x" * 4096})
     first: PierServer = start_registry(root=root)
@@ -88,7 +88,7 @@ def send_short_body(port: int, target: str, declared: int, body: bytes) -> None:
         del with_answer
 
 
-async def test_a_body_shorter_than_its_content_length_never_becomes_a_blob(start_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_a_body_shorter_than_its_content_length_never_becomes_a_blob(start_registry) -> None:
     server: PierServer = start_registry()
     data = os.urandom(9 * 1024 * 1024)  # more than one S3 part: a multipart upload was begun
     digest = sha256(data)

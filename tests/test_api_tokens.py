@@ -25,7 +25,11 @@ pytestmark = pytest.mark.backends("filesystem", "s3")
 
 
 def get_token(server: PierServer, *scopes: str, auth: dict[str, str] | None = None, **query: str) -> dict:
-    params = [("service", "pier"), *(("scope", s) for s in scopes), *query.items()]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("service", "pier"),
+        *(("scope", s) for s in scopes),
+        *query.items(),
+    ]
     reply = httpx.get(f"{server.url}/auth/token", params=params, headers=auth or {})
     assert reply.status_code == 200, reply.text
     return reply.json()
@@ -40,7 +44,7 @@ def granted(answer: dict) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tokened(tmp_path_factory):  # type: ignore[no-untyped-def]
+def tokened(tmp_path_factory):
     base = tmp_path_factory.mktemp("tokens")
     htpasswd = write_htpasswd(base / "htpasswd", USERS)
     acl = base / "acl.toml"
@@ -200,8 +204,9 @@ def test_get_offline_token_and_revocation_by_password_change(tokened, tmp_path) 
     assert "refresh_token" not in anonymous  # nobody to refresh for
 
 
-def _forge(server: PierServer, key_path, **changes) -> str:  # type: ignore[no-untyped-def]
+def _forge(server: PierServer, key_path, **changes) -> str:
     key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     now = int(time.time())
     claims = {
         "iss": "pier",

@@ -41,7 +41,13 @@ def pulled(registry, image, tmp_path) -> tuple[Path, str]:
 
 def members(path: Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+        found = {}
+        for member in tar:
+            if member.isfile():
+                data = tar.extractfile(member)
+                assert data is not None  # a regular file always has data
+                found[member.name] = data.read()
+        return found
 
 
 def rewrite(path: Path, change: dict[str, bytes | None]) -> None:

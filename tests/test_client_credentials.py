@@ -12,7 +12,7 @@ from puller.transfer.transport import Credentials
 
 
 @pytest.fixture
-def docker_config(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def docker_config(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
 

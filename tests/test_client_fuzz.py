@@ -310,7 +310,7 @@ FUZZ = settings(
 
 @FUZZ
 @given(data=st.data())
-def test_pull_survives_any_answer(server, image, monkeypatch, data) -> None:  # type: ignore[no-untyped-def]
+def test_pull_survives_any_answer(server, image, monkeypatch, data) -> None:
     running, script = server
     real = tuple(blob.read() for blob in (image.manifest, *image.blobs))
     answers = data.draw(_answers(running.host, _plausible(running.host, image), real))
@@ -325,7 +325,7 @@ def test_pull_survives_any_answer(server, image, monkeypatch, data) -> None:  # 
 
 @FUZZ
 @given(data=st.data())
-def test_push_survives_any_answer(server, image, monkeypatch, data) -> None:  # type: ignore[no-untyped-def]
+def test_push_survives_any_answer(server, image, monkeypatch, data) -> None:
     running, script = server
     answers = data.draw(_answers(running.host, _plausible(running.host)))
     with _sandbox() as root:
@@ -341,7 +341,7 @@ def test_push_survives_any_answer(server, image, monkeypatch, data) -> None:  # 
 
 @FUZZ
 @given(data=st.data())
-def test_login_survives_any_answer(server, monkeypatch, data) -> None:  # type: ignore[no-untyped-def]
+def test_login_survives_any_answer(server, monkeypatch, data) -> None:
     running, script = server
     answers = data.draw(_answers(running.host, _plausible(running.host)))
     with _sandbox() as root:

@@ -223,7 +223,7 @@ def test_a_plain_http_registry_may_send_the_login_only_to_its_own_host(tmp_path)
     assert realm.requests == []
 
 
-def _image_registry(image, token: dict) -> Script:  # type: ignore[no-untyped-def]
+def _image_registry(image, token: dict) -> Script:
     """A registry serving one image, for a Bearer token only, from a realm on its own host."""
     blobs = {blob.digest: blob for blob in (image.manifest, *image.blobs)}
 

@@ -48,6 +48,7 @@ def test_second_image_downloads_only_what_it_lacks(registry, tmp_path) -> None:
     layout = tmp_path / "layout"
     first, second = build_image(layout, "one"), build_image(layout, "two")
     for image in (first, second):
+        assert image.tag is not None
         for blob in image.blobs:
             push_blob(registry.url, "client/shared", blob)
         push_manifest(registry.url, "client/shared", image.tag, image.manifest)

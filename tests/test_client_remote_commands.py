@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # the pier CLI as a process per step, and distrib
 
 
 @pytest.fixture(params=["pier", "distribution"])
-def server(request: pytest.FixtureRequest, registry) -> str:  # type: ignore[no-untyped-def]
+def server(request: pytest.FixtureRequest, registry) -> str:
     """host:port of a registry: pier's, or Debian's docker-registry."""
     return registry.host if request.param == "pier" else request.getfixturevalue("distribution")
 

@@ -21,7 +21,7 @@ from .layers import apply, entry, make_tar
 
 def tree(root: Path) -> dict[str, tuple]:
     """Everything a container would see of a tree: type, mode, owner, content or target."""
-    found = {}
+    found: dict[str, tuple] = {}
     for path in sorted(root.rglob("*")):
         info = path.lstat()
         relative = str(path.relative_to(root))

@@ -193,7 +193,7 @@ def test_long_symlink_chains_cost_linear_time(sandbox) -> None:
     # quadratic, about a second per walk; every symlink entry empties the parent cache.
     rootfs, _ = sandbox
     dots = "/." * 2000
-    entries = [(entry("d", D, mode=0o755), None)]
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = [(entry("d", D, mode=0o755), None)]
     entries += [(entry(f"s{k}", S, link=f"s{k + 1}{dots}"), None) for k in range(39)]
     entries.append((entry("s39", S, link="d"), None))
     for k in range(10):

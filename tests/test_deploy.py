@@ -172,7 +172,7 @@ def build_context(buildah: Buildah, tmp_path: Path) -> set[str]:
     return names
 
 
-def run_the_image(tmp_path: Path, ref: str, healthcheck: list[str], skopeo, timings: Timings) -> None:  # type: ignore[no-untyped-def]
+def run_the_image(tmp_path: Path, ref: str, healthcheck: list[str], skopeo, timings: Timings) -> None:
     home = tmp_path / "home"
     pulled = run_pier(home, "pull", ref)
     assert pulled.returncode == 0, pulled.stderr
@@ -208,7 +208,7 @@ def run_the_image(tmp_path: Path, ref: str, healthcheck: list[str], skopeo, timi
     serve_its_own_image(tmp_path, home, ref, digest.group(1), skopeo, timings)
 
 
-def serve_its_own_image(tmp_path: Path, home: Path, ref: str, digest: str, skopeo, timings: Timings) -> None:  # type: ignore[no-untyped-def]
+def serve_its_own_image(tmp_path: Path, home: Path, ref: str, digest: str, skopeo, timings: Timings) -> None:
     """`pier run` the image's default command on the host's network, with a data volume."""
     port = free_port()
     data = tmp_path / "data"
@@ -370,7 +370,7 @@ def test_nginx_conf_balances_replicas_on_s3_and_keeps_the_mirror_read_only(seawe
             server.stop()
 
 
-def nginx_test_config(tmp_path: Path, servers, registry_port: int, mirror_port: int, certs) -> list[str]:  # type: ignore[no-untyped-def]
+def nginx_test_config(tmp_path: Path, servers, registry_port: int, mirror_port: int, certs) -> list[str]:
     """deploy/compose/nginx.conf with compose's names and ports replaced by this test's, plus
     test-local log and temp paths; nothing else changes. Returns nginx's arguments."""
     text = (DEPLOY / "compose/nginx.conf").read_text()
@@ -400,7 +400,7 @@ def nginx_test_config(tmp_path: Path, servers, registry_port: int, mirror_port: 
     return ["-c", str(config), "-p", str(folder), "-g", settings]
 
 
-def check_through_nginx(tmp_path: Path, servers, registry_port: int, mirror_port: int, ca: Path) -> None:  # type: ignore[no-untyped-def]
+def check_through_nginx(tmp_path: Path, servers, registry_port: int, mirror_port: int, ca: Path) -> None:
     trust = ssl.create_default_context(cafile=str(ca))
     front = f"https://127.0.0.1:{registry_port}"
     # Host and X-Forwarded-Proto reach pier: the realm it builds is the public https URL.

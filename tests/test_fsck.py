@@ -20,13 +20,13 @@ pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 @pytest.fixture
-async def served(start_registry):  # type: ignore[no-untyped-def]
+async def served(start_registry):
     server = start_registry()
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         yield server, http
 
 
-async def test_clean_store_exits_0(served) -> None:  # type: ignore[no-untyped-def]
+async def test_clean_store_exits_0(served) -> None:
     server, client = served
     await push_image(client, "clean/repo", make_image(), "v1")
     done = run_storage_command(server.storage, "fsck")
@@ -34,7 +34,7 @@ async def test_clean_store_exits_0(served) -> None:  # type: ignore[no-untyped-d
     assert re.fullmatch(r"fsck: 4 blobs \([\d.]+kB\) verified, 1 manifests, no problems", done.stdout.strip())
 
 
-async def test_corrupt_blob_is_reported_then_quarantined_and_pushed_again(served) -> None:  # type: ignore[no-untyped-def]
+async def test_corrupt_blob_is_reported_then_quarantined_and_pushed_again(served) -> None:
     server, client = served
     repo, image = "corrupt/repo", make_image()
     await push_image(client, repo, image, "v1")
@@ -69,7 +69,7 @@ async def test_corrupt_blob_is_reported_then_quarantined_and_pushed_again(served
     await assert_pulls(client, repo, "v1", image)
 
 
-async def test_missing_content_is_reported(served) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_content_is_reported(served) -> None:
     server, client = served
     repo, image, other = "missing/repo", make_image(), make_image()
     await push_image(client, repo, image, "v1")
@@ -88,7 +88,7 @@ async def test_missing_content_is_reported(served) -> None:  # type: ignore[no-u
     assert lines[-1].endswith("3 problems")
 
 
-async def test_missing_manifest_blob_is_reported(served) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_manifest_blob_is_reported(served) -> None:
     server, client = served
     repo, image = "nomanifest/repo", make_image()
     await push_image(client, repo, image, "v1")

@@ -63,13 +63,13 @@ async def assert_gone(client: httpx.AsyncClient, storage: Storage, repo: str, di
 
 
 @pytest.fixture
-async def served(start_registry):  # type: ignore[no-untyped-def]
+async def served(start_registry):
     server = start_registry()
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         yield server, http
 
 
-async def test_gc_frees_what_nothing_references_and_keeps_the_rest(served) -> None:  # type: ignore[no-untyped-def]
+async def test_gc_frees_what_nothing_references_and_keeps_the_rest(served) -> None:
     server, client = served
     kept, dropped = make_image(), make_image()
     await push_image(client, "app/kept", kept, "v1")
@@ -91,7 +91,7 @@ async def test_gc_frees_what_nothing_references_and_keeps_the_rest(served) -> No
     assert gc(server.storage, "--grace", "0s") == (0, 0, 0)  # nothing left to do
 
 
-async def test_dry_run_changes_nothing(served) -> None:  # type: ignore[no-untyped-def]
+async def test_dry_run_changes_nothing(served) -> None:
     server, client = served
     image = make_image()
     await push_image(client, "dry/run", image, "v1")
@@ -105,7 +105,7 @@ async def test_dry_run_changes_nothing(served) -> None:  # type: ignore[no-untyp
     assert gc(server.storage, "--grace", "0s")[0] == 4
 
 
-async def test_grace_period_keeps_young_blobs(served) -> None:  # type: ignore[no-untyped-def]
+async def test_grace_period_keeps_young_blobs(served) -> None:
     server, client = served
     digest = await push_blob(client, "young/blob", os.urandom(4096))  # uploaded, not yet in a manifest
     assert gc(server.storage) == (0, 0, 0)  # default grace: 1h
@@ -115,7 +115,7 @@ async def test_grace_period_keeps_young_blobs(served) -> None:  # type: ignore[n
     await assert_gone(client, server.storage, "young/blob", [digest])
 
 
-async def test_an_old_blob_linked_again_recently_is_kept(served) -> None:  # type: ignore[no-untyped-def]
+async def test_an_old_blob_linked_again_recently_is_kept(served) -> None:
     """Ages by waiting, not by touching files, so it reads the same on disk and on S3 (whose
     times have one-second resolution)."""
     server, client = served
@@ -129,7 +129,7 @@ async def test_an_old_blob_linked_again_recently_is_kept(served) -> None:  # typ
     await assert_gone(client, server.storage, "old/two", [digest])
 
 
-async def test_delete_untagged_keeps_referrers_and_children_of_tagged(served) -> None:  # type: ignore[no-untyped-def]
+async def test_delete_untagged_keeps_referrers_and_children_of_tagged(served) -> None:
     server, client = served
     repo = "untagged/repo"
     tagged, untagged = make_image(), make_image()
@@ -301,7 +301,7 @@ async def test_a_gc_that_finished_between_check_and_marker_look_is_caught(tmp_pa
     assert (await store.resolve("repo", "v1")).digest == digest
 
 
-async def test_index_referencing_a_doomed_child_is_refused(served) -> None:  # type: ignore[no-untyped-def]
+async def test_index_referencing_a_doomed_child_is_refused(served) -> None:
     server, client = served
     child = make_image()
     await push_image(client, "idx/repo", child, child.digest)
@@ -388,7 +388,7 @@ def _layer(data: bytes) -> bytes:
     )
 
 
-async def test_gc_while_pushing_never_loses_a_pushed_image(served) -> None:  # type: ignore[no-untyped-def]
+async def test_gc_while_pushing_never_loses_a_pushed_image(served) -> None:
     server, client = served
     repo = "live/pushes"
     bases = [os.urandom(2048) for _ in range(60)]
@@ -401,7 +401,9 @@ async def test_gc_while_pushing_never_loses_a_pushed_image(served) -> None:  # t
         for _ in range(6):
             done = await asyncio.to_thread(run_storage_command, server.storage, "gc", "--grace", "0s")
             assert done.returncode == 0, done.stderr
-            freed += int(SUMMARY.search(done.stdout).group(1))  # type: ignore[union-attr]
+            match = SUMMARY.search(done.stdout)
+            assert match is not None, done.stdout
+            freed += int(match.group(1))
     finally:
         pusher.stop.set()
         await asyncio.to_thread(pusher.join, 60)

@@ -10,6 +10,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.tokens import key_id
 
@@ -23,17 +24,17 @@ from .tokens import ISSUER, SERVICE, TokenService, distribution_token_config, wr
 pytestmark = pytest.mark.slow  # distribution and skopeo against pier's tokens
 
 
-def _skopeo(tmp_path, server: PierServer | None = None) -> Skopeo:  # type: ignore[no-untyped-def]
+def _skopeo(tmp_path, server: PierServer | None = None) -> Skopeo:
     executable = shutil.which("skopeo")
     if executable is None:
         pytest.fail("skopeo is not installed (Debian: apt-get install skopeo)")
     home = tmp_path / "skopeo-home"
     home.mkdir()
-    return Skopeo(executable, home, server)  # type: ignore[arg-type]
+    return Skopeo(executable, home, server)
 
 
 @pytest.fixture
-def distribution_behind_pier_tokens(tmp_path):  # type: ignore[no-untyped-def]
+def distribution_behind_pier_tokens(tmp_path):
     """distribution with ``auth: token``, trusting the certificate of pier's token-signing key."""
     htpasswd = write_htpasswd(tmp_path / "htpasswd", USERS)
     acl = tmp_path / "acl.toml"
@@ -113,7 +114,7 @@ def test_distribution_accepts_tokens_from_pier_token_server(
 
 
 @pytest.fixture
-def pier_behind_external_tokens(tmp_path):  # type: ignore[no-untyped-def]
+def pier_behind_external_tokens(tmp_path):
     """pier with ``auth: token`` trusting an issuer it does not run: the test's token service
     (x5c-signed tokens) and a second key given as a certificate (kid-signed tokens)."""
     (tmp_path / "issuer").mkdir()
@@ -167,6 +168,7 @@ def test_pier_accepts_tokens_from_an_external_issuer(pier_behind_external_tokens
 
     url = f"{server.url}/v2/alice/app/manifests/v1"
     key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     now = int(time.time())
     claims = {
         "iss": ISSUER, "aud": SERVICE, "sub": "ci", "exp": now + 60, "iat": now,

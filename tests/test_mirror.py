@@ -89,7 +89,7 @@ def gate(upstream: Upstream) -> Iterator[Gate]:
 
 
 @pytest.fixture
-def skopeo_for(tmp_path: Path):  # type: ignore[no-untyped-def]
+def skopeo_for(tmp_path: Path):
     """skopeo, isolated, aimed at a given server."""
     executable = shutil.which("skopeo")
     if executable is None:
@@ -443,6 +443,7 @@ def test_the_first_client_gets_bytes_before_the_upstream_is_done(
             received += chunk
     total = time.monotonic() - started
     assert sha256(bytes(received)) == big.digest
+    assert first_byte is not None
     assert total > 1.4 and first_byte < total / 3, (first_byte, total)
 
 

@@ -33,7 +33,7 @@ def test_the_mirror_sends_its_upstream_login_to_no_realm_the_rules_refuse(start_
 
 
 def test_the_mirror_uses_a_realm_on_its_http_upstreams_own_host(start_registry) -> None:
-    def upstream_script(request):  # type: ignore[no-untyped-def]
+    def upstream_script(request):
         if request.path.startswith("/token"):
             return Answer(200, body=b'{"token": "t", "expires_in": "soon"}')
         if request.headers.get("authorization") != "Bearer t":

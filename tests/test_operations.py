@@ -181,9 +181,11 @@ class Receiver:
         found = []
         for content_type, body in self.deliveries:
             if content_type == "application/vnd.docker.distribution.events.v1+json":
-                found += body["events"]  # type: ignore[index]
+                assert isinstance(body, dict)
+                found += body["events"]
             else:
-                found += [{"cloudevent": True, **event} for event in body]  # type: ignore[union-attr]
+                assert isinstance(body, list)
+                found += [{"cloudevent": True, **event} for event in body]
         return found
 
 
@@ -191,7 +193,7 @@ def test_webhooks_survive_a_failing_receiver_and_a_restart_and_arrive_once(
     start_registry, tmp_path: Path
 ) -> None:
     receiver = Receiver()
-    endpoints = [
+    endpoints: list[dict[str, object]] = [
         {"name": "audit", "url": receiver.url, "backoff": "0.2s", "max_backoff": "1s"},
         {
             "name": "deploys",

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.backends("filesystem", "s3"), pytest.mark.slow]
 
 
 @pytest.fixture
-def replicas(start_registry, tmp_path):  # type: ignore[no-untyped-def]
+def replicas(start_registry, tmp_path):
     """Two replicas on one store and the balancer in front: (replicas, balancer HOST:PORT)."""
     shared = tmp_path / "shared"
     servers = [start_registry("--access-log", "true", root=shared) for _ in range(2)]

@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -39,7 +39,7 @@ def pier(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+def serve(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Start ``pier serve ARGS`` on a free port; yields a function returning its base URL."""
     processes: list[subprocess.Popen] = []
 

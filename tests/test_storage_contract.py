@@ -255,7 +255,7 @@ async def test_paths_that_could_escape_are_refused(driver: StorageDriver, path: 
 # -- S3 only ---------------------------------------------------------------------------
 
 
-async def test_s3_append_lock_of_a_dead_writer_expires(seaweed: SeaweedS3, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_s3_append_lock_of_a_dead_writer_expires(seaweed: SeaweedS3, monkeypatch) -> None:
     from storage_backends import s3
 
     driver = s3_driver(seaweed, seaweed.new_bucket())
@@ -300,7 +300,7 @@ async def test_s3_a_failed_part_never_completes_the_object(seaweed: SeaweedS3) -
     assert not client.list_multipart_uploads(Bucket=driver.bucket).get("Uploads")
 
 
-async def asyncio_sleep_until_parts_done(writer) -> None:  # type: ignore[no-untyped-def]
+async def asyncio_sleep_until_parts_done(writer) -> None:
     import asyncio
 
     await asyncio.gather(*writer._parts)

@@ -115,18 +115,16 @@ async def test_a_file_deleted_with_its_folder_right_after_its_write_is_written_o
 ) -> None:
     """A webhook queue: its dispatcher can deliver and delete a file, and prune the folder,
     before the writer's thread fsyncs that folder. The write succeeded: no error, no rewrite."""
-    import storage_backends.filesystem as filesystem
-
     real_replace = os.replace
     replaced: list[str] = []
 
-    def replace_then_consumed(source, target):  # type: ignore[no-untyped-def]
+    def replace_then_consumed(source, target):
         real_replace(source, target)
         replaced.append(str(target))
         os.unlink(target)
         os.rmdir(os.path.dirname(target))
 
-    monkeypatch.setattr(filesystem.os, "replace", replace_then_consumed)
+    monkeypatch.setattr("storage_backends.filesystem.os.replace", replace_then_consumed)
     await driver.put_content("_events/hook/0001", b"event")
     assert len(replaced) == 1
     assert await driver.list_children("_events/hook") == []

@@ -69,7 +69,7 @@ async def test_a_write_cut_short_by_a_full_disk_stores_nothing(small_disk: Path)
     assert not [p for p in (small_disk / "root").rglob("*") if p.is_file()]
 
 
-def padded_image(pad: int):  # type: ignore[no-untyped-def]
+def padded_image(pad: int):
     """An image whose manifest is ``pad`` bytes larger than usual (a long annotation)."""
     return make_image((1024,), annotations={"pad": "x" * pad})
 
@@ -142,7 +142,7 @@ async def test_full_disk_answers_507_keeps_serving_reads_and_recovers(small_disk
         server.stop()
 
 
-async def test_readiness_after_a_full_store_rechecks_s3_with_a_probe_write(seaweed) -> None:  # type: ignore[no-untyped-def]
+async def test_readiness_after_a_full_store_rechecks_s3_with_a_probe_write(seaweed) -> None:
     """S3 cannot tell its free space: a small probe write decides, and leaves nothing."""
     from registry.space import SpaceWatch
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # certificates and the pier CLI as a process
 
 
 @pytest.fixture
-def tls_registry(start_registry, tmp_path):  # type: ignore[no-untyped-def]
+def tls_registry(start_registry, tmp_path):
     certificates = make_certificates(tmp_path / "pki")
     server = start_registry("--tls-cert", str(certificates.cert), "--tls-key", str(certificates.key))
     image = build_image(tmp_path / "image", "v1")
