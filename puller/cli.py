@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 from .errors import PierError
 from .formatting import FormatError, Template
-from .prune import collect_garbage
+from .prune import Collected, collect_garbage
 from .reference import InvalidReference, Reference, parse_reference
 from .run.containers import Containers, is_running
 from .run.oci_runtime import CommandNotRunnable, RunOptions, run
-from .store.content_store import ContentStore
+from .store.content_store import ContentStore, keep_layer_blobs
 from .store.image import ImageError, is_index, load_image, local_digest, read_json, shareable
 from .store.inspection import Inspected, inspect_local
 from .store.platforms import Platform
@@ -30,7 +30,8 @@ from .text import human_size, plural, printable
 from .transfer.credentials import Credentials, CredentialsError, erase, lookup
 from .transfer.credentials import save as save_credentials
 from .transfer.saved import FORMATS, load_from_stream, load_images, output_format, save_images, save_to_stream
-from .unpack.rootfs import unpack_image
+from .unpack.layer_store import LayerStore
+from .unpack.rootfs import layers_available, unpack_image
 
 if TYPE_CHECKING:
     from .transfer.transport import Transport
@@ -113,6 +114,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
             ca_cert=_ca_cert(args),
             parallel=args.parallel,
             progress=progress,
+            unpack=not args.no_unpack,
         )
     if args.quiet:
         print(image.index_digest or image.digest)
@@ -275,9 +277,44 @@ def cmd_rmi(args: argparse.Namespace) -> int:
         for name, tag in removal.tags:
             if store.delete_ref(name, tag):
                 print(f"Untagged: {_familiar(name, tag)}")
-    collected = collect_garbage(store)
-    blobs, trees = plural(collected.blobs, "blob"), plural(collected.trees, "unpacked tree")
-    print(f"Deleted {blobs} ({_human(collected.bytes)}), {trees}")
+    _report_collected(collect_garbage(store))
+    return 0
+
+
+def _report_collected(collected: Collected) -> None:
+    blobs, layers = plural(collected.blobs, "blob"), plural(collected.layers, "unpacked layer")
+    print(f"Deleted {blobs} ({_human(collected.bytes)}), {layers} ({_human(collected.layer_bytes)})")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    _report_collected(collect_garbage(ContentStore()))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .run.oci_runtime import RunError, cgroup_layout, find_runtime
+    from .run.overlay import probe
+
+    store = ContentStore()
+    layers = LayerStore(store.root)
+    unpacked = [info for info in map(layers.info, layers.all()) if info is not None]
+    refused = probe(layers.root)
+    try:
+        runtime = find_runtime(None)
+    except RunError as exc:
+        runtime = f"none ({exc})"
+    blobs = [store.path(digest).stat().st_size for digest in store.blobs()]
+    rows = [
+        ("Store", str(store.root)),
+        ("Blobs", f"{len(blobs)} ({_human(sum(blobs))})"),
+        ("Layers", f"{len(unpacked)} unpacked ({_human(sum(info.size for info in unpacked))})"),
+        ("Layer blobs", "kept" if keep_layer_blobs() else "dropped once unpacked (PIER_KEEP_LAYER_BLOBS=0)"),
+        ("Rootfs", "overlay (kernel overlayfs)" if refused is None else f"copy ({refused})"),
+        ("Runtime", runtime),
+        ("Cgroups", cgroup_layout()),
+    ]
+    for name, value in rows:
+        print(f"{name + ':':<13}{value}")
     return 0
 
 
@@ -444,7 +481,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if digest is None:
             raise ImageError(f"{reference.familiar()} is not in the local store")
-        image = load_image(store, digest, platform)
+        image = load_image(store, digest, platform, need_layers=False)
+        if not layers_available(store, image):
+            raise ImageError(f"{reference.familiar()} lacks layers in the local store")
     except ImageError:  # missing, or missing this platform's image: pull it, as docker does
         pulled = pull(
             reference,
@@ -454,7 +493,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             credentials=lookup(reference.domain),
             ca_cert=_ca_cert(args),
         )
-        image = load_image(store, pulled.index_digest or pulled.digest, platform)
+        image = load_image(store, pulled.index_digest or pulled.digest, platform, need_layers=False)
     options = RunOptions(
         command=args.command,
         env=args.env,
@@ -470,12 +509,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         name=args.name,
         remove=args.rm,
         runtime=args.runtime,
+        read_only=args.read_only,
     )
     try:
-        return run(store, image, reference.familiar(), options)
+        return run(store, image, reference.familiar(), options, notice=_copy_notice(store))
     except CommandNotRunnable as exc:  # docker's message and exit code: 127 missing, 126 not executable
         print(f"pier run: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _copy_notice(store: ContentStore) -> Callable[[str], None]:
+    """Say once per store that containers get copies, and why (``pier info`` says it on demand)."""
+
+    def notice(reason: str) -> None:
+        marker = store.root / "copy-mode-noticed"
+        if not marker.exists():
+            marker.touch()
+            print(
+                f"pier: {reason}; containers get a copy of their image's layers instead "
+                "(slower to start, more disk): see pier info",
+                file=sys.stderr,
+            )
+
+    return notice
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -580,6 +636,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "-a", "--all-tags", action="store_true", help="pull every tag of the repository (give no tag)"
     )
+    sub.add_argument(
+        "--no-unpack",
+        action="store_true",
+        help="only store the blobs (for push, save, copy); pier run unpacks what it needs later",
+    )
 
     sub = command("push", cmd_push, "push an image from the local store to its registry")
     sub.add_argument("reference", help="local image reference (see pier tag)")
@@ -606,6 +667,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also when a container uses it or several repositories tag it",
     )
+
+    command("prune", cmd_prune, "remove the blobs and unpacked layers no image or container uses")
+    command("info", cmd_info, "show the local store, its layers, and how containers get their rootfs")
 
     sub = command("inspect", cmd_inspect, "print an image's manifest and config as JSON (local, or --remote)")
     sub.add_argument("reference", help="local image, or with --remote (or a docker:// prefix) a registry's")
@@ -690,6 +754,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     sub.add_argument("--name", help="container name (default: generated)")
     sub.add_argument("--rm", action="store_true", help="delete the container when it exits")
+    sub.add_argument("--read-only", action="store_true", help="mount the container's rootfs read-only")
     sub.add_argument("--runtime", help="OCI runtime on PATH (default: chosen by the cgroup layout)")
     sub.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
     sub.add_argument("--insecure", action="store_true", help="plain HTTP when pulling")

@@ -1,8 +1,9 @@
-"""Delete what no tag and no container needs any more: blobs, and cached rootfs trees.
+"""Delete what no tag and no container needs any more: blobs, and unpacked layers.
 
 Runs under the store's exclusive lock, so it never races a pull (which holds the lock
-shared from its first blob until its tag is written) or a container being prepared.
-Partial downloads are kept: they are how an interrupted pull resumes.
+shared from its first blob until its tag is written) or a container being prepared
+(which holds it until its state names the layers under its mount). Partial downloads
+are kept: they are how an interrupted pull resumes.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from oci.jsonsafe import loads
 
 from .run.containers import Containers
 from .store.content_store import ContentStore
-from .store.image import Image, is_index, reachable
-from .unpack.rootfs import RootfsCache
+from .store.image import Image, ImageError, is_index, reachable
+from .unpack.layer_store import LayerStore, force_rmtree
 
 
 @dataclass
 class Collected:
     blobs: int = 0
     bytes: int = 0
-    trees: int = 0
+    layers: int = 0
+    layer_bytes: int = 0
 
 
 def _live_images(store: ContentStore, live: set[str]) -> list[Image]:
@@ -50,19 +52,36 @@ def collect_garbage(store: ContentStore) -> Collected:
         for _, _, digest in store.refs():
             live.update(reachable(store, digest))
         documents = {d for d in live if store.path(d).stat().st_size <= 4 * 1024 * 1024}
-        chains = {image.chain_id for image in _live_images(store, documents)}
+        used = Containers(store.root).layers_in_use()
+        for image in _live_images(store, documents):
+            try:
+                used.update(image.diff_ids)
+            except ImageError:
+                continue  # an image no layer of the store was unpacked for
         for digest in list(store.blobs()):
             if digest not in live:
                 result.bytes += store.path(digest).stat().st_size
                 store.delete(digest)
                 result.blobs += 1
-        cache = RootfsCache(store)
-        cache.clean_leftovers()
-        chains |= Containers(store.root).chain_ids_in_use()
-        if cache.root.is_dir():
-            for tree in cache.root.iterdir():
-                algorithm, _, hexpart = tree.name.partition("-")
-                if not tree.name.startswith(".") and f"{algorithm}:{hexpart}" not in chains:
-                    cache.remove(f"{algorithm}:{hexpart}")
-                    result.trees += 1
+        layers = LayerStore(store.root)
+        layers.clean_leftovers()
+        for diff_id in layers.all():
+            if diff_id not in used:
+                info = layers.info(diff_id)
+                if layers.remove(diff_id):
+                    result.layers += 1
+                    result.layer_bytes += info.size if info else 0
+        _remove_legacy_trees(store)
     return result
+
+
+def _remove_legacy_trees(store: ContentStore) -> None:
+    """Whole-image trees of pier before the layer store, but those a container still mounts."""
+    legacy = store.root / "rootfs"
+    if not legacy.is_dir():
+        return
+    mounted = {state.chain_id for _, state in Containers(store.root).all() if not state.layers}
+    for tree in legacy.iterdir():
+        algorithm, _, hexpart = tree.name.partition("-")
+        if f"{algorithm}:{hexpart}" not in mounted:
+            force_rmtree(tree)

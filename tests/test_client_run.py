@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -121,6 +122,11 @@ def test_a_layer_lost_from_the_store_is_fetched_again(image_ref, tmp_path) -> No
     blobs[-1].unlink()  # the largest blob: a layer
     result = pier(tmp_path, "run", "--rm", image_ref, "true")
     assert result.returncode == 0, result.stderr
+    assert not blobs[-1].exists()  # its unpacked layer is all a container needs
+    for layer in (tmp_path / "home" / "layers").glob("sha256-*"):
+        shutil.rmtree(layer)  # now neither the blob nor the layer: fetched again
+    result = pier(tmp_path, "run", "--rm", image_ref, "true")
+    assert result.returncode == 0, result.stderr
     assert blobs[-1].is_file()
 
 
@@ -133,7 +139,7 @@ def test_an_unreachable_registry_is_a_one_line_error(tmp_path) -> None:
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_second_run_reuses_the_unpacked_rootfs_and_containers_stay_apart(image_ref, tmp_path) -> None:
+def test_second_run_reuses_the_unpacked_layers_and_containers_stay_apart(image_ref, tmp_path) -> None:
     home = tmp_path / "home"
     first = pier(
         tmp_path,
@@ -145,10 +151,11 @@ def test_second_run_reuses_the_unpacked_rootfs_and_containers_stay_apart(image_r
         "echo changed > /etc/written-by-container; cat /etc/written-by-container",
     )
     assert first.returncode == 0 and first.stdout == "changed\n", first.stderr
-    trees = list((home / "rootfs").iterdir())
-    assert len(trees) == 1
-    inode, mtime = trees[0].stat().st_ino, trees[0].stat().st_mtime_ns
-    assert not (trees[0] / "etc" / "written-by-container").exists()  # the container wrote to its own layer
+    layers = sorted((home / "layers").glob("sha256-*"))
+    assert len(layers) == 3  # one directory per layer of the image
+    before = [(layer.stat().st_ino, layer.stat().st_mtime_ns) for layer in layers]
+    for layer in layers:  # the container wrote to its own upper directory
+        assert not (layer / "diff" / "etc" / "written-by-container").exists()
 
     for blob in (home / "blobs" / "sha256").iterdir():  # layers emptied: unpacking again would fail
         if blob.stat().st_size > 10_000:
@@ -164,7 +171,8 @@ def test_second_run_reuses_the_unpacked_rootfs_and_containers_stay_apart(image_r
     )
     assert second.returncode == 0, second.stderr
     assert second.stdout == "clean\n"  # a fresh container: the first one's change is gone
-    assert [(t.stat().st_ino, t.stat().st_mtime_ns) for t in (home / "rootfs").iterdir()] == [(inode, mtime)]
+    after = sorted((home / "layers").glob("sha256-*"))
+    assert [(layer.stat().st_ino, layer.stat().st_mtime_ns) for layer in after] == before
 
 
 def test_kept_containers_are_listed_and_removed(image_ref, tmp_path) -> None:

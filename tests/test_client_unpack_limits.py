@@ -27,7 +27,7 @@ from puller.store.image import load_image, local_digest
 from puller.store.platforms import Platform
 from puller.unpack.layers import apply_layer
 from puller.unpack.limits import UnpackBudget, UnpackLimitError, UnpackLimits
-from puller.unpack.rootfs import RootfsCache
+from puller.unpack.rootfs import image_layers
 
 from .helpers import run_pier
 from .images import (
@@ -174,15 +174,15 @@ def test_a_zstd_bomb_stops_at_the_limit_too(tmp_path, monkeypatch) -> None:
     assert time.monotonic() - start < 3
 
 
-def test_the_run_cache_keeps_no_half_tree_when_a_limit_stops_it(tmp_path, monkeypatch) -> None:
+def test_the_layer_store_keeps_no_half_layer_when_a_limit_stops_it(tmp_path, monkeypatch) -> None:
     home = tmp_path / "home"
     reference = store_image(home, "cached", [gzip_bomb(256 * MiB)])
     store = ContentStore(home)
     image = load_image(store, _digest(store, reference), Platform.host())
     monkeypatch.setenv("PIER_UNPACK_MAX_LAYER_BYTES", "16MiB")
     with pytest.raises(PierError, match="PIER_UNPACK_MAX_LAYER_BYTES"):
-        RootfsCache(store).prepare(image)
-    assert os.listdir(store.root / "rootfs") == []
+        image_layers(store, image)
+    assert [name for name in os.listdir(store.root / "layers") if name != ".locks"] == []
 
 
 def test_pier_run_stops_at_the_limit_in_one_line(tmp_path) -> None:
@@ -190,7 +190,7 @@ def test_pier_run_stops_at_the_limit_in_one_line(tmp_path) -> None:
     reference = store_image(home, "bomb", [gzip_bomb(256 * MiB)])
     result = run_pier(home, "run", "--rm", reference, "true", env={"PIER_UNPACK_MAX_LAYER_BYTES": "64MiB"})
     assert "PIER_UNPACK_MAX_LAYER_BYTES" in one_line_failure(result)
-    assert os.listdir(home / "rootfs") == []
+    assert [name for name in os.listdir(home / "layers") if name != ".locks"] == []
 
 
 def _digest(store: ContentStore, reference: str) -> str:

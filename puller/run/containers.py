@@ -2,17 +2,18 @@
 
     <home>/containers/<id>/state.json   what ``pier ps`` shows (image, command, status, exit code)
     <home>/containers/<id>/config.json  the OCI runtime bundle's config
-    <home>/containers/<id>/rootfs       an overlay mount: the cached image tree below, ``upper`` above
+    <home>/containers/<id>/rootfs       an overlay mount: the image's layer directories below, ``upper`` above
 
-The cached image tree is never written: each container's changes land in its own
-``upper`` directory. Where overlayfs cannot be mounted (not root, or the store already
-sits on an overlay), the tree is copied instead (reflinks where the filesystem has them).
+The layer directories are never written: each container's changes land in its own
+``upper`` directory, kept until ``pier rm`` (at once with ``--rm``). Where overlayfs
+cannot be mounted (no privilege, or the store sits on a filesystem overlayfs refuses as
+upper), the layers are copied instead (``unpack.snapshot``: reflinks where the filesystem
+has them) and the state says so.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -23,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import PierError
+from ..unpack.snapshot import materialize
+from .overlay import OverlayUnavailable, mount_overlay, unmount
 
-MNT_DETACH = 2
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_libc = ctypes.CDLL(None, use_errno=True)  # the C library this process already has loaded
 
 
 class ContainerError(PierError):
@@ -45,19 +46,8 @@ class ContainerState:
     status: str = "created"  # created, running, exited
     exit_code: int | None = None
     rootfs_mode: str = "overlay"  # or "copy"
-
-
-def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> bool:
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    if any(ch in str(p) for p in (lower, upper, work) for ch in ",:"):
-        return False  # overlayfs options cannot carry these characters
-    result = _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode())
-    return result == 0
-
-
-def _unmount(target: Path) -> None:
-    if os.path.ismount(target):
-        _libc.umount2(os.fsencode(target), MNT_DETACH)
+    layers: list[str] = field(default_factory=list)  # diff IDs, bottom first: kept while the container is
+    copy_reason: str = ""  # why overlayfs was not used
 
 
 class Container:
@@ -77,29 +67,27 @@ class Container:
         temporary.write_text(json.dumps(asdict(state), indent=2))
         os.replace(temporary, self.state_path)
 
-    def mount(self, lower: Path, state: ContainerState) -> None:
-        """Give the container a writable view of ``lower``: overlay, or a copy where overlay is refused."""
+    def mount(self, layers: list[Path], state: ContainerState) -> None:
+        """Give the container a writable view of ``layers`` (bottom first): overlay, else a copy."""
         upper, work = self.directory / "upper", self.directory / "work"
         for directory in (upper, work, self.rootfs):
             directory.mkdir(exist_ok=True)
         if os.path.ismount(self.rootfs):
             return
-        if state.rootfs_mode == "overlay" and _mount_overlay(lower, upper, work, self.rootfs):
-            return
         if state.rootfs_mode == "overlay":
-            state.rootfs_mode = "copy"
-            self.write_state(state)
-            shutil.rmtree(self.rootfs)
-            copied = subprocess.run(
-                ["cp", "-a", "--reflink=auto", f"{lower}/.", f"{self.rootfs}/"],
-                capture_output=True,
-                text=True,
-            )
-            if copied.returncode != 0:
-                raise ContainerError(f"could not copy the image's rootfs: {copied.stderr.strip()[:300]}")
+            try:
+                mount_overlay(list(reversed(layers)), upper, work, self.rootfs)
+                return
+            except OverlayUnavailable as exc:
+                state.rootfs_mode, state.copy_reason = "copy", str(exc)
+                self.write_state(state)
+        try:
+            materialize(layers, self.rootfs)
+        except OSError as exc:
+            raise ContainerError(f"could not copy the image's layers: {exc}") from None
 
     def unmount(self) -> None:
-        _unmount(self.rootfs)
+        unmount(self.rootfs)
 
 
 class Containers:
@@ -136,8 +124,9 @@ class Containers:
                     continue  # being created or removed right now
         return found
 
-    def chain_ids_in_use(self) -> set[str]:
-        return {state.chain_id for _, state in self.all() if state.rootfs_mode == "overlay"}
+    def layers_in_use(self) -> set[str]:
+        """Diff IDs under the containers' mounts: a prune keeps them (copies do not need them)."""
+        return {layer for _, state in self.all() if state.rootfs_mode == "overlay" for layer in state.layers}
 
     def remove(self, container_id: str, force: bool = False) -> None:
         container = self.get(container_id)

@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ..errors import PierError
 from ..store.content_store import ContentStore
 from ..store.image import Image
 from ..unpack.layers import UnsafeLayer, resolve_inside
-from ..unpack.rootfs import LayerProgress, RootfsCache
+from ..unpack.rootfs import LayerProgress, image_layers
 from .containers import ContainerError, Containers, ContainerState
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgKMG]?)[bB]?")
@@ -157,6 +158,7 @@ class RunOptions:
     name: str | None = None
     remove: bool = False
     runtime: str | None = None
+    read_only: bool = False
 
 
 def cgroup_layout(root: Path = CGROUP_ROOT) -> str:
@@ -261,7 +263,7 @@ def build_config(template: dict, rootfs: Path, config: dict, options: RunOptions
         cwd=options.workdir or image.get("WorkingDir") or "/",
         user=resolve_user(rootfs, options.user or image.get("User")),
     )
-    spec["root"] = {"path": str(rootfs), "readonly": False}
+    spec["root"] = {"path": str(rootfs), "readonly": options.read_only}
     spec["hostname"] = hostname
     linux = spec.setdefault("linux", {})
     if options.network == "host":
@@ -299,8 +301,12 @@ def run(
     image_name: str,
     options: RunOptions,
     progress: LayerProgress | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> int:
-    """Run ``image``'s process; its exit code is returned as the container's."""
+    """Run ``image``'s process; its exit code is returned as the container's.
+
+    ``notice`` hears why, when the container got a copy of its layers instead of an overlay.
+    """
     runtime = find_runtime(options.runtime)
     container_id = options.name or f"pier-{uuid.uuid4().hex[:12]}"
     state = ContainerState(
@@ -310,23 +316,26 @@ def run(
         chain_id=image.chain_id,
         command=options.command,
         runtime=runtime,
+        layers=image.diff_ids,
     )
     containers = Containers(store.root)
     try:
         containers.get(container_id)
     except ContainerError as exc:
         raise RunError(str(exc)) from None
-    with store.lock():  # shared: no garbage collection removes the tree before it is mounted
-        lower, _ = RootfsCache(store).prepare(image, progress)
+    with store.lock():  # shared: no prune removes a layer before the container's state names it
+        layers = image_layers(store, image, progress)
         try:
             container = containers.create(state)
         except ContainerError as exc:
             raise RunError(str(exc)) from None
         try:
-            container.mount(lower, state)
+            container.mount(layers, state)
         except BaseException:
             containers.remove(container_id, force=True)
             raise
+    if state.rootfs_mode == "copy" and notice is not None:
+        notice(state.copy_reason)
     try:
         template = subprocess.run(
             [runtime, "spec", "--bundle", str(container.directory)],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -34,6 +34,15 @@ def default_home() -> Path:
         return Path(home)
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "pier"
+
+
+def keep_layer_blobs(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether layer blobs stay once unpacked (the default): push, save and copy need them.
+
+    ``PIER_KEEP_LAYER_BLOBS=0`` keeps only the unpacked layers, for a machine that only runs
+    images; its images cannot be pushed or saved until pulled again with blobs kept.
+    """
+    return environ.get("PIER_KEEP_LAYER_BLOBS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _split(digest: str) -> tuple[str, str]:
@@ -80,6 +89,11 @@ class BlobDownload:
             os.close(fd)
 
     @property
+    def partial_path(self) -> Path:
+        """Where the bytes received so far are (read them, never write them)."""
+        return self._partial
+
+    @property
     def already_done(self) -> bool:
         """Another process finished this blob while we waited for its lock."""
         return self._store.has(self.digest)
@@ -112,6 +126,15 @@ class BlobDownload:
         os.replace(self._partial, target)
         self._close()
         return target
+
+    def check(self) -> None:
+        """Verify what arrived and drop it: for blobs the user chose not to keep."""
+        try:
+            self._verifier.check()
+        except VerifyError as exc:
+            raise DigestMismatch(self.digest, str(exc.actual)) from None
+        finally:
+            self.abort()
 
     def abort(self) -> None:
         """Delete the partial bytes: used when they are known to be wrong."""

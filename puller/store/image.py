@@ -2,8 +2,8 @@
 
 Transports (pull, push, save, load) move bytes; this module only reads what is already
 stored and answers questions about it: which manifest a tag names, which platform's
-image an index holds, which blobs an image needs, and the chain ID of its layers (the
-key of the unpacked-rootfs cache).
+image an index holds, which blobs an image needs, and the diff IDs of its layers (the
+keys of the layer store).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from oci import manifest as documents
 from oci.digest import digest_of
+from oci.digest import is_valid as digest_is_valid
 from oci.jsonsafe import UntrustedJSONError, loads
 from oci.manifest import ManifestError
 from oci.mediatypes import OCI_INDEX, OCI_MANIFEST
@@ -78,6 +79,21 @@ class Image:
     @property
     def size(self) -> int:
         return sum(int(d.get("size", 0)) for d in self.blobs)
+
+    @property
+    def diff_ids(self) -> list[str]:
+        """The config's digests of the uncompressed layers, one per layer: the layer store's keys."""
+        found = (self.config.get("rootfs") or {}).get("diff_ids")
+        if not isinstance(found, list) or len(found) != len(self.layers):
+            raise ImageError(
+                f"image {self.digest}: its config does not name one diff ID per layer "
+                f"({len(found) if isinstance(found, list) else 'none'} for {len(self.layers)} layers)"
+            )
+        for diff_id in found:
+            if not isinstance(diff_id, str) or not digest_is_valid(diff_id):
+                shown = str(diff_id)[:100]
+                raise ImageError(f"image {self.digest}: its config names an invalid diff ID {shown!r}")
+        return list(found)
 
     @property
     def chain_id(self) -> str:

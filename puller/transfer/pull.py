@@ -1,15 +1,17 @@
-"""Pull an image into the local content store: resolve, pick the platform, fetch, verify.
+"""Pull an image into the local content store: resolve, pick the platform, fetch, verify, unpack.
 
-The manifest is fetched once and checked against the digest that names it; the config
-and layers are then downloaded in parallel (bounded), each streamed to a partial file
-while its digest is computed, resumed with ``Range`` when an earlier attempt left part
-of it, and published only when it verifies.
+The manifest is fetched once and checked against the digest that names it, then the
+config. The layers are then downloaded in parallel (bounded), each streamed to a partial
+file while its digest is computed, resumed with ``Range`` when an earlier attempt left
+part of it, and published only when it verifies. Each layer is unpacked into the layer
+store while its bytes arrive (one directory per layer, so layers unpack in parallel
+too), and becomes usable only once both its digest and its diff ID have checked out.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -17,17 +19,22 @@ from dataclasses import dataclass
 import httpx
 
 from oci.digest import DEFAULT_ALGORITHM, Digest, DigestError
+from oci.jsonsafe import loads
 from oci.manifest import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
-from oci.mediatypes import MANIFEST_ACCEPT
+from oci.mediatypes import IMAGE_CONFIGS, MANIFEST_ACCEPT
 
 from ..errors import PierError
 from ..reference import Reference
-from ..store.content_store import ContentStore, DigestMismatch
-from ..store.image import InvalidDocument, check_document, is_index
+from ..store.content_store import BlobDownload, ContentStore, DigestMismatch, keep_layer_blobs
+from ..store.image import Image, ImageError, InvalidDocument, check_document, is_index
 from ..store.platforms import Platform
+from ..unpack.layer_store import LayerStore, ReadStream, verified
+from ..unpack.layers import BrokenLayer, LayerDigestMismatch
+from ..unpack.limits import UnpackLimits
 from .transport import Credentials, RegistryRequestError, Transport, error_message, read_capped
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
+CHUNK = 1 << 20
 
 
 class PullError(PierError):
@@ -91,12 +98,118 @@ class Remote:
         return self.transport.stream("GET", f"/v2/{self.reference.path}/blobs/{digest}", self.scope, headers)
 
 
+class _Tee(ReadStream):
+    """A blob's bytes as they arrive from the registry, written to the store on the way.
+
+    The unpacker reads it like a file while the download goes on: the bytes an earlier,
+    interrupted attempt left come first (from disk), then the rest of the response.
+    ``finish`` reads what the unpacker left, then verifies and publishes the blob (or,
+    when blobs are not kept, only verifies it): a layer is never used before that.
+    """
+
+    def __init__(self, puller: Puller, download: BlobDownload, size: int, report: Progress) -> None:
+        self.puller = puller
+        self.download = download
+        self.size = size
+        self.report = report
+        self.digest = download.digest
+        self._prefix = open(download.partial_path, "rb") if download.offset else None  # noqa: SIM115
+        self._context: AbstractContextManager[httpx.Response] | None = None
+        self._chunks: Iterator[bytes] | None = None
+        self._buffer = memoryview(b"")
+
+    def _open(self) -> Iterator[bytes]:
+        offset = self.download.offset
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        self._context = self.puller.remote.blob(self.digest, headers)
+        response = self._context.__enter__()
+        if response.status_code == 200 and offset:
+            raise PullError(f"blob {self.digest}: the registry ignored the Range of a resumed download")
+        if response.status_code == 206 and not response.headers.get("content-range", "").startswith(
+            f"bytes {offset}-"
+        ):
+            raise PullError(f"blob {self.digest}: the registry answered a different range than asked")
+        if response.status_code not in (200, 206):
+            raise PullError(f"blob {self.digest}: {error_message(response)}")
+        return response.iter_bytes(CHUNK)
+
+    def _next(self) -> bytes:
+        if self._prefix is not None:
+            data = self._prefix.read(CHUNK)
+            if data:
+                return data
+            self._prefix.close()
+            self._prefix = None
+        if self._chunks is None:
+            self._chunks = self._open()
+        for chunk in self._chunks:
+            if not chunk:
+                continue
+            self.download.write(chunk)
+            if self.download.offset > self.size:
+                self.download.abort()
+                raise PullError(f"blob {self.digest} is larger than the {self.size} bytes its manifest says")
+            self.report(self.digest, "downloading", self.download.offset, self.size)
+            return chunk
+        return b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._buffer:
+            self._buffer = memoryview(self._next())
+        if size < 0 or size >= len(self._buffer):
+            data, self._buffer = self._buffer, memoryview(b"")
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return bytes(data)
+
+    def finish(self, layer: str) -> None:
+        while self.read(CHUNK):
+            pass
+        try:
+            if self.puller.keep_blobs:
+                self.download.commit()
+            else:
+                self.download.check()
+        except DigestMismatch as exc:
+            raise PullError(f"blob {exc.expected}: digest mismatch, got {exc.actual}") from None
+
+    def mismatch(self) -> str | None:
+        """After a failed unpack: whether the bytes were the blob's at all (the likelier cause)."""
+        try:
+            while self.read(CHUNK):
+                pass
+        except (PierError, httpx.HTTPError, OSError):
+            return None
+        try:
+            self.download.check()  # drops the partial bytes either way: they cannot be unpacked
+        except DigestMismatch as exc:
+            return f"blob {exc.expected}: digest mismatch, got {exc.actual}"
+        return None
+
+    def close(self) -> None:
+        if self._prefix is not None:
+            self._prefix.close()
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+
+
 class Puller:
-    def __init__(self, store: ContentStore, remote: Remote, parallel: int = 4):
+    def __init__(
+        self,
+        store: ContentStore,
+        remote: Remote,
+        parallel: int = 4,
+        unpack: bool = True,
+        limits: UnpackLimits | None = None,
+    ):
         self.store = store
         self.remote = remote
         self.reference = remote.reference
         self.parallel = max(1, parallel)
+        self.unpack = unpack
+        self.layers = LayerStore(store.root)
+        self.limits = limits
+        self.keep_blobs = keep_layer_blobs()
 
     def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
         body, _, digest = self.remote.fetch_manifest(self.reference.identifier)
@@ -108,16 +221,84 @@ class Puller:
         manifest = json.loads(body)
         if is_index(manifest):
             raise PullError(f"{self.reference.familiar()}: the index names another index for {platform}")
-        descriptors = [manifest["config"], *manifest.get("layers", [])]
+        layers = manifest.get("layers", [])
         if manifest["config"]["size"] > MAX_CONFIG_SIZE:
             raise PullError(f"{self.reference.familiar()}: its config is larger than {MAX_CONFIG_SIZE} bytes")
+        config = manifest["config"]
+        self.fetch_blob(config["digest"], config["size"], progress)
+        diff_ids = self._diff_ids(digest, manifest) if self.unpack else None
         with ThreadPoolExecutor(self.parallel) as pool:
-            list(pool.map(lambda d: self.fetch_blob(d["digest"], d["size"], progress), descriptors))
+            if diff_ids is None:
+                jobs = [pool.submit(self.fetch_blob, d["digest"], d["size"], progress) for d in layers]
+            else:
+                jobs = [
+                    pool.submit(self.fetch_layer, d, diff_id, progress)
+                    for d, diff_id in zip(layers, diff_ids, strict=True)
+                ]
+            for job in jobs:
+                job.result()
         self.store.put(digest, body)
         if index_digest is not None and index_body is not None:
             self.store.put(index_digest, index_body)
-        size = sum(d["size"] for d in descriptors)
+        size = sum(d["size"] for d in [config, *layers])
         return PulledImage(self.reference, digest, index_digest, size)
+
+    def _diff_ids(self, digest: str, manifest: dict) -> list[str] | None:
+        """The layers' diff IDs from the config; None for an artifact that is no runnable image."""
+        config = self.store.read(manifest["config"]["digest"])
+        if manifest["config"].get("mediaType") not in IMAGE_CONFIGS:
+            return None  # an artifact (a signature, an SBOM, a model): kept, not unpacked
+        try:
+            parsed = loads(config)
+            return Image(digest, manifest, parsed if isinstance(parsed, dict) else {}).diff_ids
+        except (ValueError, ImageError):
+            return None  # kept as it is; ``pier run`` says what is wrong with it, if it is run
+
+    def fetch_layer(self, descriptor: dict, diff_id: str, progress: Progress | None = None) -> None:
+        """Download one layer and unpack it as its bytes arrive; each layer goes to its own directory."""
+        report = progress or (lambda *args: None)
+        digest, size, media_type = descriptor["digest"], descriptor["size"], descriptor["mediaType"]
+        if self.layers.has(diff_id):
+            if self.keep_blobs:
+                self.fetch_blob(digest, size, progress)
+            else:
+                report(digest, "exists", size, size)
+            return
+        if self.store.has(digest):
+            report(digest, "unpacking", 0, size)
+            with self.store.path(digest).open("rb") as stream:
+                self.layers.unpack(diff_id, verified(stream, digest), media_type, digest, self.limits)
+            if not self.keep_blobs:
+                self.store.delete(digest)
+            report(digest, "done", size, size)
+            return
+        with self.store.download(digest) as download:
+            if download.already_done:  # another process fetched it while we waited
+                with self.store.path(digest).open("rb") as stream:
+                    self.layers.unpack(diff_id, verified(stream, digest), media_type, digest, self.limits)
+                report(digest, "exists", size, size)
+                return
+            report(digest, "downloading", download.offset, size)
+            tee = _Tee(self, download, size, report)
+            try:
+                unpacked = self.layers.unpack(diff_id, tee, media_type, digest, self.limits)
+            except LayerDigestMismatch as exc:
+                download.abort()
+                raise PullError(str(exc)) from None
+            except BrokenLayer:
+                mismatch = tee.mismatch()  # corrupt bytes fail to decompress before any digest is known
+                if mismatch:
+                    raise PullError(mismatch) from None
+                raise
+            except (PierError, httpx.HTTPError, OSError):
+                raise  # the partial blob stays for the next pull to resume
+            finally:
+                tee.close()
+        if (
+            not unpacked and self.keep_blobs
+        ):  # another process unpacked it meanwhile: the blob is still wanted
+            self.fetch_blob(digest, size, progress)
+        report(digest, "done", size, size)
 
     def fetch_blob(self, digest: str, size: int, progress: Progress | None = None) -> None:
         report = progress or (lambda *args: None)
@@ -163,11 +344,14 @@ def pull(
     parallel: int = 4,
     progress: Progress | None = None,
     ca_cert: str | None = None,
+    unpack: bool = True,
 ) -> PulledImage:
+    """Pull ``reference`` into ``store``; ``unpack`` also unpacks its layers into the layer store."""
     transport = Transport(reference.api_host, insecure=insecure, credentials=credentials, ca_cert=ca_cert)
     try:
         with store.lock():
-            image = Puller(store, Remote(transport, reference), parallel).pull(platform, progress)
+            puller = Puller(store, Remote(transport, reference), parallel, unpack=unpack)
+            image = puller.pull(platform, progress)
             if reference.tag:
                 store.set_ref(reference.name, reference.tag, image.index_digest or image.digest)
     except RegistryRequestError as exc:

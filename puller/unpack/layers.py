@@ -8,6 +8,14 @@ replaced. Whiteouts (``.wh.NAME``) and opaque directories (``.wh..wh..opq``) fol
 image-spec ``layer.md``; ownership, device nodes and xattrs are kept only when the
 caller may create them (root), as umoci does.
 
+Two modes share that walk. *Merged* applies a layer on top of a tree that already holds
+the layers below (``pier unpack``). *Overlay* unpacks one layer into an empty directory of
+its own (the layer store) and keeps whiteouts in overlayfs's format (a 0/0 character
+device, ``trusted.overlay.opaque`` on an opaque directory), so that overlayfs stacks the
+layer directories into the image's filesystem. A layer directory depends on nothing but
+the layer, as in docker's overlay2 driver: a directory the tar only implies is made 0755
+and owned by root, and a hardlink must name a file of the same layer.
+
 Every layer is charged to an ``UnpackBudget`` (``unpack_limits``): decompressed bytes as
 they are read, entries as they come, and disk space before each write. Sparse members
 are written as sparse files: only their data regions take space.
@@ -27,11 +35,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from oci.verify import Verifier, VerifyError
+
 from ..errors import PierError
 from .limits import UnpackBudget, UnpackLimits
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+# Overlayfs reads trusted.* as root; unprivileged mounts (``userxattr``) read user.* instead.
+OVERLAY_XATTR_PREFIX = "trusted.overlay." if os.geteuid() == 0 else "user.overlay."
+OPAQUE_XATTR = OVERLAY_XATTR_PREFIX + "opaque"
+OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")  # never taken from a layer: they steer the mount
 MAX_SYMLINK_HOPS = 40
 COPY_BUFFER = 1 << 20
 
@@ -157,6 +171,18 @@ def _is_real_dir(root: str, path: str) -> bool:
     return True
 
 
+def is_whiteout(info: os.stat_result) -> bool:
+    """Overlayfs's whiteout: a character device 0/0."""
+    return stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
 def _ensure_dirs(root: str, path: str) -> None:
     """Make missing parents; a non-directory in the way is replaced, as docker does."""
     current = root
@@ -175,7 +201,8 @@ def _ensure_dirs(root: str, path: str) -> None:
 
 
 class LayerApplier:
-    def __init__(self, rootfs: Path, layer: str, budget: UnpackBudget) -> None:
+    def __init__(self, rootfs: Path, layer: str, budget: UnpackBudget, overlay: bool = False) -> None:
+        self.overlay = overlay
         self.rootfs = str(rootfs)
         self.budget = budget
         self.root = _Root(self.rootfs, layer)
@@ -224,6 +251,9 @@ class LayerApplier:
         if parts is None:
             return  # "./" itself: the rootfs's own metadata is not taken from layers
         name = parts[-1]
+        if self.overlay and name.startswith(WHITEOUT_PREFIX):
+            self._overlay_whiteout(member.name, parts)
+            return
         if name == OPAQUE_MARKER:
             directory = self.root.walk(member.name, parts[:-1])
             if os.path.isdir(directory) and not os.path.islink(directory):
@@ -266,6 +296,33 @@ class LayerApplier:
                 self._routes_changed()
             self._metadata(member, path)
         self.created.add(path)
+
+    def _overlay_whiteout(self, entry: str, parts: tuple[str, ...]) -> None:
+        """Record a whiteout or an opaque marker the way overlayfs reads it.
+
+        Whiteouts hide only what lower layers hold (image-spec): an entry this layer made
+        under the same name stays, whatever the order in the tar.
+        """
+        name = parts[-1]
+        if name == OPAQUE_MARKER:
+            directory = self._parent(entry, parts)
+            os.setxattr(directory, OPAQUE_XATTR, b"y", follow_symlinks=False)
+            return
+        hidden = name[len(WHITEOUT_PREFIX) :]
+        if hidden in ("", ".", "..") or "/" in hidden:
+            raise UnsafeLayer(self.layer, entry, "whiteout of no name, '.' or '..'")
+        path = os.path.join(self._parent(entry, parts), hidden)
+        if path in self.created:
+            return
+        if _remove(path):
+            self._routes_changed()
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, 0)
+        except PermissionError as exc:
+            raise BrokenLayer(
+                self.layer, f"cannot record the whiteout of {hidden!r}: {exc.strerror}"
+            ) from exc
+        self.budget.space.take(0)
 
     def _regular(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         """Write a file and set its metadata through the open descriptor: no path is looked up twice."""
@@ -325,7 +382,7 @@ class LayerApplier:
         """The entry's ``SCHILY.xattr.*``, set on an open descriptor or on a path not followed."""
         follow = isinstance(target, int)  # an fd refuses follow_symlinks=False; it is no symlink
         for key, value in (member.pax_headers or {}).items():
-            if key.startswith("SCHILY.xattr."):
+            if key.startswith("SCHILY.xattr.") and not key[13:].startswith(OVERLAY_XATTRS):
                 try:
                     os.setxattr(
                         target,
@@ -399,12 +456,43 @@ def is_layer_fault(exc: Exception) -> bool:
     return isinstance(exc, faults) or type(exc).__name__ in ("IsalError", "ZstdError")
 
 
+class LayerDigestMismatch(BrokenLayer):
+    """A layer whose bytes are not the ones its manifest or config names."""
+
+
+class _Hashed:
+    """A read-only stream that feeds every byte it yields to a verifier."""
+
+    def __init__(self, stream: BinaryIO, verifier: Verifier) -> None:
+        self._stream = stream
+        self.verifier = verifier
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.verifier.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end: a digest covers the bytes after the tar's end-of-archive too."""
+        while self.read(COPY_BUFFER):
+            pass
+
+
 def apply_layer(
-    rootfs: Path, stream: BinaryIO, media_type: str, layer: str, budget: UnpackBudget | None = None
+    rootfs: Path,
+    stream: BinaryIO,
+    media_type: str,
+    layer: str,
+    budget: UnpackBudget | None = None,
+    *,
+    overlay: bool = False,
+    diff_id: str | None = None,
 ) -> None:
     """Apply one layer (a tar stream, compressed or not) on top of ``rootfs``, within ``budget``.
 
     Without a budget, the layer gets one of its own under the limits from the environment.
+    ``overlay`` writes whiteouts in overlayfs's format (``rootfs`` is then the layer's own
+    empty directory); ``diff_id`` is checked against the uncompressed bytes, to the last.
     """
     rootfs = Path(rootfs)
     rootfs.mkdir(parents=True, exist_ok=True)
@@ -412,11 +500,20 @@ def apply_layer(
         budget = UnpackBudget(UnpackLimits.from_env(), rootfs)
     budget.start_layer(layer)
     try:
-        with (
-            decompressed(stream, media_type) as raw,
-            tarfile.open(fileobj=budget.counted(raw), mode="r|") as tar,  # reads the first header
-        ):
-            LayerApplier(rootfs.resolve(), layer, budget).apply(tar)
+        with decompressed(stream, media_type) as raw:
+            counted = budget.counted(raw)
+            hashed = _Hashed(counted, Verifier(diff_id)) if diff_id else None
+            source = cast(BinaryIO, hashed) if hashed is not None else counted  # read() is all tarfile uses
+            with tarfile.open(fileobj=source, mode="r|") as tar:  # reads the first header
+                LayerApplier(rootfs.resolve(), layer, budget, overlay).apply(tar)
+            if hashed is not None:
+                hashed.drain()
+                try:
+                    hashed.verifier.check()
+                except VerifyError as exc:
+                    raise LayerDigestMismatch(
+                        layer, f"its uncompressed bytes are {exc.actual}, not the diff ID {diff_id}"
+                    ) from None
     except PierError:
         raise
     except Exception as exc:

@@ -1,26 +1,22 @@
-"""Root filesystems: an image's layers applied in order, and a cache of the result.
+"""Root filesystems: an image's layers, as directories of the layer store or as one tree.
 
-Unpacking is the slow part of starting a container, so each image's rootfs is unpacked
-once into ``<home>/rootfs/<chain-id>`` and shared, read-only, by every container of
-that image (each container writes to its own overlay upper directory). The key is the
-image-spec ChainID of the layers, so two manifests with the same layers share one tree.
-A tree is unpacked under a temporary name and renamed into place when complete: an
-interrupted unpack never leaves a half rootfs that looks ready. ``pier unpack`` into a
-directory of the user's choice follows the same rule: a failed unpack (a limit of
+A container's rootfs is the stack of its image's layer directories (``image_layers``),
+each unpacked once and shared by every image that has it. ``pier unpack`` writes one
+flat tree into a directory of the user's choice, all of it or nothing: it is unpacked
+under a temporary name and renamed when complete, so a failed unpack (a limit of
 ``unpack_limits``, a broken layer, Ctrl-C) leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from ..store.content_store import ContentStore
 from ..store.image import Image, ImageError
+from .layer_store import LayerStore, force_rmtree, verified
 from .layers import apply_layer
 from .limits import UnpackBudget, UnpackLimits
 
@@ -38,21 +34,6 @@ def _apply_layers(
             progress(layer["digest"], number, len(layers))
         with store.path(layer["digest"]).open("rb") as stream:
             apply_layer(dest, stream, layer["mediaType"], layer["digest"], budget)
-
-
-def _force_rmtree(path: Path) -> None:
-    """Delete a tree even where the image made directories read-only (as a non-root user)."""
-
-    def writable_and_retry(function: Callable[[str], object], name: str, _: object) -> None:
-        with contextlib.suppress(OSError):  # cleanup must not hide the error that caused it
-            os.chmod(os.path.dirname(name), 0o700)
-            function(name)
-
-    with contextlib.suppress(OSError):
-        if path.is_symlink() or not path.is_dir():
-            path.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(path, onerror=writable_and_retry)
 
 
 def unpack_image(
@@ -77,7 +58,7 @@ def unpack_image(
             _apply_layers(store, image, dest, budget, progress)
         except BaseException:
             for child in dest.iterdir():
-                _force_rmtree(child)
+                force_rmtree(child)
             raise
         return
     temporary = dest.parent / f".{dest.name}.unpacking-{uuid.uuid4().hex}"
@@ -90,57 +71,50 @@ def unpack_image(
         _apply_layers(store, image, temporary, budget, progress)
         os.rename(temporary, dest)
     except BaseException:
-        _force_rmtree(temporary)
+        force_rmtree(temporary)
         raise
 
 
-class RootfsCache:
-    def __init__(self, store: ContentStore) -> None:
-        self.store = store
-        self.root = store.root / "rootfs"
+def image_layers(
+    store: ContentStore,
+    image: Image,
+    progress: LayerProgress | None = None,
+    limits: UnpackLimits | None = None,
+) -> list[Path]:
+    """The directories of ``image``'s layers in the layer store, bottom first; missing ones unpacked now.
 
-    def path(self, chain_id: str) -> Path:
-        algorithm, _, hexpart = chain_id.partition(":")
-        return self.root / f"{algorithm}-{hexpart}"
-
-    def cached(self, image: Image) -> Path | None:
-        path = self.path(image.chain_id)
-        return path if path.is_dir() else None
-
-    def prepare(self, image: Image, progress: LayerProgress | None = None) -> tuple[Path, bool]:
-        """(the image's unpacked rootfs, whether it had to be unpacked now)."""
-        target = self.path(image.chain_id)
-        if target.is_dir():
-            return target, False
-        self.root.mkdir(parents=True, exist_ok=True)
-        temporary = self.root / f".unpacking-{uuid.uuid4().hex}"
+    A pull unpacks as it downloads; this covers images that came another way (``pier load``,
+    a store from before the layer store) and layers a prune removed while their blob stayed.
+    """
+    layers = LayerStore(store.root)
+    descriptors = image.layers
+    for number, (descriptor, diff_id) in enumerate(zip(descriptors, image.diff_ids, strict=True), 1):
+        if layers.has(diff_id):
+            continue
+        if progress is not None:
+            progress(descriptor["digest"], number, len(descriptors))
         try:
-            budget = UnpackBudget(UnpackLimits.from_env(), self.root)
-            _apply_layers(self.store, image, temporary, budget, progress)
-            try:
-                os.rename(temporary, target)
-            except OSError:
-                if not target.is_dir():
-                    raise
-                shutil.rmtree(temporary)  # another process finished the same tree first
-        except BaseException:
-            _force_rmtree(temporary)
-            raise
-        return target, True
+            stream = store.path(descriptor["digest"]).open("rb")
+        except FileNotFoundError:
+            missing = descriptor["digest"]
+            raise ImageError(
+                f"layer {missing} is neither unpacked nor in the local store: pull the image again"
+            ) from None
+        with stream:
+            layers.unpack(
+                diff_id,
+                verified(stream, descriptor["digest"]),
+                descriptor["mediaType"],
+                descriptor["digest"],
+                limits,
+            )
+    return [layers.path(diff_id) for diff_id in image.diff_ids]
 
-    def remove(self, chain_id: str) -> bool:
-        path = self.path(chain_id)
-        if not path.is_dir():
-            return False
-        doomed = self.root / f".removing-{uuid.uuid4().hex}"
-        os.rename(path, doomed)  # gone at once for readers, then deleted at leisure
-        shutil.rmtree(doomed, ignore_errors=True)
-        return True
 
-    def clean_leftovers(self) -> None:
-        """Trees left by an unpack or removal that was killed halfway."""
-        if not self.root.is_dir():
-            return
-        for entry in self.root.iterdir():
-            if entry.name.startswith((".unpacking-", ".removing-")):
-                shutil.rmtree(entry, ignore_errors=True)
+def layers_available(store: ContentStore, image: Image) -> bool:
+    """Whether every layer of ``image`` is unpacked or has its blob here (nothing to pull)."""
+    layers = LayerStore(store.root)
+    return all(
+        layers.has(diff_id) or store.has(descriptor["digest"])
+        for descriptor, diff_id in zip(image.layers, image.diff_ids, strict=True)
+    )
