@@ -3,8 +3,10 @@ never touch outside its rootfs."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -51,4 +53,27 @@ def untouched(directory: Path) -> dict[str, tuple]:
             info.st_ctime_ns,
             content,
         )
+    return found
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Everything a container would see of a tree: type, mode, owner, content or target."""
+    found: dict[str, tuple] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        relative = str(path.relative_to(root))
+        if stat.S_ISLNK(info.st_mode):
+            found[relative] = ("symlink", os.readlink(path), info.st_uid, info.st_gid)
+        elif stat.S_ISDIR(info.st_mode):
+            found[relative] = ("dir", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[relative] = (
+                "file",
+                stat.S_IMODE(info.st_mode),
+                info.st_uid,
+                info.st_gid,
+                digest,
+                int(info.st_mtime),
+            )
     return found

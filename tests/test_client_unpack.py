@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -16,30 +15,7 @@ import pytest
 from puller.unpack.layers import UnsafeLayer, apply_layer
 
 from .images import build_image
-from .layers import apply, entry, make_tar
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    """Everything a container would see of a tree: type, mode, owner, content or target."""
-    found: dict[str, tuple] = {}
-    for path in sorted(root.rglob("*")):
-        info = path.lstat()
-        relative = str(path.relative_to(root))
-        if stat.S_ISLNK(info.st_mode):
-            found[relative] = ("symlink", os.readlink(path), info.st_uid, info.st_gid)
-        elif stat.S_ISDIR(info.st_mode):
-            found[relative] = ("dir", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
-        else:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            found[relative] = (
-                "file",
-                stat.S_IMODE(info.st_mode),
-                info.st_uid,
-                info.st_gid,
-                digest,
-                int(info.st_mtime),
-            )
-    return found
+from .layers import apply, entry, make_tar, tree
 
 
 def test_unpacked_image_matches_umoci(tmp_path) -> None:

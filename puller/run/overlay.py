@@ -71,8 +71,8 @@ def _mount_api(lowers: list[Path], upper: Path, work: Path, target: Path, userxa
                 )
             _syscall(SYS_FSCONFIG, context, ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None, 0)
         except OSError as exc:
-            detail = _fs_messages(context)
-            raise OSError(exc.errno, f"{exc.strerror}{': ' + detail if detail else ''}") from None
+            detail = _fs_messages(context).removeprefix("e ")  # "e overlay: ...": an error line
+            raise OSError(exc.errno, detail or exc.strerror) from None
         mount = _syscall(SYS_FSMOUNT, context, ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(0))
         try:
             _syscall(
@@ -113,14 +113,13 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> 
         _mount_api(lowers, upper, work, target, userxattr)
         return
     except OSError as exc:
-        if exc.errno not in (errno.ENOSYS, errno.EINVAL):
+        old_kernel = exc.errno == errno.ENOSYS or "lowerdir+" in (exc.strerror or "")
+        if not old_kernel:
             raise OverlayUnavailable(f"overlay mount refused: {exc.strerror}") from None
-        first = exc  # no mount API, or no lowerdir+ (before 6.8): the classic call
-    try:
+    try:  # no mount API, or no lowerdir+ (before Linux 6.8): the classic call
         _mount_classic(lowers, upper, work, target, userxattr)
     except OSError as exc:
-        reason = exc.strerror if exc.errno != errno.EINVAL else f"{exc.strerror} ({first.strerror})"
-        raise OverlayUnavailable(f"overlay mount refused: {reason}") from None
+        raise OverlayUnavailable(f"overlay mount refused: {exc.strerror}") from None
 
 
 def unmount(target: Path) -> None:

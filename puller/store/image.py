@@ -200,7 +200,20 @@ def shareable(store: ContentStore, digest: str, platform: Platform) -> tuple[str
     with a note (second item) saying so.
     """
     if not is_index(read_json(store, digest)) or not missing_content(store, digest):
+        _check_whole(store, digest)
         return digest, None
-    image = load_image(store, digest, platform)
+    image = load_image(store, digest, platform, need_layers=False)
+    _check_whole(store, image.digest)
     note = f"the local store holds only the {platform} image of this index: using that image ({image.digest})"
     return image.digest, note
+
+
+def _check_whole(store: ContentStore, digest: str) -> None:
+    """Refuse to hand out an image some of whose blobs are not here (never a silent partial copy)."""
+    missing = missing_content(store, digest)
+    if missing:
+        raise ImageError(
+            f"{len(missing)} blob(s) of {digest} are not in the local store (first: {missing[0]}); "
+            "layers kept only unpacked (PIER_KEEP_LAYER_BLOBS=0) cannot be pushed or saved: "
+            "pull the image again"
+        )

@@ -2,7 +2,7 @@
 
     <home>/layers/<alg>-<hex>/diff         the layer's files, whiteouts in overlayfs's format
     <home>/layers/<alg>-<hex>/layer.json   its size, entries and the blob it came from
-    <home>/layers/.unpacking-<uuid>/       a layer being unpacked (never used)
+    <home>/layers/.unpacking-<layer>-<uuid>/  a layer being unpacked (never used)
     <home>/layers/.locks/<alg>-<hex>       held while the layer is unpacked or removed
 
 A layer is keyed by its diff ID (the digest of its uncompressed tar), so two images that
@@ -10,8 +10,8 @@ share a base share its directories. It is unpacked under a temporary name, check
 against both its blob digest and its diff ID, and renamed into place only then: a
 killed or failed unpack leaves nothing a later run could mistake for a layer. Two
 processes unpacking the same layer take the same per-layer lock; the second finds the
-work done. Stacking the directories (overlayfs, or ``snapshot.materialize``) gives the
-image's filesystem.
+work done, and the next holder of the lock deletes what a killed holder left. Stacking
+the directories (overlayfs, or ``snapshot.materialize``) gives the image's filesystem.
 """
 
 from __future__ import annotations
@@ -172,8 +172,10 @@ class LayerStore:
         with self.locked(diff_id):
             if self.has(diff_id):
                 return False
-            self.root.mkdir(parents=True, exist_ok=True)
-            temporary = self.root / f".unpacking-{uuid.uuid4().hex}"
+            name = _name(diff_id)
+            for dead in self.root.glob(f".unpacking-{name}-*"):  # its unpacker held this lock: killed
+                force_rmtree(dead)
+            temporary = self.root / f".unpacking-{name}-{uuid.uuid4().hex}"
             try:
                 temporary.mkdir()
                 budget = UnpackBudget(limits if limits is not None else UnpackLimits.from_env(), self.root)
