@@ -11,6 +11,8 @@ too), and becomes usable only once both its digest and its diff ID have checked 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -210,6 +212,7 @@ class Puller:
         self.layers = LayerStore(store.root)
         self.limits = limits
         self.keep_blobs = keep_layer_blobs()
+        self.unpackers = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
 
     def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
         body, _, digest = self.remote.fetch_manifest(self.reference.identifier)
@@ -255,29 +258,46 @@ class Puller:
             return None  # kept as it is; ``pier run`` says what is wrong with it, if it is run
 
     def fetch_layer(self, descriptor: dict, diff_id: str, progress: Progress | None = None) -> None:
-        """Download one layer and unpack it as its bytes arrive; each layer goes to its own directory."""
+        """Download a layer and unpack it into its own directory: as its bytes arrive, if an unpacker is free.
+
+        Downloads run in parallel; unpacks take one of ``unpackers`` slots (creating files
+        in parallel on two cores cost more kernel time than it saved). A layer that finds
+        no free slot is downloaded first and unpacked from disk when one frees.
+        """
         report = progress or (lambda *args: None)
-        digest, size, media_type = descriptor["digest"], descriptor["size"], descriptor["mediaType"]
+        digest, size = descriptor["digest"], descriptor["size"]
         if self.layers.has(diff_id):
             if self.keep_blobs:
                 self.fetch_blob(digest, size, progress)
             else:
                 report(digest, "exists", size, size)
             return
-        if self.store.has(digest):
+        if not self.store.has(digest) and self.unpackers.acquire(blocking=False):
+            try:
+                if self._stream_layer(descriptor, diff_id, report):
+                    return
+            finally:
+                self.unpackers.release()
+        if not self.store.has(digest):
+            self.fetch_blob(digest, size, progress)
+        with self.unpackers:
             report(digest, "unpacking", 0, size)
-            with self.store.path(digest).open("rb") as stream:
-                self.layers.unpack(diff_id, verified(stream, digest), media_type, digest, self.limits)
-            if not self.keep_blobs:
-                self.store.delete(digest)
-            report(digest, "done", size, size)
-            return
+            self._unpack_stored(descriptor, diff_id)
+        report(digest, "done", size, size)
+
+    def _unpack_stored(self, descriptor: dict, diff_id: str) -> None:
+        digest, media_type = descriptor["digest"], descriptor["mediaType"]
+        with self.store.path(digest).open("rb") as stream:
+            self.layers.unpack(diff_id, verified(stream, digest), media_type, digest, self.limits)
+        if not self.keep_blobs:
+            self.store.delete(digest)
+
+    def _stream_layer(self, descriptor: dict, diff_id: str, report: Progress) -> bool:
+        """Unpack the layer from its download; False when another process got the blob meanwhile."""
+        digest, size, media_type = descriptor["digest"], descriptor["size"], descriptor["mediaType"]
         with self.store.download(digest) as download:
-            if download.already_done:  # another process fetched it while we waited
-                with self.store.path(digest).open("rb") as stream:
-                    self.layers.unpack(diff_id, verified(stream, digest), media_type, digest, self.limits)
-                report(digest, "exists", size, size)
-                return
+            if download.already_done:
+                return False
             report(digest, "downloading", download.offset, size)
             tee = _Tee(self, download, size, report)
             try:
@@ -289,16 +309,13 @@ class Puller:
                 mismatch = tee.mismatch()  # corrupt bytes fail to decompress before any digest is known
                 if mismatch:
                     raise PullError(mismatch) from None
-                raise
-            except (PierError, httpx.HTTPError, OSError):
-                raise  # the partial blob stays for the next pull to resume
+                raise  # the partial blob stays for the next pull to resume (network and disk errors too)
             finally:
                 tee.close()
-        if (
-            not unpacked and self.keep_blobs
-        ):  # another process unpacked it meanwhile: the blob is still wanted
-            self.fetch_blob(digest, size, progress)
+        if not unpacked and self.keep_blobs:  # unpacked by another process meanwhile: get the blob
+            self.fetch_blob(digest, size)
         report(digest, "done", size, size)
+        return True
 
     def fetch_blob(self, digest: str, size: int, progress: Progress | None = None) -> None:
         report = progress or (lambda *args: None)
