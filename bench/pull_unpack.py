@@ -8,7 +8,9 @@ Debian's ``docker-registry`` (distribution 2.8) on a free loopback port with a f
 folder, pushes the image there with skopeo, and then times, round by round and each time
 from an empty local state:
 
-- pier:      ``pier pull REF -q`` into a fresh PIER_HOME, then ``pier unpack REF DIR``
+- pier:      ``pier pull REF -q --no-unpack`` into a fresh PIER_HOME, then ``pier unpack
+             REF DIR`` (one flat tree, as umoci's; ``bench/layer_store.py`` measures the
+             plain ``pier pull``, which unpacks into the layer store as it downloads)
 - reference: ``skopeo copy docker://REF oci:LAYOUT:TAG``, then ``umoci unpack``
 
 It prints the medians and the pier/reference ratio, then pulls the same image a second
@@ -480,7 +482,7 @@ def tree_stats(root: Path) -> tuple[int, int]:
 def pier_round(work: Path, ref: str, check: bool) -> Round:
     home = work / "pier-home"
     env = pier_env(home)
-    pull = timed([str(PIER), "pull", ref, "-q"], env)
+    pull = timed([str(PIER), "pull", ref, "-q", "--no-unpack"], env)  # a plain pull also unpacks layers
     unpack = timed([str(PIER), "unpack", ref, str(work / "pier-rootfs")], env)
     if check:
         entries, size = tree_stats(work / "pier-rootfs")

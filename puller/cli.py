@@ -18,26 +18,22 @@ from typing import TYPE_CHECKING
 
 from .errors import PierError
 from .formatting import FormatError, Template
-from .prune import Collected, collect_garbage
 from .reference import InvalidReference, Reference, parse_reference
-from .run.containers import Containers, is_running
-from .run.oci_runtime import CommandNotRunnable, RunOptions, run
 from .store.content_store import ContentStore, keep_layer_blobs
 from .store.image import ImageError, is_index, load_image, local_digest, read_json, shareable
-from .store.inspection import Inspected, inspect_local
 from .store.platforms import Platform
 from .text import human_size, plural, printable
 from .transfer.credentials import Credentials, CredentialsError, erase, lookup
 from .transfer.credentials import save as save_credentials
 from .transfer.saved import FORMATS, load_from_stream, load_images, output_format, save_images, save_to_stream
-from .unpack.layer_store import LayerStore
-from .unpack.rootfs import layers_available, unpack_image
 
 if TYPE_CHECKING:
+    from .prune import Collected
+    from .store.inspection import Inspected
     from .transfer.transport import Transport
 
-# httpx and rich take a third of a second to import: commands that move bytes import
-# them when they run, so local commands (images, unpack, ps) start at once.
+# httpx and rich take a third of a second to import, the unpacker and the runtime a tenth:
+# each command imports what it needs when it runs, so every command starts at once.
 
 
 def _insecure(args: argparse.Namespace, host: str) -> bool:
@@ -266,6 +262,7 @@ def _human(size: int) -> str:
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
+    from .prune import collect_garbage
     from .untag import conflict, resolve
 
     store = ContentStore()
@@ -287,6 +284,8 @@ def _report_collected(collected: Collected) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .prune import collect_garbage
+
     _report_collected(collect_garbage(ContentStore()))
     return 0
 
@@ -294,6 +293,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .run.oci_runtime import RunError, cgroup_layout, find_runtime
     from .run.overlay import probe
+    from .unpack.layer_store import LayerStore
 
     store = ContentStore()
     layers = LayerStore(store.root)
@@ -325,6 +325,8 @@ def _remote_text(args: argparse.Namespace) -> tuple[str, bool]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .store.inspection import inspect_local
+
     if args.raw and args.format:
         raise FormatError("--format and --raw: choose one (--raw prints the bytes as they are)")
     template = Template(args.format) if args.format else None  # a bad template fails before any request
@@ -458,6 +460,8 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
+    from .unpack.rootfs import unpack_image
+
     store = ContentStore()
     _, digest = _local(store, args.reference)
     image = load_image(store, digest, _platform(args))
@@ -472,7 +476,9 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .run.oci_runtime import CommandNotRunnable, RunOptions, run
     from .transfer.pull import pull
+    from .unpack.rootfs import layers_available
 
     reference = parse_reference(args.reference)
     platform = _platform(args)
@@ -535,6 +541,8 @@ def _copy_notice(store: ContentStore) -> Callable[[str], None]:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    from .run.containers import Containers, is_running
+
     template = _row_template(args.format, CONTAINER_FIELDS)
     containers = Containers(ContentStore().root)
     table = [("CONTAINER", "IMAGE", "COMMAND", "CREATED", "STATUS")]
@@ -565,6 +573,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from .run.containers import Containers
+
     containers = Containers(ContentStore().root)
     for name in args.containers:
         containers.remove(name, force=args.force)

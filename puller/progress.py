@@ -14,19 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, TextIO
 
 from .text import human_size
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 Report = Callable[[str, str, int, int], None]
 MOVING = frozenset({"downloading", "uploading"})
@@ -81,6 +74,9 @@ def transfer_progress(quiet: bool, stream: TextIO | None = None) -> Iterator[Rep
     if not stream.isatty():
         yield PlainReport(stream)
         return
+    from rich.console import Console  # only for a terminal: rich takes a tenth of a second to import
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     columns = (
         TextColumn("{task.description}"),
         TextColumn("{task.fields[state]:<11}"),

@@ -30,10 +30,16 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 
     return info
 
 
+# "merged" (pier unpack's: layers applied on one tree) or "overlay" (the layer store's:
+# whiteouts recorded as overlayfs does). A test module may switch it (see the hostile tests).
+MODE = {"overlay": False}
+
+
 def apply(
     rootfs: Path, entries: list[tuple[tarfile.TarInfo, bytes | None]], layer: str = "test-layer"
 ) -> None:
-    apply_layer(rootfs, make_tar(entries), "application/vnd.oci.image.layer.v1.tar", layer)
+    tar = make_tar(entries)
+    apply_layer(rootfs, tar, "application/vnd.oci.image.layer.v1.tar", layer, overlay=MODE["overlay"])
 
 
 def untouched(directory: Path) -> dict[str, tuple]:

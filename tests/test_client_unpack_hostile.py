@@ -10,6 +10,7 @@ directory times. Further down: earlier layers' symlinks, and what a review found
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tarfile
 import time
@@ -21,9 +22,16 @@ from hypothesis import strategies as st
 
 from puller.unpack.layers import UnsafeLayer
 
-from .layers import apply, entry, untouched
+from .layers import MODE, apply, entry, untouched
 
 D, S, L, F = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.REGTYPE
+
+
+@pytest.fixture(autouse=True, params=["merged", "overlay"])
+def unpack_mode(request, monkeypatch) -> str:
+    """Every attack runs against ``pier unpack``'s tree and against a layer-store directory."""
+    monkeypatch.setitem(MODE, "overlay", request.param == "overlay")
+    return request.param
 
 
 def snapshot(directory: Path) -> dict[str, tuple]:
@@ -87,7 +95,8 @@ def test_a_resolved_parent_turned_into_a_symlink_is_followed_inside(sandbox, ent
     rootfs, outside = sandbox
     before = snapshot(outside)
     prepared = []
-    for info, data in entries:
+    for shared, data in entries:
+        info = copy.copy(shared)  # the parameters serve both unpack modes: never edit them
         if info.linkname == "{out}":
             info.linkname = str(outside / "folder")  # absolute: must resolve inside the rootfs
         prepared.append((info, data))

@@ -133,7 +133,7 @@ class _Tee(ReadStream):
             raise PullError(f"blob {self.digest}: the registry answered a different range than asked")
         if response.status_code not in (200, 206):
             raise PullError(f"blob {self.digest}: {error_message(response)}")
-        return response.iter_bytes(CHUNK)
+        return response.iter_bytes()  # as they arrive: re-chunking would copy them
 
     def _next(self) -> bytes:
         if self._prefix is not None:
@@ -338,7 +338,7 @@ class Puller:
                 elif response.status_code not in (200, 206):
                     raise PullError(f"blob {digest}: {error_message(response)}")
                 report(digest, "downloading", download.offset, size)
-                for chunk in response.iter_bytes(1 << 20):
+                for chunk in response.iter_bytes():
                     download.write(chunk)
                     if download.offset > size:
                         download.abort()

@@ -185,6 +185,21 @@ def _opaque(path: str) -> bool:
         return False
 
 
+def _file_on_route(root: str, path: str) -> bool:
+    """Whether something that is not a directory stands on the way from ``root`` to ``path``."""
+    current = root
+    for part in os.path.relpath(path, root).split("/"):
+        if part == ".":
+            continue
+        current = os.path.join(current, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return True
+        except FileNotFoundError:
+            return False
+    return False
+
+
 def _ensure_dirs(root: str, path: str) -> None:
     """Make missing parents; a non-directory in the way is replaced, as docker does."""
     current = root
@@ -306,14 +321,16 @@ class LayerApplier:
         under the same name stays, whatever the order in the tar.
         """
         name = parts[-1]
+        hidden = name[len(WHITEOUT_PREFIX) :]
+        if name != OPAQUE_MARKER and hidden in ("", ".", ".."):
+            raise UnsafeLayer(self.layer, entry, "whiteout of no name, '.' or '..'")
+        if _file_on_route(self.rootfs, self.root.walk(entry, parts[:-1])):
+            return  # this layer's own file already hides everything below its name
+        directory = self._parent(entry, parts)
         if name == OPAQUE_MARKER:
-            directory = self._parent(entry, parts)
             os.setxattr(directory, OPAQUE_XATTR, b"y", follow_symlinks=False)
             return
-        hidden = name[len(WHITEOUT_PREFIX) :]
-        if hidden in ("", ".", "..") or "/" in hidden:
-            raise UnsafeLayer(self.layer, entry, "whiteout of no name, '.' or '..'")
-        path = os.path.join(self._parent(entry, parts), hidden)
+        path = os.path.join(directory, hidden)
         if path in self.created:
             return
         if _remove(path):
