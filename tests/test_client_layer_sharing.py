@@ -201,18 +201,20 @@ def _registry_script(image: Image, slow: str | None, served: list[tuple[str, str
                 404, [("Content-Type", "application/json")], b'{"errors":[{"code":"BLOB_UNKNOWN"}]}'
             )
         data = blobs[digest]
-        start = int(request.headers.get("range", "bytes=0-")[6:].rstrip("-") or 0)
-        served.append((digest, request.headers.get("range", "")))
-        status = 206 if start else 200
-        headers = [("Content-Length", str(len(data) - start))]
-        if start:
-            headers.append(("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}"))
+        asked = request.headers.get("range", "")
+        served.append((digest, asked))
+        first, _, last = asked.removeprefix("bytes=").partition("-")
+        start, end = int(first or 0), int(last) + 1 if last else len(data)
+        status = 206 if asked else 200
+        headers = [("Content-Length", str(end - start))]
+        if asked:
+            headers.append(("Content-Range", f"bytes {start}-{end - 1}/{len(data)}"))
         if digest != slow:
-            return Answer(status, headers, data[start:])
+            return Answer(status, headers, data[start:end])
 
         def trickle():
-            for offset in range(start, len(data), 16_384):
-                yield data[offset : offset + 16_384]
+            for offset in range(start, end, 16_384):
+                yield data[offset : min(offset + 16_384, end)]
                 time.sleep(0.05)  # sleep-ok: a slow link, so the test can kill the pull mid-blob
 
         return Answer(status, headers, trickle())
@@ -252,7 +254,7 @@ def test_a_pull_killed_midway_resumes_without_refetching_complete_layers(tmp_pat
         pulled = run_pier(home, "pull", f"{server.host}/kill/me:v1")
     assert pulled.returncode == 0, pulled.stderr
     assert [digest for digest, _ in resumed] == [big.digest]  # the config and complete layers: not again
-    assert resumed[0][1].startswith("bytes=") and int(resumed[0][1][6:-1]) > 200_000  # resumed, not restarted
+    assert resumed[0][1].startswith("bytes=") and int(resumed[0][1][6:].rstrip("-")) > 200_000  # resumed
     assert len(layer_dirs(home)) == 3 and leftovers(home) == []
 
 
@@ -297,3 +299,80 @@ def test_keeping_only_unpacked_layers(family, tmp_path) -> None:
     saved = run_pier(home, "save", first_ref, "-o", str(tmp_path / "out.tar"), env=env)
     assert saved.returncode == 1 and saved.stderr.count("\n") == 1
     assert "not in the local store" in saved.stderr and "pull" in saved.stderr
+
+
+RANGED = {"PIER_PULL_RANGE_MIN": "100000"}  # the default is 64 MiB: a test layer of 1.5 MB comes in ranges
+
+
+def test_a_big_layer_comes_in_parallel_ranges_and_a_dropped_range_resumes(tmp_path) -> None:
+    image = build_image(tmp_path / "layout", "v1", layers=[random_files([1_500_000])])
+    big = image.layers[-1]
+    served: list[tuple[str, str]] = []
+    script = _registry_script(image, None, served)
+    dropped: list[str] = []
+
+    def dropping(request: Request) -> Answer:
+        answer = script(request)
+        asked = request.headers.get("range", "")
+        if request.path.endswith(big.digest) and asked and not asked.startswith("bytes=0-") and not dropped:
+            dropped.append(asked)  # the second range: half of it, then the connection closes
+            body = answer.body
+            assert isinstance(body, bytes)
+            return Answer(206, answer.headers, [body[: len(body) // 2]])
+        return answer
+
+    home = tmp_path / "home"
+    with ScriptedServer(dropping) as server:
+        pulled = run_pier(home, "pull", f"{server.host}/ranged/big:v1", env=RANGED)
+    assert pulled.returncode == 0, pulled.stderr
+    asked = sorted(r for d, r in served if d == big.digest)
+    assert all(asked)  # ranges only, whether the layer streamed into an unpacker or waited for one
+    starts = sorted(int(r[6:].split("-")[0]) for r in asked)
+    assert len(asked) == 5 and starts[0] == 0  # four ranges, and one of them asked again
+    begin, end = dropped[0][6:].split("-")
+    again = [r for r in asked if r.endswith(f"-{end}") and r != dropped[0]]
+    assert again and int(again[0][6:].split("-")[0]) > int(begin)  # resumed where it stopped, not restarted
+    assert (home / "blobs" / "sha256" / big.digest[7:]).read_bytes() == big.read()
+    assert len(layer_dirs(home)) == 2 and not list((home / "partial").iterdir())
+    ran = run_pier(home, "run", "--rm", f"{server.host}/ranged/big:v1", "wc", "-c", "/data/file0.bin")
+    assert ran.returncode == 0 and ran.stdout.split()[0] == "1500000", ran.stderr
+
+
+def test_a_registry_that_ignores_range_is_read_as_one_stream(tmp_path) -> None:
+    image = build_image(tmp_path / "layout", "v1", layers=[random_files([1_500_000])])
+    served: list[tuple[str, str]] = []
+    script = _registry_script(image, None, served)
+
+    def no_ranges(request: Request) -> Answer:
+        return script(Request(request.method, request.path, {}, request.body))  # as if Range were not sent
+
+    home = tmp_path / "home"
+    with ScriptedServer(no_ranges) as server:
+        pulled = run_pier(home, "pull", f"{server.host}/ranged/whole:v1", env=RANGED)
+    assert pulled.returncode == 0, pulled.stderr
+    assert [d for d, _ in served].count(image.layers[-1].digest) == 1
+    assert len(layer_dirs(home)) == 2
+
+
+def test_a_corrupt_ranged_layer_keeps_nothing(tmp_path) -> None:
+    image = build_image(tmp_path / "layout", "v1", layers=[random_files([1_500_000])])
+    big = image.layers[-1]
+    served: list[tuple[str, str]] = []
+    script = _registry_script(image, None, served)
+
+    def flipping(request: Request) -> Answer:
+        answer = script(request)
+        if request.path.endswith(big.digest) and isinstance(answer.body, bytes) and len(answer.body) > 1000:
+            body = bytearray(answer.body)
+            body[len(body) // 3] ^= 0xFF
+            return Answer(answer.status, answer.headers, bytes(body))
+        return answer
+
+    home = tmp_path / "home"
+    with ScriptedServer(flipping) as server:
+        pulled = run_pier(home, "pull", f"{server.host}/ranged/rotten:v1", env=RANGED)
+    assert pulled.returncode == 1 and pulled.stderr.count("\n") == 1, pulled.stderr
+    assert big.digest in pulled.stderr
+    assert not (home / "blobs" / "sha256" / big.digest[7:]).exists()
+    assert image.diff_ids[-1].replace(":", "-") not in layer_dirs(home)
+    assert not [p for p in (home / "partial").iterdir() if p.stat().st_size]  # no ranges file, no bytes kept

@@ -127,6 +127,23 @@ class BlobDownload:
         self._close()
         return target
 
+    @property
+    def ranges_path(self) -> Path:
+        """Where a download in parallel ranges writes (it has holes until done: never resumed)."""
+        return self._partial.with_name(self._partial.name + ".ranges")
+
+    def publish(self, path: Path, verifier: Verifier) -> Path:
+        """Publish bytes written and hashed elsewhere (``ranges_path``) once they verify."""
+        try:
+            verifier.check()
+        except VerifyError as exc:
+            path.unlink(missing_ok=True)
+            raise DigestMismatch(self.digest, str(exc.actual)) from None
+        target = self._store.path(self.digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        return target
+
     def check(self) -> None:
         """Verify what arrived and drop it: for blobs the user chose not to keep."""
         try:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from oci.digest import DEFAULT_ALGORITHM, Digest, DigestError
 from oci.jsonsafe import loads
 from oci.manifest import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
 from oci.mediatypes import IMAGE_CONFIGS, MANIFEST_ACCEPT
+from oci.verify import VerifyError
 
 from ..errors import PierError
 from ..reference import Reference
@@ -33,10 +35,20 @@ from ..store.platforms import Platform
 from ..unpack.layer_store import LayerStore, ReadStream, verified
 from ..unpack.layers import BrokenLayer, LayerDigestMismatch
 from ..unpack.limits import UnpackLimits
+from .ranged import RangedBlob
 from .transport import Credentials, RegistryRequestError, Transport, error_message, read_capped
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
 CHUNK = 1 << 20
+QUEUED_CHUNKS = 8  # received and not yet unpacked, per layer
+RANGE_MIN = 64 * 1024 * 1024  # a layer blob this big is fetched in parallel ranges
+RANGE_PARTS = 4
+
+
+def _range_min() -> int:
+    """``PIER_PULL_RANGE_MIN`` (bytes; default 64 MiB): from this size a layer comes in parallel ranges."""
+    text = os.environ.get("PIER_PULL_RANGE_MIN", "")
+    return int(text) if text.strip().isdigit() else RANGE_MIN
 
 
 class PullError(PierError):
@@ -103,10 +115,12 @@ class Remote:
 class _Tee(ReadStream):
     """A blob's bytes as they arrive from the registry, written to the store on the way.
 
-    The unpacker reads it like a file while the download goes on: the bytes an earlier,
-    interrupted attempt left come first (from disk), then the rest of the response.
-    ``finish`` reads what the unpacker left, then verifies and publishes the blob (or,
-    when blobs are not kept, only verifies it): a layer is never used before that.
+    A thread of its own receives the blob, writes it to the partial file and hashes it,
+    handing each piece on through a short queue; the unpacker reads them like a file,
+    inflating and writing in parallel with the download. The bytes an earlier, interrupted
+    attempt left come first (from disk), then the rest of the response. ``finish`` reads
+    what the unpacker left, then verifies and publishes the blob (or, when blobs are not
+    kept, only verifies it): a layer is never used before that.
     """
 
     def __init__(self, puller: Puller, download: BlobDownload, size: int, report: Progress) -> None:
@@ -115,16 +129,42 @@ class _Tee(ReadStream):
         self.size = size
         self.report = report
         self.digest = download.digest
-        self._prefix = open(download.partial_path, "rb") if download.offset else None  # noqa: SIM115
-        self._context: AbstractContextManager[httpx.Response] | None = None
-        self._chunks: Iterator[bytes] | None = None
-        self._buffer = memoryview(b"")
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self._stopping = threading.Event()
+        self._done = False
+        self._buffer = b""
+        self._at = 0
+        self._thread = threading.Thread(target=self._produce, name=f"fetch {self.digest[:19]}", daemon=True)
+        self._thread.start()
 
-    def _open(self) -> Iterator[bytes]:
-        offset = self.download.offset
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        self._context = self.puller.remote.blob(self.digest, headers)
-        response = self._context.__enter__()
+    def _produce(self) -> None:
+        try:
+            if self.download.offset:
+                with open(self.download.partial_path, "rb") as earlier:
+                    while (data := earlier.read(CHUNK)) and not self._stopping.is_set():
+                        self._put(data)
+                    if self._stopping.is_set():
+                        return
+            offset = self.download.offset
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            with self.puller.remote.blob(self.digest, headers) as response:
+                self._check(response, offset)
+                for chunk in response.iter_bytes(CHUNK):
+                    if self._stopping.is_set():
+                        return
+                    self.download.write(chunk)
+                    if self.download.offset > self.size:
+                        self.download.abort()
+                        raise PullError(
+                            f"blob {self.digest} is larger than the {self.size} bytes its manifest says"
+                        )
+                    self.report(self.digest, "downloading", self.download.offset, self.size)
+                    self._put(chunk)
+            self._put(None)
+        except BaseException as exc:  # handed to the reader, which raises it in its own thread
+            self._put(exc)
+
+    def _check(self, response: httpx.Response, offset: int) -> None:
         if response.status_code == 200 and offset:
             raise PullError(f"blob {self.digest}: the registry ignored the Range of a resumed download")
         if response.status_code == 206 and not response.headers.get("content-range", "").startswith(
@@ -133,36 +173,33 @@ class _Tee(ReadStream):
             raise PullError(f"blob {self.digest}: the registry answered a different range than asked")
         if response.status_code not in (200, 206):
             raise PullError(f"blob {self.digest}: {error_message(response)}")
-        return response.iter_bytes()  # as they arrive: re-chunking would copy them
 
-    def _next(self) -> bytes:
-        if self._prefix is not None:
-            data = self._prefix.read(CHUNK)
-            if data:
-                return data
-            self._prefix.close()
-            self._prefix = None
-        if self._chunks is None:
-            self._chunks = self._open()
-        for chunk in self._chunks:
-            if not chunk:
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while not self._stopping.is_set():  # a reader that gave up must not leave this thread blocked
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
                 continue
-            self.download.write(chunk)
-            if self.download.offset > self.size:
-                self.download.abort()
-                raise PullError(f"blob {self.digest} is larger than the {self.size} bytes its manifest says")
-            self.report(self.digest, "downloading", self.download.offset, self.size)
-            return chunk
-        return b""
 
     def read(self, size: int = -1, /) -> bytes:
-        if not self._buffer:
-            self._buffer = memoryview(self._next())
-        if size < 0 or size >= len(self._buffer):
-            data, self._buffer = self._buffer, memoryview(b"")
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return bytes(data)
+        if self._at >= len(self._buffer):
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if item is None or isinstance(item, BaseException):
+                self._done = True
+                if item is not None:
+                    raise item
+                return b""
+            self._buffer, self._at = item, 0
+        buffer, at = self._buffer, self._at
+        if at == 0 and (size < 0 or size >= len(buffer)):
+            self._at = len(buffer)
+            return buffer  # the whole piece, not copied
+        end = len(buffer) if size < 0 else min(len(buffer), at + size)
+        self._at = end
+        return buffer[at:end]  # an offset, not a slice of the rest: small reads stay linear
 
     def finish(self, layer: str) -> None:
         while self.read(CHUNK):
@@ -189,10 +226,60 @@ class _Tee(ReadStream):
         return None
 
     def close(self) -> None:
-        if self._prefix is not None:
-            self._prefix.close()
-        if self._context is not None:
-            self._context.__exit__(None, None, None)
+        self._stopping.set()
+        self._thread.join()
+
+
+class _RangedTee(ReadStream):
+    """A big layer blob in parallel ranges (``ranged.RangedBlob``), published like ``_Tee``'s."""
+
+    def __init__(
+        self, puller: Puller, download: BlobDownload, size: int, report: Progress, keep: bool | None = None
+    ) -> None:
+        self.puller = puller
+        self.download = download
+        self.digest = download.digest
+        self.keep = puller.keep_blobs if keep is None else keep
+        self.blob = RangedBlob(
+            lambda headers: puller.remote.blob(download.digest, headers),
+            download.digest,
+            size,
+            download.ranges_path,
+            RANGE_PARTS,
+            lambda done: report(download.digest, "downloading", done, size),
+        )
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self.blob.read(size)
+
+    def finish(self, layer: str) -> None:
+        while self.blob.read(CHUNK):
+            pass
+        try:
+            if self.keep:
+                self.blob.fsync()
+                self.download.publish(self.download.ranges_path, self.blob.verifier)
+            else:
+                self.blob.verifier.check()
+        except DigestMismatch as exc:
+            raise PullError(f"blob {exc.expected}: digest mismatch, got {exc.actual}") from None
+        except VerifyError as exc:
+            raise PullError(f"blob {self.digest}: {exc}") from None
+
+    def mismatch(self) -> str | None:
+        try:
+            while self.blob.read(CHUNK):
+                pass
+            self.blob.verifier.check()
+        except VerifyError as exc:
+            return f"blob {self.digest}: digest mismatch, got {exc.actual}"
+        except (PierError, httpx.HTTPError, OSError):
+            return None
+        return None
+
+    def close(self) -> None:
+        self.blob.close()
+        self.download.ranges_path.unlink(missing_ok=True)  # published, or holes nobody can resume
 
 
 class Puller:
@@ -213,6 +300,7 @@ class Puller:
         self.limits = limits
         self.keep_blobs = keep_layer_blobs()
         self.unpackers = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
+        self.range_min = _range_min()
 
     def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
         body, _, digest = self.remote.fetch_manifest(self.reference.identifier)
@@ -299,7 +387,8 @@ class Puller:
             if download.already_done:
                 return False
             report(digest, "downloading", download.offset, size)
-            tee = _Tee(self, download, size, report)
+            ranged = size >= self.range_min and download.offset == 0
+            tee: _Tee | _RangedTee = (_RangedTee if ranged else _Tee)(self, download, size, report)
             try:
                 unpacked = self.layers.unpack(diff_id, tee, media_type, digest, self.limits)
             except LayerDigestMismatch as exc:
@@ -326,6 +415,14 @@ class Puller:
             if download.already_done:
                 report(digest, "exists", size, size)
                 return
+            if size >= self.range_min and download.offset == 0:
+                ranged = _RangedTee(self, download, size, report, keep=True)
+                try:
+                    ranged.finish(digest)  # reads it all, in order, then verifies and publishes
+                finally:
+                    ranged.close()
+                report(digest, "done", size, size)
+                return
             headers = {"Range": f"bytes={download.offset}-"} if download.offset else {}
             with self.remote.blob(digest, headers) as response:
                 if response.status_code == 200 and download.offset:
@@ -338,7 +435,7 @@ class Puller:
                 elif response.status_code not in (200, 206):
                     raise PullError(f"blob {digest}: {error_message(response)}")
                 report(digest, "downloading", download.offset, size)
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_bytes(CHUNK):
                     download.write(chunk)
                     if download.offset > size:
                         download.abort()

@@ -48,6 +48,10 @@ class RegistryRequestError(PierError):
     """A registry answered with an error, or could not be reached; the message says which."""
 
 
+class ConnectionLost(RegistryRequestError):
+    """A response body broke off as it was read: what arrived is good, the rest may be asked again."""
+
+
 def is_loopback(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     name = name.strip("[]")
@@ -236,7 +240,7 @@ class Transport:
             try:
                 yield response
             except HTTP_FAILURES as exc:  # the body broke off, or was not what it said, as it was read
-                raise RegistryRequestError(
+                raise ConnectionLost(
                     f"{self.base_url}: connection lost in {path[:100]}: {printable(str(exc), 300)}"
                 ) from None
             finally:
