@@ -25,7 +25,7 @@ from .store.platforms import Platform
 from .text import human_size, plural, printable
 from .transfer.credentials import Credentials, CredentialsError, erase, lookup
 from .transfer.credentials import save as save_credentials
-from .transfer.saved import FORMATS, load_from_stream, load_images, output_format, save_images, save_to_stream
+from .transfer.formats import FORMATS, output_format
 
 if TYPE_CHECKING:
     from .prune import Collected
@@ -388,6 +388,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
+    from .transfer.saved import save_images, save_to_stream
+
     store = ContentStore()
     images = []
     for text in args.references:
@@ -413,6 +415,8 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from .transfer.saved import load_from_stream, load_images
+
     path = args.input or args.path
     if not path and sys.stdin.isatty():
         raise ImageError("give the directory or tar file to load (pier load -i FILE.tar), or pipe a tar in")
@@ -477,7 +481,6 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .run.oci_runtime import CommandNotRunnable, RunOptions, run
-    from .transfer.pull import pull
     from .unpack.rootfs import layers_available
 
     reference = parse_reference(args.reference)
@@ -491,6 +494,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not layers_available(store, image):
             raise ImageError(f"{reference.familiar()} lacks layers in the local store")
     except ImageError:  # missing, or missing this platform's image: pull it, as docker does
+        from .transfer.pull import pull  # httpx: imported only when there is something to pull
+
         pulled = pull(
             reference,
             store,
@@ -582,6 +587,14 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, read from the installed package only when asked (it costs a twentieth of a second)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(f"pier {_version()}")
+        parser.exit()
+
+
 def _version() -> str:
     """The installed package's version, so ``pier --version`` cannot drift from pyproject.toml."""
     from importlib.metadata import PackageNotFoundError, version
@@ -604,7 +617,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pier", description="pier: an OCI registry and its client", allow_abbrev=False
     )
-    parser.add_argument("--version", action="version", version=f"pier {_version()}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show pier's version and exit")
     commands = parser.add_subparsers(dest="subcommand", required=True)
     commands.add_parser("serve", help="run the registry (see `pier serve --help`)", add_help=False)
     commands.add_parser("gc", help="free unreferenced registry blobs (see `pier gc --help`)", add_help=False)

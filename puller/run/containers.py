@@ -136,8 +136,11 @@ class Containers:
             raise ContainerError(f"no such container: {container_id}") from None
         if is_running(state) and not force:
             raise ContainerError(f"container {container_id} is running: stop it first or use --force")
-        with contextlib.suppress(OSError):
-            subprocess.run([state.runtime, "delete", "--force", state.id], capture_output=True, check=False)
+        if state.status != "exited":  # an exited one was deleted by the runtime's run already
+            with contextlib.suppress(OSError):
+                subprocess.run(
+                    [state.runtime, "delete", "--force", state.id], capture_output=True, check=False
+                )
         container.unmount()
         doomed = self.root / f".removing-{container_id}"
         os.rename(container.directory, doomed)

@@ -12,6 +12,7 @@ The runtime is chosen by the machine's cgroup layout: crun starts faster, but cr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -19,6 +20,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -295,6 +297,33 @@ def build_config(template: dict, rootfs: Path, config: dict, options: RunOptions
     return spec
 
 
+def spec_template(runtime: str, home: Path) -> dict:
+    """The runtime's own ``spec`` template, asked once per runtime binary and kept in the store.
+
+    Its defaults (namespaces, masked paths, capabilities) are the runtime's; asking for
+    them costs a process per container, so they are kept, keyed by the binary's identity.
+    """
+    info = os.stat(runtime)
+    key = hashlib.sha256(f"{runtime}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = home / "runtime-specs" / f"{key}.json"
+    try:
+        return dict(json.loads(cached.read_text()))
+    except (OSError, ValueError):
+        pass
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cached.parent) as bundle:
+        made = subprocess.run(
+            [runtime, "spec", "--bundle", bundle], capture_output=True, text=True, check=False
+        )
+        if made.returncode != 0:
+            raise RunError(f"{runtime} spec failed: {made.stderr.strip()[:300]}")
+        text = (Path(bundle) / "config.json").read_text()
+    temporary = cached.with_name(f".{cached.name}.{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, cached)
+    return dict(json.loads(text))
+
+
 def run(
     store: ContentStore,
     image: Image,
@@ -336,18 +365,11 @@ def run(
             raise
     if state.rootfs_mode == "copy" and notice is not None:
         notice(state.copy_reason)
+    finished = False
     try:
-        template = subprocess.run(
-            [runtime, "spec", "--bundle", str(container.directory)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if template.returncode != 0:
-            raise RunError(f"{runtime} spec failed: {template.stderr.strip()[:300]}")
         spec_path = container.directory / "config.json"
         spec = build_config(
-            json.loads(spec_path.read_text()), container.rootfs, image.config, options, container_id
+            spec_template(runtime, store.root), container.rootfs, image.config, options, container_id
         )
         spec_path.write_text(json.dumps(spec, indent=2))
         state.command = spec["process"]["args"]
@@ -357,6 +379,7 @@ def run(
         completed = subprocess.run(
             [runtime, "run", "--bundle", str(container.directory), container_id], stdin=stdin, check=False
         )
+        finished = True  # ``run`` deletes the runtime's container when its process exits
         state.status, state.exit_code = "exited", completed.returncode
         container.write_state(state)
         return completed.returncode
@@ -367,7 +390,8 @@ def run(
             container.write_state(state)
         raise
     finally:
-        subprocess.run([runtime, "delete", "--force", container_id], capture_output=True, check=False)
+        if not finished:
+            subprocess.run([runtime, "delete", "--force", container_id], capture_output=True, check=False)
         container.unmount()
         if options.remove:
             containers.remove(container_id, force=True)

@@ -20,15 +20,6 @@ from .docker_archive import load_archive, save_archive, write_archive
 from .oci_layout import MAX_INDEX_SIZE, LayoutError, Loaded, is_layout, load_layout, save
 from .sources import ARCHIVE_ERRORS, open_source, read_small
 
-FORMATS = ("oci-dir", "oci-archive", "docker-archive")
-
-
-def output_format(path: Path, requested: str | None) -> str:
-    """The format asked for; else a tar for a new name ending in .tar, a layout directory otherwise."""
-    if requested:
-        return requested
-    return "docker-archive" if path.name.endswith(".tar") and not path.is_dir() else "oci-dir"
-
 
 def save_images(
     store: ContentStore, images: list[tuple[Reference, str]], path: Path, format: str, platform: Platform
