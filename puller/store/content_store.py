@@ -109,6 +109,10 @@ class BlobDownload:
         while view:
             view = view[os.write(self._fd, view) :]
 
+    def feed(self, data: bytes) -> None:
+        """Hash bytes that are not kept (``PIER_KEEP_LAYER_BLOBS=0``): verified, never written."""
+        self._verifier.update(data)
+
     def restart(self) -> None:
         """Throw away the partial bytes (the registry ignored our Range request)."""
         os.ftruncate(self._fd, 0)
@@ -163,7 +167,7 @@ class BlobDownload:
         self._close()
 
     def _close(self) -> None:
-        if self._fd >= 0 and self.offset == 0 and self._partial.exists():
+        if self._fd >= 0 and os.fstat(self._fd).st_size == 0 and self._partial.exists():
             self._partial.unlink()  # nothing to resume: leave no empty file behind
         if self._fd >= 0:
             os.close(self._fd)  # releases the lock

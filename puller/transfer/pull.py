@@ -152,7 +152,10 @@ class _Tee(ReadStream):
                 for chunk in response.iter_bytes(CHUNK):
                     if self._stopping.is_set():
                         return
-                    self.download.write(chunk)
+                    if self.puller.keep_blobs:
+                        self.download.write(chunk)
+                    else:
+                        self.download.feed(chunk)  # only the unpacked layer stays: no disk for the blob
                     if self.download.offset > self.size:
                         self.download.abort()
                         raise PullError(

@@ -48,7 +48,7 @@ OPAQUE_XATTR = OVERLAY_XATTR_PREFIX + "opaque"
 OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")  # never taken from a layer: they steer the mount
 MAX_SYMLINK_HOPS = 40
 COPY_BUFFER = 1 << 20
-INFLATE_OUT = 4 << 20  # the most one inflate call returns: a gzip bomb cannot fill memory at once
+INFLATE_BLOCK = 1 << 20  # what the inflating thread hands over at a time
 
 
 class UnsafeLayer(PierError):
@@ -65,54 +65,6 @@ class BrokenLayer(PierError):
         super().__init__(f"layer {layer}: cannot unpack: {problem}")
 
 
-class _Inflated:
-    """A gzip stream (members one after another, as gzip allows) inflated by isal, 2-3x zlib's speed.
-
-    Inflating in the reading thread, in calls that release the GIL, with no buffered
-    reader in between: each piece is handed on as the inflater returns it, without copies.
-    """
-
-    def __init__(self, source: BinaryIO) -> None:
-        from isal import isal_zlib
-
-        self._zlib = isal_zlib
-        self._source = source
-        self._inflater = isal_zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer
-        self._started = False
-        self._pending = b""  # inflated; read up to ``_at`` (slicing it again each read would be quadratic)
-        self._at = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self._at >= len(self._pending):
-            self._pending, self._at = self._inflate(), 0
-        pending, at = self._pending, self._at
-        if at == 0 and (size < 0 or size >= len(pending)):
-            self._at = len(pending)
-            return pending  # the whole piece, not copied
-        end = len(pending) if size < 0 else min(len(pending), at + size)
-        self._at = end
-        return pending[at:end]
-
-    def _inflate(self) -> bytes:
-        while True:
-            inflater = self._inflater
-            if inflater.eof:
-                data = inflater.unused_data or self._source.read(COPY_BUFFER)
-                if not data:
-                    return b""  # the last member ended where the stream did
-                self._inflater = inflater = self._zlib.decompressobj(wbits=31)  # the next member
-            else:
-                data = inflater.unconsumed_tail or self._source.read(COPY_BUFFER)
-                if not data:
-                    if not self._started:
-                        return b""
-                    raise EOFError("the gzip stream ended before its last member did")
-            self._started = True
-            out = inflater.decompress(data, INFLATE_OUT)
-            if out:
-                return out
-
-
 @contextmanager
 def decompressed(stream: BinaryIO, media_type: str) -> Iterator[BinaryIO]:
     """The layer's tar stream, whatever its compression (OCI and Docker media types)."""
@@ -122,7 +74,12 @@ def decompressed(stream: BinaryIO, media_type: str) -> Iterator[BinaryIO]:
         with zstandard.ZstdDecompressor().stream_reader(stream) as reader:
             yield reader
     elif media_type.endswith(("+gzip", ".gzip")) or media_type.endswith("tar.gzip"):
-        yield cast(BinaryIO, _Inflated(stream))
+        from isal import igzip_threaded
+
+        # A thread of its own inflates ahead (isal, outside the GIL) while this one writes files:
+        # 1 MiB at a time, two blocks queued at most, so no gzip bomb fills memory.
+        with igzip_threaded.open(stream, "rb", threads=1, block_size=INFLATE_BLOCK) as reader:
+            yield reader
     elif media_type.endswith(("tar", ".tar")):
         yield stream
     else:
