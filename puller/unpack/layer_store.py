@@ -38,7 +38,7 @@ from .limits import UnpackBudget, UnpackLimits
 @dataclass
 class LayerInfo:
     diff_id: str
-    size: int  # bytes of regular files, each inode once
+    size: int  # bytes of its regular files' data
     entries: int
     blob: str  # the compressed blob it was unpacked from
     unpacked: float
@@ -49,19 +49,6 @@ def _name(diff_id: str) -> str:
         raise ValueError(f"invalid or unsupported diff ID: {diff_id[:150]!r}")
     algorithm, hexpart = digests.split(diff_id)
     return f"{algorithm}-{hexpart}"
-
-
-def _usage(root: Path) -> tuple[int, int]:
-    """(bytes of regular files, entries) of a tree, hardlinked files counted once."""
-    size, entries, seen = 0, 0, set()
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            entries += 1
-            info = os.lstat(os.path.join(folder, name))
-            if (info.st_mode & 0o170000) == 0o100000 and info.st_ino not in seen:
-                seen.add(info.st_ino)
-                size += info.st_blocks * 512
-    return size, entries
 
 
 class VerifyingStream(Protocol):
@@ -179,7 +166,7 @@ class LayerStore:
             try:
                 temporary.mkdir()
                 budget = UnpackBudget(limits if limits is not None else UnpackLimits.from_env(), self.root)
-                apply_layer(
+                size = apply_layer(
                     temporary / "diff",
                     cast(BinaryIO, stream),  # read() is all apply_layer uses
                     media_type,
@@ -189,7 +176,7 @@ class LayerStore:
                     diff_id=diff_id,
                 )
                 stream.finish(blob_digest)
-                size, entries = _usage(temporary / "diff")
+                entries = budget.layer_entries
                 info = LayerInfo(diff_id, size, entries, blob_digest, time.time())
                 (temporary / "layer.json").write_text(json.dumps(info.__dict__))
                 os.rename(temporary, self.directory(diff_id))

@@ -228,6 +228,7 @@ class LayerApplier:
         self.is_root = os.geteuid() == 0
         self.created: set[str] = set()  # paths this layer wrote, spared by its opaque markers
         self.dir_times: list[tuple[str, float]] = []
+        self.file_bytes = 0  # data of the regular files written (holes of sparse ones not counted)
         # Parent path (as named in the tar) -> its real directory, known to exist. Most entries
         # sit in a directory an earlier entry already resolved; anything that could change a
         # route (a removal, a symlink, a directory replaced) empties it.
@@ -347,7 +348,9 @@ class LayerApplier:
     def _regular(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         """Write a file and set its metadata through the open descriptor: no path is looked up twice."""
         sparse = _sparse_map(self.layer, member)
-        self.budget.space.take(member.size if sparse is None else sum(size for _, size in sparse))
+        data = member.size if sparse is None else sum(size for _, size in sparse)
+        self.budget.space.take(data)
+        self.file_bytes += data
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o600)
@@ -552,8 +555,10 @@ def apply_layer(
     *,
     overlay: bool = False,
     diff_id: str | None = None,
-) -> None:
+) -> int:
     """Apply one layer (a tar stream, compressed or not) on top of ``rootfs``, within ``budget``.
+
+    Returns the bytes of regular files written (the data a layer directory holds).
 
     Without a budget, the layer gets one of its own under the limits from the environment.
     ``overlay`` writes whiteouts in overlayfs's format (``rootfs`` is then the layer's own
@@ -571,7 +576,8 @@ def apply_layer(
             source = cast(BinaryIO, hashed) if hashed is not None else counted  # read() is all tarfile uses
             # tarfile's own small buffer: its stream copies what is left of it on every read.
             with tarfile.open(fileobj=source, mode="r|") as tar:  # reads the first header
-                LayerApplier(rootfs.resolve(), layer, budget, overlay).apply(tar)
+                applier = LayerApplier(rootfs.resolve(), layer, budget, overlay)
+                applier.apply(tar)
             if hashed is not None:
                 hashed.drain()
                 try:
@@ -580,6 +586,7 @@ def apply_layer(
                     raise LayerDigestMismatch(
                         layer, f"its uncompressed bytes are {exc.actual}, not the diff ID {diff_id}"
                     ) from None
+            return applier.file_bytes
     except PierError:
         raise
     except Exception as exc:
