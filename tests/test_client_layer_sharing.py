@@ -376,3 +376,25 @@ def test_a_corrupt_ranged_layer_keeps_nothing(tmp_path) -> None:
     assert not (home / "blobs" / "sha256" / big.digest[7:]).exists()
     assert image.diff_ids[-1].replace(":", "-") not in layer_dirs(home)
     assert not [p for p in (home / "partial").iterdir() if p.stat().st_size]  # no ranges file, no bytes kept
+
+
+def test_a_full_disk_stops_the_pull_in_one_line_and_the_next_pull_finishes_the_work(tmp_path) -> None:
+    image = build_image(tmp_path / "layout", "v1", layers=[random_files([600_000])])
+    served: list[tuple[str, str]] = []
+    home = tmp_path / "home"
+    with ScriptedServer(_registry_script(image, None, served)) as server:
+        ref = f"{server.host}/disk/full:v1"
+        full = run_pier(
+            home, "pull", ref, env={"PIER_UNPACK_MIN_FREE": "1000000TB"}
+        )  # as if the disk were full
+        assert full.returncode == 1 and full.stderr.count("\n") == 1 and "Traceback" not in full.stderr
+        assert "PIER_UNPACK_MIN_FREE" in full.stderr
+        assert layer_dirs(home) == [] and leftovers(home) == []
+        first = len(served)
+        pulled = run_pier(home, "pull", ref)
+    assert pulled.returncode == 0, pulled.stderr
+    again = [digest for digest, asked in served[first:] if not asked]  # fetched from their first byte
+    complete = {blob.digest for blob in image.blobs if (home / "blobs" / "sha256" / blob.digest[7:]).exists()}
+    assert len(layer_dirs(home)) == len(image.layers)
+    assert image.config.digest not in again  # what the failed pull completed is not fetched again
+    assert complete == {blob.digest for blob in image.blobs}

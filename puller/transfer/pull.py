@@ -390,7 +390,8 @@ class Puller:
             if download.already_done:
                 return False
             report(digest, "downloading", download.offset, size)
-            ranged = size >= self.range_min and download.offset == 0
+            # Ranges land in a file first; without blobs kept, one stream goes straight to the unpacker.
+            ranged = self.keep_blobs and size >= self.range_min and download.offset == 0
             tee: _Tee | _RangedTee = (_RangedTee if ranged else _Tee)(self, download, size, report)
             try:
                 unpacked = self.layers.unpack(diff_id, tee, media_type, digest, self.limits)
