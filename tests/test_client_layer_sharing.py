@@ -136,6 +136,9 @@ def test_a_kept_container_keeps_its_layers_through_rmi_and_prune(family, tmp_pat
     assert layer_dirs(home) == sorted(d.replace(":", "-") for d in first.diff_ids)
     state = json.loads((home / "containers" / "keeper" / "state.json").read_text())
     assert state["layers"] == list(first.diff_ids) and state["rootfs_mode"] == "overlay"
+    info = run_pier(home, "info")
+    assert info.returncode == 0 and re.search(r"Rootfs:\s+overlay", info.stdout), info.stdout
+    assert re.search(r"Layers:\s+2 unpacked", info.stdout) and re.search(r"Layer blobs:\s+kept", info.stdout)
     assert run_pier(home, "rm", "keeper").returncode == 0
     pruned = run_pier(home, "prune")
     assert re.search(r", 2 unpacked layers \(", pruned.stdout), pruned.stdout

@@ -267,3 +267,26 @@ def test_device_nodes_in_a_layer_are_not_whiteouts_unless_0_0(tmp_path) -> None:
     _, layer = store_layer(store, [(entry("dev", D, mode=0o755), None), (null, None)])
     info = (layer / "dev" / "null").lstat()
     assert stat.S_ISCHR(info.st_mode) and os.major(info.st_rdev) == 1 and not is_whiteout(info)
+
+
+def test_worker_processes_unpack_stored_layers_and_report_their_errors_in_one_line(tmp_path) -> None:
+    from puller.unpack.workers import LayerFailed, Unpackers
+
+    home = tmp_path / "home"
+    good = make_tar([(entry("dir", D, mode=0o755), None), (entry("dir/file"), b"from a worker")]).getvalue()
+    bad = make_tar([(entry("../escape"), b"x")]).getvalue()
+    blobs = {}
+    for name, data in (("good", good), ("bad", bad)):
+        blobs[name] = tmp_path / name
+        blobs[name].write_bytes(data)
+    workers = Unpackers(home, 1)
+    try:
+        workers.unpack(_digest(good), blobs["good"], TAR, _digest(good))
+        with pytest.raises(LayerFailed, match=r"entry '\.\./escape': path contains '\.\.'"):
+            workers.unpack(_digest(bad), blobs["bad"], TAR, _digest(bad))
+    finally:
+        workers.close()
+    store = LayerStore(home)
+    assert (store.path(_digest(good)) / "dir" / "file").read_bytes() == b"from a worker"
+    assert store.all() == [_digest(good)]
+    assert not (tmp_path / "escape").exists()

@@ -35,6 +35,7 @@ from ..store.platforms import Platform
 from ..unpack.layer_store import LayerStore, ReadStream, verified
 from ..unpack.layers import BrokenLayer, LayerDigestMismatch
 from ..unpack.limits import UnpackLimits
+from ..unpack.workers import Unpackers, worker_count
 from .ranged import RangedBlob
 from .transport import Credentials, RegistryRequestError, Transport, error_message, read_capped
 
@@ -304,6 +305,7 @@ class Puller:
         self.keep_blobs = keep_layer_blobs()
         self.unpackers = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
         self.range_min = _range_min()
+        self.workers: Unpackers | None = None  # processes for layers already on disk, during a pull
 
     def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:
         body, _, digest = self.remote.fetch_manifest(self.reference.identifier)
@@ -321,6 +323,24 @@ class Puller:
         config = manifest["config"]
         self.fetch_blob(config["digest"], config["size"], progress)
         diff_ids = self._diff_ids(digest, manifest) if self.unpack else None
+        missing = [diff_id for diff_id in diff_ids or [] if not self.layers.has(diff_id)]
+        if len(missing) > 1 and worker_count() > 0:
+            self.workers = Unpackers(self.store.root, min(worker_count(), len(missing) - 1))
+        try:
+            self._fetch_all(config, layers, diff_ids, progress)
+        finally:
+            if self.workers is not None:
+                self.workers.close()
+                self.workers = None
+        self.store.put(digest, body)
+        if index_digest is not None and index_body is not None:
+            self.store.put(index_digest, index_body)
+        size = sum(d["size"] for d in [config, *layers])
+        return PulledImage(self.reference, digest, index_digest, size)
+
+    def _fetch_all(
+        self, config: dict, layers: list[dict], diff_ids: list[str] | None, progress: Progress | None
+    ) -> None:
         with ThreadPoolExecutor(self.parallel) as pool:
             if diff_ids is None:
                 jobs = [pool.submit(self.fetch_blob, d["digest"], d["size"], progress) for d in layers]
@@ -331,11 +351,6 @@ class Puller:
                 ]
             for job in jobs:
                 job.result()
-        self.store.put(digest, body)
-        if index_digest is not None and index_body is not None:
-            self.store.put(index_digest, index_body)
-        size = sum(d["size"] for d in [config, *layers])
-        return PulledImage(self.reference, digest, index_digest, size)
 
     def _diff_ids(self, digest: str, manifest: dict) -> list[str] | None:
         """The layers' diff IDs from the config; None for an artifact that is no runnable image."""
@@ -371,9 +386,16 @@ class Puller:
                 self.unpackers.release()
         if not self.store.has(digest):
             self.fetch_blob(digest, size, progress)
-        with self.unpackers:
-            report(digest, "unpacking", 0, size)
-            self._unpack_stored(descriptor, diff_id)
+        report(digest, "unpacking", 0, size)
+        if self.workers is not None and not self.unpackers.acquire(blocking=False):
+            self.workers.unpack(diff_id, self.store.path(digest), descriptor["mediaType"], digest)
+            if not self.keep_blobs:
+                self.store.delete(digest)
+        else:
+            if self.workers is not None:
+                self.unpackers.release()  # taken above to see that it was free
+            with self.unpackers:
+                self._unpack_stored(descriptor, diff_id)
         report(digest, "done", size, size)
 
     def _unpack_stored(self, descriptor: dict, diff_id: str) -> None:
