@@ -468,7 +468,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
     store = ContentStore()
     _, digest = _local(store, args.reference)
-    image = load_image(store, digest, _platform(args))
+    image = load_image(store, digest, _platform(args), need_layers=False)  # blobs, or unpacked layers
     target = Path(args.directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ImageError(f"{target} is not empty: unpack into a new directory")

@@ -299,6 +299,8 @@ def test_keeping_only_unpacked_layers(family, tmp_path) -> None:
     assert ran.returncode == 0 and ran.stdout == "f0.bin\n", ran.stderr
     info = run_pier(home, "info", env=env)
     assert "dropped once unpacked" in info.stdout
+    unpacked = run_pier(home, "unpack", first_ref, str(tmp_path / "tree"), env=env)  # from the layers
+    assert unpacked.returncode == 0 and (tmp_path / "tree" / "a" / "f0.bin").stat().st_size == 300_000
     saved = run_pier(home, "save", first_ref, "-o", str(tmp_path / "out.tar"), env=env)
     assert saved.returncode == 1 and saved.stderr.count("\n") == 1
     assert "not in the local store" in saved.stderr and "pull" in saved.stderr

@@ -19,6 +19,7 @@ from ..store.image import Image, ImageError
 from .layer_store import LayerStore, force_rmtree, verified
 from .layers import apply_layer
 from .limits import UnpackBudget, UnpackLimits
+from .snapshot import materialize
 
 LayerProgress = Callable[[str, int, int], None]  # (layer digest, index, count)
 
@@ -26,8 +27,14 @@ LayerProgress = Callable[[str, int, int], None]  # (layer digest, index, count)
 def _apply_layers(
     store: ContentStore, image: Image, dest: Path, budget: UnpackBudget, progress: LayerProgress | None
 ) -> None:
-    """Apply every layer of ``image`` on top of ``dest`` (created if missing), all within one budget."""
+    """Apply every layer of ``image`` on top of ``dest`` (created if missing), all within one budget.
+
+    Without the blobs (``PIER_KEEP_LAYER_BLOBS=0``), the unpacked layers are copied instead.
+    """
     dest.mkdir(parents=True, exist_ok=True)
+    if not all(store.has(layer["digest"]) for layer in image.layers):
+        materialize(image_layers(store, image, progress), dest)  # says which layer is missing, if one is
+        return
     layers = image.layers
     for number, layer in enumerate(layers, 1):
         if progress is not None:
