@@ -61,6 +61,17 @@ def du(path: Path) -> int:
     return int(result.stdout.split()[0]) if result.returncode == 0 else 0
 
 
+def disk_write(path: Path, size: int) -> float:
+    """Seconds for ``dd`` to write ``size`` bytes to ``path`` and fsync them: the disk's speed."""
+    os.sync()
+    started = time.perf_counter()
+    argv = ["dd", "if=/dev/zero", f"of={path}", "bs=4M", f"count={size // (4 * MIB)}", "conv=fsync"]
+    subprocess.run(argv, capture_output=True, check=True)
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return seconds
+
+
 # -- images ----------------------------------------------------------------------------
 
 
@@ -402,22 +413,7 @@ def main() -> int:
                 env=skopeo.env,
             )
             with place(work, "big-dd") as folder:
-                os.sync()
-                started = time.perf_counter()
-                subprocess.run(
-                    [
-                        "dd",
-                        "if=/dev/zero",
-                        f"of={folder / 'zeros'}",
-                        "bs=4M",
-                        f"count={big.tar_size // (4 * MIB)}",
-                        "conv=fsync",
-                    ],
-                    capture_output=True,
-                    check=True,
-                )
-                dd_seconds = time.perf_counter() - started
-                (folder / "zeros").unlink()
+                dd_seconds = disk_write(folder / "zeros", big.tar_size)
             with place(work, "big-pier") as folder:
                 pulled = base.timed(
                     [str(PIER), "pull", "-q", f"{host}/bench/big:v1"], base.pier_env(folder / "home")
@@ -445,22 +441,7 @@ def main() -> int:
                 os.sync()
                 lean_flushed = time.perf_counter() - flush_started
             with place(work, "big-dd-after") as folder:
-                os.sync()
-                started = time.perf_counter()
-                subprocess.run(
-                    [
-                        "dd",
-                        "if=/dev/zero",
-                        f"of={folder / 'zeros'}",
-                        "bs=4M",
-                        f"count={big.tar_size // (4 * MIB)}",
-                        "conv=fsync",
-                    ],
-                    capture_output=True,
-                    check=True,
-                )
-                dd_after = time.perf_counter() - started
-                (folder / "zeros").unlink()
+                dd_after = disk_write(folder / "zeros", big.tar_size)
             with place(work, "big-ref") as folder:
                 copied = base.timed(
                     skopeo.argv(

@@ -6,9 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from puller.unpack.layers import apply_layer
 
@@ -83,3 +87,15 @@ def tree(root: Path) -> dict[str, tuple]:
                 int(info.st_mtime),
             )
     return found
+
+
+def umoci_rootfs(layout: Path, tag: str, bundle: Path) -> Path:
+    """``umoci unpack`` of ``layout:tag`` into ``bundle``: the reference tree to compare with."""
+    umoci = shutil.which("umoci") or pytest.fail("umoci is not installed (Debian: apt-get install umoci)")
+    subprocess.run(
+        [umoci, "unpack", "--image", f"{layout}:{tag}", str(bundle)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return bundle / "rootfs"

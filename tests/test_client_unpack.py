@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import stat
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -15,20 +13,12 @@ import pytest
 from puller.unpack.layers import UnsafeLayer, apply_layer
 
 from .images import build_image
-from .layers import apply, entry, make_tar, tree
+from .layers import apply, entry, make_tar, tree, umoci_rootfs
 
 
 def test_unpacked_image_matches_umoci(tmp_path) -> None:
-    umoci = shutil.which("umoci")
-    if umoci is None:
-        pytest.fail("umoci is not installed (Debian: apt-get install umoci)")
     image = build_image(tmp_path / "layout", "v1")
-    subprocess.run(
-        [umoci, "unpack", "--image", f"{tmp_path / 'layout'}:v1", str(tmp_path / "bundle")],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    umoci_rootfs(tmp_path / "layout", "v1", tmp_path / "bundle")
     ours = tmp_path / "ours"
     for layer in image.layers:
         with layer.path.open("rb") as stream:

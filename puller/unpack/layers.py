@@ -157,21 +157,30 @@ def _remove(path: str) -> bool:
     return stat.S_ISLNK(mode)
 
 
+def _route(root: str, path: str) -> Iterator[tuple[str, int | None]]:
+    """Each component from ``root`` down to ``path``: (its path, its ``lstat`` mode, or None if missing).
+
+    Lazily: a caller may create a missing component before the next one is looked at.
+    """
+    current = root
+    for part in os.path.relpath(path, root).split("/"):
+        if part == ".":
+            continue
+        current = os.path.join(current, part)
+        try:
+            yield current, os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            yield current, None
+
+
 def _is_real_dir(root: str, path: str) -> bool:
     """Whether ``path`` is a directory reached from ``root`` through real directories only.
 
     For paths remembered earlier in the layer: a later entry may have turned one of their
     parents into a symlink (maybe out of the rootfs), which a plain ``lstat`` would follow.
+    A missing one was removed by a later entry of this layer.
     """
-    current = root
-    for part in os.path.relpath(path, root).split("/"):
-        current = os.path.join(current, part)
-        try:
-            if not stat.S_ISDIR(os.lstat(current).st_mode):
-                return False
-        except FileNotFoundError:
-            return False  # removed by a later entry of this layer
-    return True
+    return all(mode is not None and stat.S_ISDIR(mode) for _, mode in _route(root, path))
 
 
 def is_whiteout(info: os.stat_result) -> bool:
@@ -188,33 +197,20 @@ def _opaque(path: str) -> bool:
 
 def _file_on_route(root: str, path: str) -> bool:
     """Whether something that is not a directory stands on the way from ``root`` to ``path``."""
-    current = root
-    for part in os.path.relpath(path, root).split("/"):
-        if part == ".":
-            continue
-        current = os.path.join(current, part)
-        try:
-            if not stat.S_ISDIR(os.lstat(current).st_mode):
-                return True
-        except FileNotFoundError:
+    for _, mode in _route(root, path):
+        if mode is None:
             return False
+        if not stat.S_ISDIR(mode):
+            return True
     return False
 
 
 def _ensure_dirs(root: str, path: str) -> None:
     """Make missing parents; a non-directory in the way is replaced, as docker does."""
-    current = root
-    for part in os.path.relpath(path, root).split("/"):
-        if part == ".":
-            continue
-        current = os.path.join(current, part)
-        try:
-            mode = os.lstat(current).st_mode
-        except FileNotFoundError:
-            os.mkdir(current, 0o755)
-            continue
-        if not stat.S_ISDIR(mode):
+    for current, mode in _route(root, path):
+        if mode is not None and not stat.S_ISDIR(mode):
             os.unlink(current)
+        if mode is None or not stat.S_ISDIR(mode):
             os.mkdir(current, 0o755)
 
 
