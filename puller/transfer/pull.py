@@ -118,13 +118,13 @@ class _Tee(ReadStream):
 
     A thread of its own receives the blob, writes it to the partial file and hashes it,
     handing each piece on through a short queue; the unpacker reads them like a file,
-    inflating and writing in parallel with the download. The bytes an earlier, interrupted
-    attempt left come first (from disk), then the rest of the response. ``finish`` reads
+    inflating and writing in parallel with the download. ``finish`` reads
     what the unpacker left, then verifies and publishes the blob (or, when blobs are not
     kept, only verifies it): a layer is never used before that.
     """
 
     def __init__(self, puller: Puller, download: BlobDownload, size: int, report: Progress) -> None:
+        assert download.offset == 0, "a partial download is resumed by fetch_blob, then unpacked from disk"
         self.puller = puller
         self.download = download
         self.size = size
@@ -140,16 +140,9 @@ class _Tee(ReadStream):
 
     def _produce(self) -> None:
         try:
-            if self.download.offset:
-                with open(self.download.partial_path, "rb") as earlier:
-                    while (data := earlier.read(CHUNK)) and not self._stopping.is_set():
-                        self._put(data)
-                    if self._stopping.is_set():
-                        return
-            offset = self.download.offset
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            with self.puller.remote.blob(self.digest, headers) as response:
-                self._check(response, offset)
+            with self.puller.remote.blob(self.digest) as response:
+                if response.status_code != 200:
+                    raise PullError(f"blob {self.digest}: {error_message(response)}")
                 for chunk in response.iter_bytes(CHUNK):
                     if self._stopping.is_set():
                         return
@@ -167,16 +160,6 @@ class _Tee(ReadStream):
             self._put(None)
         except BaseException as exc:  # handed to the reader, which raises it in its own thread
             self._put(exc)
-
-    def _check(self, response: httpx.Response, offset: int) -> None:
-        if response.status_code == 200 and offset:
-            raise PullError(f"blob {self.digest}: the registry ignored the Range of a resumed download")
-        if response.status_code == 206 and not response.headers.get("content-range", "").startswith(
-            f"bytes {offset}-"
-        ):
-            raise PullError(f"blob {self.digest}: the registry answered a different range than asked")
-        if response.status_code not in (200, 206):
-            raise PullError(f"blob {self.digest}: {error_message(response)}")
 
     def _put(self, item: bytes | BaseException | None) -> None:
         while not self._stopping.is_set():  # a reader that gave up must not leave this thread blocked
@@ -406,14 +389,16 @@ class Puller:
             self.store.delete(digest)
 
     def _stream_layer(self, descriptor: dict, diff_id: str, report: Progress) -> bool:
-        """Unpack the layer from its download; False when another process got the blob meanwhile."""
+        """Unpack the layer from its download; False when another process got the blob meanwhile,
+        or when a partial download is there to resume first (with ``Range``, by ``fetch_blob``).
+        """
         digest, size, media_type = descriptor["digest"], descriptor["size"], descriptor["mediaType"]
         with self.store.download(digest) as download:
-            if download.already_done:
-                return False
+            if download.already_done or download.offset:
+                return False  # done by another process, or to be resumed (with Range) before unpacking
             report(digest, "downloading", download.offset, size)
             # Ranges land in a file first; without blobs kept, one stream goes straight to the unpacker.
-            ranged = self.keep_blobs and size >= self.range_min and download.offset == 0
+            ranged = self.keep_blobs and size >= self.range_min
             tee: _Tee | _RangedTee = (_RangedTee if ranged else _Tee)(self, download, size, report)
             try:
                 unpacked = self.layers.unpack(diff_id, tee, media_type, digest, self.limits)
