@@ -27,6 +27,7 @@ from ..unpack.layer_store import ReadStream
 from .transport import ConnectionLost, error_message
 
 RETRIES = 5
+PIECE = 1 << 20  # announced to the reader at a time (each 64 KiB piece: more wake-ups than data)
 
 
 class RangeError(PierError):
@@ -107,23 +108,33 @@ class RangedBlob(ReadStream):
                 self._others_started = True
                 for thread in self._threads[1:]:
                     thread.start()  # the registry serves ranges: fetch the others too
-            for chunk in response.iter_bytes():
-                if self._stopping:
-                    return
-                room = part[2] - part[1]
-                if len(chunk) > room:
-                    raise RangeError(f"blob {self.digest}: the registry sent more than the range asked")
-                os.pwrite(self._fd, chunk, part[1])
-                with self._changed:
-                    part[1] += len(chunk)
-                    self._changed.notify_all()
+            written = part[1]
+            try:
+                for chunk in response.iter_bytes():  # as received: a dropped range resumes at its last byte
+                    if self._stopping:
+                        return
+                    if len(chunk) > part[2] - written:
+                        raise RangeError(f"blob {self.digest}: the registry sent more than the range asked")
+                    os.pwrite(self._fd, chunk, written)
+                    written += len(chunk)
+                    if written - part[1] >= PIECE or written == part[2]:
+                        self._announce(part, written)
+            finally:
+                self._announce(part, written)  # what was written stays, whatever stopped the range
+
+    def _announce(self, part: list[int], written: int) -> None:
+        """Tell the reader how far a range has been written: every 1 MiB, not every piece."""
+        if written > part[1]:
+            with self._changed:
+                part[1] = written
+                self._changed.notify_all()
 
     def _read_whole(self, response: httpx.Response) -> None:
         """Range was ignored: the whole body lands in range 0, which now spans the blob."""
         with self._changed:
             self.ranges[:] = [[0, 0, self.size]]
         written = 0
-        for chunk in response.iter_bytes():
+        for chunk in response.iter_bytes(PIECE):  # not resumed if cut: a registry without Range
             if self._stopping:
                 return
             if written + len(chunk) > self.size:
