@@ -37,7 +37,7 @@ def default_home() -> Path:
 
 
 def keep_layer_blobs(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether layer blobs stay once unpacked (the default): push, save and copy need them.
+    """Whether layer blobs stay once unpacked (the default): push and save need them.
 
     ``PIER_KEEP_LAYER_BLOBS=0`` keeps only the unpacked layers, for a machine that only runs
     images; its images cannot be pushed or saved until pulled again with blobs kept.
