@@ -11,12 +11,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -283,3 +286,89 @@ def test_worker_processes_unpack_stored_layers_and_report_their_errors_in_one_li
     assert (store.path(_digest(good)) / "dir" / "file").read_bytes() == b"from a worker"
     assert store.all() == [_digest(good)]
     assert not (tmp_path / "escape").exists()
+
+
+AS_NOBODY = """
+import io, json, os, stat, sys, tarfile
+from pathlib import Path
+from puller.run.overlay import probe
+from puller.unpack.layer_store import LayerStore, verified
+from puller.unpack.layers import OPAQUE_XATTR, is_whiteout
+from puller.unpack.snapshot import materialize
+
+work = Path(sys.argv[1])
+store = LayerStore(work / "home")
+layers = []
+for name in ("lower.tar", "upper.tar"):
+    data = (work / name).read_bytes()
+    import hashlib
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    store.unpack(digest, verified(io.BytesIO(data), digest), "application/vnd.oci.image.layer.v1.tar", digest)
+    layers.append(store.path(digest))
+copy = work / "copy"
+copy.mkdir()
+materialize(layers, copy)
+print(json.dumps({
+    "opaque_xattr": OPAQUE_XATTR,
+    "opaque": os.getxattr(layers[1] / "opt", OPAQUE_XATTR).decode(),
+    "whiteout": is_whiteout((layers[1] / "etc" / "old").lstat()),
+    "etc": sorted(os.listdir(copy / "etc")),
+    "opt": sorted(os.listdir(copy / "opt")),
+    "overlay": probe(store.root),
+}))
+"""
+
+
+def test_an_unprivileged_user_gets_user_xattr_layers_and_a_correct_copy(tmp_path) -> None:
+    """Without root: whiteouts are still 0/0 devices (Linux 5.8+), opaque marks go to user.overlay.*,
+    overlayfs cannot be mounted, and the copy of the stack is the image's tree."""
+    work = Path(tempfile.mkdtemp(prefix="pier-nobody-", dir="/tmp"))  # tmp_path's parents are root's, 0700
+    try:
+        (work / "lower.tar").write_bytes(
+            make_tar(
+                [
+                    (entry("etc", D, mode=0o755), None),
+                    (entry("etc/old"), b"old"),
+                    (entry("etc/keep"), b"keep"),
+                    (entry("opt", D, mode=0o755), None),
+                    (entry("opt/lower"), b"lower"),
+                ]
+            ).getvalue()
+        )
+        (work / "upper.tar").write_bytes(
+            make_tar(
+                [
+                    (entry("etc/.wh.old"), b""),
+                    (entry("opt/.wh..wh..opq"), b""),
+                    (entry("opt/upper"), b"upper"),
+                ]
+            ).getvalue()
+        )
+        for path in (work, work / "lower.tar", work / "upper.tar"):
+            os.chown(path, 65534, 65534)
+        ran = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                AS_NOBODY,
+                str(work),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        seen = json.loads(ran.stdout)
+        assert seen["opaque_xattr"] == "user.overlay.opaque" and seen["opaque"] == "y"
+        assert seen["whiteout"] is True
+        assert seen["etc"] == ["keep"] and seen["opt"] == ["upper"]
+        assert (
+            seen["overlay"] and "refused" in seen["overlay"]
+        )  # no privilege: the copy is what a container gets
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
