@@ -218,15 +218,16 @@ class _Tee(ReadStream):
 
 
 class _RangedTee(ReadStream):
-    """A big layer blob in parallel ranges (``ranged.RangedBlob``), published like ``_Tee``'s."""
+    """A big layer blob in parallel ranges (``ranged.RangedBlob``), always published to the store.
 
-    def __init__(
-        self, puller: Puller, download: BlobDownload, size: int, report: Progress, keep: bool | None = None
-    ) -> None:
+    Ranges land in a file anyway, so they are used only where the blob is kept (or is
+    unpacked from disk afterwards): without kept blobs a layer streams on one connection.
+    """
+
+    def __init__(self, puller: Puller, download: BlobDownload, size: int, report: Progress) -> None:
         self.puller = puller
         self.download = download
         self.digest = download.digest
-        self.keep = puller.keep_blobs if keep is None else keep
         self.blob = RangedBlob(
             lambda headers: puller.remote.blob(download.digest, headers),
             download.digest,
@@ -242,16 +243,11 @@ class _RangedTee(ReadStream):
     def finish(self, layer: str) -> None:
         while self.blob.read(CHUNK):
             pass
+        self.blob.fsync()
         try:
-            if self.keep:
-                self.blob.fsync()
-                self.download.publish(self.download.ranges_path, self.blob.verifier)
-            else:
-                self.blob.verifier.check()
+            self.download.publish(self.download.ranges_path, self.blob.verifier)
         except DigestMismatch as exc:
             raise PullError(f"blob {exc.expected}: digest mismatch, got {exc.actual}") from None
-        except VerifyError as exc:
-            raise PullError(f"blob {self.digest}: {exc}") from None
 
     def mismatch(self) -> str | None:
         try:
@@ -427,7 +423,7 @@ class Puller:
                 report(digest, "exists", size, size)
                 return
             if size >= self.range_min and download.offset == 0:
-                ranged = _RangedTee(self, download, size, report, keep=True)
+                ranged = _RangedTee(self, download, size, report)
                 try:
                     ranged.finish(digest)  # reads it all, in order, then verifies and publishes
                 finally:
