@@ -20,7 +20,7 @@ from .errors import PierError
 from .formatting import FormatError, Template
 from .reference import InvalidReference, Reference, parse_reference
 from .store.content_store import ContentStore, keep_layer_blobs
-from .store.image import ImageError, is_index, load_image, local_digest, read_json, shareable
+from .store.image import Image, ImageError, is_index, load_image, local_digest, read_json, shareable
 from .store.platforms import Platform
 from .text import human_size, plural, printable
 from .transfer.credentials import Credentials, CredentialsError, erase, lookup
@@ -28,6 +28,8 @@ from .transfer.credentials import save as save_credentials
 from .transfer.formats import FORMATS, output_format
 
 if TYPE_CHECKING:
+    from .build.builder import RemoteSteps
+    from .build.cache import CachedStep
     from .prune import Collected
     from .store.inspection import Inspected
     from .transfer.transport import Transport
@@ -286,7 +288,10 @@ def _report_collected(collected: Collected) -> None:
 def cmd_prune(args: argparse.Namespace) -> int:
     from .prune import collect_garbage
 
-    _report_collected(collect_garbage(ContentStore()))
+    collected = collect_garbage(ContentStore(), build_cache=not args.build_cache)
+    if args.build_cache:
+        print(f"Dropped {plural(collected.cache_entries, 'build cache entry', 'build cache entries')}")
+    _report_collected(collected)
     return 0
 
 
@@ -545,6 +550,83 @@ def _copy_notice(store: ContentStore) -> Callable[[str], None]:
     return notice
 
 
+def _fetch_for_build(args: argparse.Namespace) -> Callable[[str, bool], Image]:
+    """FROM and COPY --from images: the local store's, else (or with --pull) the registry's."""
+
+    def fetch(text: str, always_pull: bool) -> Image:
+        from .unpack.rootfs import layers_available
+
+        reference = parse_reference(text)
+        store = ContentStore()
+        platform = _platform(args)
+        digest = None if always_pull else local_digest(store, reference)
+        if digest is not None:
+            try:
+                image = load_image(store, digest, platform, need_layers=False)
+                if layers_available(store, image):
+                    return image
+            except ImageError:
+                pass
+        from .transfer.pull import pull
+
+        pulled = pull(
+            reference,
+            store,
+            platform,
+            insecure=_insecure(args, reference.domain),
+            credentials=lookup(reference.domain),
+            ca_cert=_ca_cert(args),
+        )
+        return load_image(store, pulled.index_digest or pulled.digest, platform, need_layers=False)
+
+    return fetch
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build.command import build
+
+    def push(store: ContentStore, digest: str, reference: Reference) -> str:
+        from .transfer.push import push_local
+
+        transport = _transport(args, reference)
+        try:
+            return push_local(store, digest, reference, _platform(args), transport)[0]
+        finally:
+            transport.close()
+
+    transports: list[Transport] = []
+
+    def open_cache(store: ContentStore, reference: Reference) -> RemoteSteps:
+        from .build.cache_transfer import RemoteCache
+
+        transports.append(_transport(args, reference))
+        return RemoteCache(store, reference, transports[-1])
+
+    def export(store: ContentStore, reference: Reference, steps: dict[str, CachedStep]) -> str:
+        from .build.cache_transfer import export_cache
+
+        transport = _transport(args, reference)
+        try:
+            return export_cache(store, reference, transport, steps)
+        finally:
+            transport.close()
+
+    try:
+        return build(args, _fetch_for_build(args), push, open_cache, export)
+    finally:
+        for transport in transports:
+            transport.close()
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from .build.command import history
+
+    store = ContentStore()
+    _, digest = _local(store, args.reference)
+    image = load_image(store, digest, _platform(args), need_layers=False)
+    return history(image, args.no_trunc, args.json)
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     from .run.containers import Containers, is_running
 
@@ -691,7 +773,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also when a container uses it or several repositories tag it",
     )
 
-    command("prune", cmd_prune, "remove the blobs and unpacked layers no image or container uses")
+    sub = command(
+        "prune", cmd_prune, "remove the blobs and unpacked layers no image, container or build cache uses"
+    )
+    sub.add_argument(
+        "--build-cache", action="store_true", help="also empty pier build's cache and free its layers"
+    )
     command("info", cmd_info, "show the local store, its layers, and how containers get their rootfs")
 
     sub = command("inspect", cmd_inspect, "print an image's manifest and config as JSON (local, or --remote)")
@@ -781,6 +868,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--runtime", help="OCI runtime on PATH (default: chosen by the cgroup layout)")
     sub.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
     sub.add_argument("--insecure", action="store_true", help="plain HTTP when pulling")
+
+    sub = command("build", cmd_build, "build an image from a Dockerfile (RUN steps under runc, cached)")
+    from .build.arguments import add_arguments
+
+    add_arguments(sub)
+
+    sub = command("history", cmd_history, "show how an image was built, one line per step")
+    sub.add_argument("reference")
+    sub.add_argument("--no-trunc", action="store_true", help="show whole commands")
+    sub.add_argument("--json", action="store_true", help="one JSON object per step")
+    sub.add_argument("--platform", help="the platform's image of an index (default: this machine)")
 
     sub = command("ps", cmd_ps, "list containers")
     sub.add_argument("-a", "--all", action="store_true", help="also those that exited")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from oci.jsonsafe import loads
 
+from .build.cache import BuildCache
 from .run.containers import Containers
 from .store.content_store import ContentStore
 from .store.image import Image, ImageError, is_index, reachable
@@ -24,6 +25,7 @@ class Collected:
     bytes: int = 0
     layers: int = 0
     layer_bytes: int = 0
+    cache_entries: int = 0
 
 
 def _live_images(store: ContentStore, live: set[str]) -> list[Image]:
@@ -45,14 +47,21 @@ def _live_images(store: ContentStore, live: set[str]) -> list[Image]:
     return images
 
 
-def collect_garbage(store: ContentStore) -> Collected:
+def collect_garbage(store: ContentStore, build_cache: bool = True) -> Collected:
+    """``build_cache``: keep what ``pier build``'s cache names (else the cache is emptied first)."""
     result = Collected()
     with store.lock(exclusive=True):
-        live: set[str] = set()
+        cache = BuildCache(store.root)
+        if not build_cache:
+            result.cache_entries = cache.clear()
+        cached_blobs, cached_layers = cache.kept()
+        live: set[str] = set(cached_blobs)
         for _, _, digest in store.refs():
             live.update(reachable(store, digest))
-        documents = {d for d in live if store.path(d).stat().st_size <= 4 * 1024 * 1024}
-        used = Containers(store.root).layers_in_use()
+        documents = {
+            d for d in live if d not in cached_blobs and store.path(d).stat().st_size <= 4 * 1024 * 1024
+        }
+        used = Containers(store.root).layers_in_use() | cached_layers
         for image in _live_images(store, documents):
             try:
                 used.update(image.diff_ids)

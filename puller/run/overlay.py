@@ -53,10 +53,26 @@ def _fs_messages(context: int) -> str:
     return "; ".join(lines)
 
 
-def _mount_api(lowers: list[Path], upper: Path, work: Path, target: Path, userxattr: bool) -> None:
+def _options(
+    lowers: list[Path], upper: Path | None, work: Path | None, extra: dict[str, str]
+) -> list[tuple[str, str | Path]]:
+    options: list[tuple[str, str | Path]] = [("lowerdir+", lower) for lower in lowers]
+    if upper is not None and work is not None:
+        options += [("upperdir", upper), ("workdir", work)]
+    return options + list(extra.items())
+
+
+def _mount_api(
+    lowers: list[Path],
+    upper: Path | None,
+    work: Path | None,
+    target: Path,
+    userxattr: bool,
+    extra: dict[str, str],
+) -> None:
     context = _syscall(SYS_FSOPEN, b"overlay", ctypes.c_uint(FSOPEN_CLOEXEC))
     try:
-        options = [("lowerdir+", lower) for lower in lowers] + [("upperdir", upper), ("workdir", work)]
+        options = _options(lowers, upper, work, extra)
         try:
             if userxattr:
                 _syscall(SYS_FSCONFIG, context, ctypes.c_uint(FSCONFIG_SET_FLAG), b"userxattr", None, 0)
@@ -89,11 +105,21 @@ def _mount_api(lowers: list[Path], upper: Path, work: Path, target: Path, userxa
         os.close(context)
 
 
-def _mount_classic(lowers: list[Path], upper: Path, work: Path, target: Path, userxattr: bool) -> None:
-    paths = [*lowers, upper, work]
+def _mount_classic(
+    lowers: list[Path],
+    upper: Path | None,
+    work: Path | None,
+    target: Path,
+    userxattr: bool,
+    extra: dict[str, str],
+) -> None:
+    paths = [*lowers, upper or "", work or ""]
     if any(ch in str(path) for path in paths for ch in ",:"):
         raise OSError(errno.EINVAL, "a layer path holds ',' or ':', which mount options cannot carry")
-    options = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
+    options = f"lowerdir={':'.join(map(str, lowers))}"
+    if upper is not None and work is not None:
+        options += f",upperdir={upper},workdir={work}"
+    options += "".join(f",{key}={value}" for key, value in extra.items())
     if userxattr:
         options += ",userxattr"
     if len(options) >= PAGE:
@@ -103,21 +129,30 @@ def _mount_classic(lowers: list[Path], upper: Path, work: Path, target: Path, us
         raise OSError(code, os.strerror(code))
 
 
-def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
-    """Mount ``lowers`` (top first) under a writable ``upper`` at ``target``.
+def mount_overlay(
+    lowers: list[Path],
+    upper: Path | None,
+    work: Path | None,
+    target: Path,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Mount ``lowers`` (top first) under a writable ``upper`` at ``target`` (read-only without one).
 
+    ``extra`` are more mount options (a build turns off ``redirect_dir`` and ``metacopy``:
+    an upper directory that becomes a layer must hold whole files and real directories).
     ``OverlayUnavailable`` when the kernel refuses (no privilege, an unsupported filesystem).
     """
     userxattr = os.geteuid() != 0
+    extra = extra or {}
     try:
-        _mount_api(lowers, upper, work, target, userxattr)
+        _mount_api(lowers, upper, work, target, userxattr, extra)
         return
     except OSError as exc:
         old_kernel = exc.errno == errno.ENOSYS or "lowerdir+" in (exc.strerror or "")
         if not old_kernel:
             raise OverlayUnavailable(f"overlay mount refused: {exc.strerror}") from None
     try:  # no mount API, or no lowerdir+ (before Linux 6.8): the classic call
-        _mount_classic(lowers, upper, work, target, userxattr)
+        _mount_classic(lowers, upper, work, target, userxattr, extra)
     except OSError as exc:
         raise OverlayUnavailable(f"overlay mount refused: {exc.strerror}") from None
 

@@ -48,7 +48,7 @@ def _copy_xattrs(source: str, target: str) -> None:
             os.setxattr(target, name, os.getxattr(source, name, follow_symlinks=False), follow_symlinks=False)
 
 
-def _copy_file(source: str, target: str) -> None:
+def copy_file(source: str, target: str) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     with open(source, "rb") as src:
         fd = os.open(target, flags, 0o600)
@@ -114,7 +114,7 @@ class _Copier:
             os.link(links[info.st_ino], target, follow_symlinks=False)
             return
         if stat.S_ISREG(info.st_mode):
-            _copy_file(source, target)
+            copy_file(source, target)
             links[info.st_ino] = target
         elif stat.S_ISLNK(info.st_mode):
             os.symlink(os.readlink(source), target)
