@@ -278,6 +278,9 @@ RUN echo line-one; echo line-two; exit 7
     failed = home.build(context, "-t", "local/failing:1")
     assert failed.returncode == 1
     assert "exit code 7" in failed.stderr and "line-two" in failed.stderr and "Dockerfile:3" in failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("pier: Dockerfile:3: ")  # the error: one line, last
+    quiet = home.build(context, "-q")
+    assert quiet.stderr.count("  | line-two") == 1 and "exit code 7" in quiet.stderr  # the tail, even quiet
     assert "Traceback" not in failed.stderr
     assert home.pier("inspect", "local/failing:1").returncode != 0  # nothing tagged
     (context / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo good-step > /good\nRUN true\n")
@@ -471,3 +474,64 @@ def test_history_shows_each_step(home: Home, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert rows[0]["created_by"] == "ENV A=1" and rows[0]["size"] == 0
     assert rows[1]["created_by"].startswith("RUN") and rows[1]["size"] > 0
+
+
+def test_shell_globs_link_from_image_mounts_user_and_host_network(home: Home, tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "hello").write_text("from the host network\n")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    context = context_with(
+        tmp_path,
+        f"""FROM {BASE}
+SHELL ["/bin/sh", "-e", "-c"]
+COPY *.cfg /etc/app/
+COPY --link --chmod=0644 linked.txt /linked/
+COPY --from={BASE} /etc/passwd /from-image-passwd
+RUN --mount=type=bind,source=bound,target=/ctx cat /ctx/bound.txt > /bound-copy
+RUN --mount=type=tmpfs,target=/scratch touch /scratch/x && grep -q " /scratch tmpfs" /proc/mounts && echo ok > /tmpfs
+RUN echo "app:x:1234:1234::/home/app:/bin/sh" >> /etc/passwd && echo "app:x:1234:" >> /etc/group \\
+    && mkdir -p /home/app && chown 1234:1234 /home/app
+COPY --chown=app owned.txt /home/app/
+USER app
+RUN id -u > /home/app/uid && wget -q -O /home/app/fetched http://127.0.0.1:{port}/hello
+""",
+        {
+            "a.cfg": "a\n",
+            "b.cfg": "b\n",
+            "skip.txt": "not a cfg\n",
+            "linked.txt": "linked\n",
+            "bound/bound.txt": "bound\n",
+            "owned.txt": "owned\n",
+        },
+    )
+    try:
+        digest = digest_of(home.build(context, "-t", "local/various:1"))
+    finally:
+        server.shutdown()
+    script = (
+        "ls /etc/app; cat /linked/linked.txt /bound-copy /tmpfs /home/app/uid /home/app/fetched; "
+        "stat -c '%u %a' /home/app/owned.txt /linked/linked.txt; head -1 /from-image-passwd; id -u"
+    )
+    run = home.pier("run", "--rm", "local/various:1", "sh", "-c", script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "a.cfg",
+        "b.cfg",
+        "linked",
+        "bound",
+        "ok",
+        "1234",
+        "from the host network",
+        "1234 644",
+        "0 644",
+        "root:x:0:0:root:/root:/bin/sh",
+        "1234",
+    ]
+    for layer in home.manifest(digest)["layers"]:
+        names = home.layer_members(layer)
+        assert not any(name.startswith(("ctx/", "scratch/")) for name in names)
+        assert not {"etc/hosts", "etc/resolv.conf", "etc/hostname"} & set(names)

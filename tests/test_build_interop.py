@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,11 +138,12 @@ def test_pushed_build_reads_with_skopeo_and_umoci(registry, skopeo, tmp_path: Pa
             ["sha256sum"], input=inspected.stdout, capture_output=True, check=True
         ).stdout.decode()
     )
-    if shutil.which("podman"):
-        podman_root = tmp_path / "podman"
+    podman = shutil.which("podman") or pytest.fail("podman is not installed (Debian: apt-get install podman)")
+    podman_root = Path(tempfile.mkdtemp(prefix="pier-podman-"))  # podman: a runroot of <= 50 characters
+    try:
         pulled = subprocess.run(
             [
-                *("podman", "--root", str(podman_root / "root"), "--runroot", str(podman_root / "run")),
+                *(podman, "--root", str(podman_root / "root"), "--runroot", str(podman_root / "run")),
                 *("pull", "--tls-verify=false", reference),
             ],
             capture_output=True,
@@ -149,6 +151,11 @@ def test_pushed_build_reads_with_skopeo_and_umoci(registry, skopeo, tmp_path: Pa
             timeout=120,
         )
         assert pulled.returncode == 0, pulled.stderr
+    finally:
+        for mounted in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+            if mounted.split()[1].startswith(str(podman_root)):
+                subprocess.run(["umount", "-l", mounted.split()[1]], check=False)
+        shutil.rmtree(podman_root, ignore_errors=True)
 
 
 def test_cache_exported_to_a_registry_serves_another_home(registry, tmp_path: Path) -> None:

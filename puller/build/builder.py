@@ -475,11 +475,12 @@ class Builder:
                 resolve_inside(sandbox.rootfs, workdir).mkdir(mode=0o755, parents=True, exist_ok=True)
                 outcome = run_step.run(sandbox, process, self.runtime, self.store.root, self.printer.output)
                 if outcome.exit_code != 0:
-                    last = "\n".join(f"  | {line}" for line in outcome.tail[-10:])
+                    if self.options.quiet:  # its output was not shown as it came: show how it ended
+                        for tail in outcome.tail[-10:]:
+                            self.printer.stream.write(f"  | {tail}\n")
                     raise BuildFailed(
                         f"Dockerfile:{instruction.line}: {instruction.original[:120]} "
                         f"failed with exit code {outcome.exit_code}"
-                        + (f"; its last lines:\n{last}" if last else "")
                     )
                 return self._keep_changes(sandbox)
 
