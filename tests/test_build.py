@@ -535,3 +535,14 @@ RUN id -u > /home/app/uid && wget -q -O /home/app/fetched http://127.0.0.1:{port
         names = home.layer_members(layer)
         assert not any(name.startswith(("ctx/", "scratch/")) for name in names)
         assert not {"etc/hosts", "etc/resolv.conf", "etc/hostname"} & set(names)
+
+
+def test_mount_options_pier_does_not_know_fail_with_the_line(home: Home, tmp_path: Path) -> None:
+    context = context_with(tmp_path, f"FROM {BASE}\nRUN --mount=type=cache,target=/c,colour=blue true\n")
+    result = home.build(context)
+    assert result.returncode != 0 and "Dockerfile:2" in result.stderr and "colour" in result.stderr
+    (context / "Dockerfile").write_text(
+        f"FROM {BASE}\nRUN --mount=type=cache,target=/c,sharing=locked echo locked > /c/x && cat /c/x\n"
+    )
+    locked = home.build(context)
+    assert locked.returncode == 0 and "  | locked" in locked.stderr, locked.stderr

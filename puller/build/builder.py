@@ -58,6 +58,14 @@ PROXY_ARGS = frozenset(
 SOLE_HEREDOC = re.compile(r"<<-?(['\"]?)([A-Za-z0-9_.-]+)\1")
 
 
+MOUNT_OPTIONS = {  # BuildKit's, less those pier does not do (they fail, with the line)
+    "secret": {"id", "required", "mode", "uid", "gid", "env"},
+    "cache": {"id", "sharing", "mode", "uid", "gid", "ro", "readonly"},
+    "bind": {"source", "src", "from", "ro", "readonly", "rw", "readwrite"},
+    "tmpfs": {"size"},
+}
+
+
 class BuildFailed(PierError):
     pass
 
@@ -158,6 +166,7 @@ class Builder:
         self._context: BuildContext | None = None
         self._downloads: dict[str, Path] = {}  # ADD URLs fetched for their cache key, used by the step
         self._pending: list[Path] = []  # a step's scratch (changes, secrets, bind sources): dropped after it
+        self._locks: list[int] = []  # cache mounts with sharing=locked, held for the step
 
     # -- the whole build --------------------------------------------------------------
 
@@ -494,6 +503,9 @@ class Builder:
             force_rmtree(path)
         self._pending.clear()
         self._downloads.clear()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
 
     @property
     def runtime(self) -> str:
@@ -515,7 +527,9 @@ class Builder:
             target = (
                 options.pop("target", None) or options.pop("dst", None) or options.pop("destination", None)
             )
-            line = instruction.line
+            unknown = set(options) - MOUNT_OPTIONS.get(kind, set(options))
+            if unknown:
+                raise DockerfileError(line, f"RUN --mount=type={kind}: unknown option {sorted(unknown)[0]!r}")
             if kind == "secret":
                 secret_id = options.get("id") or (posixpath.basename(target) if target else "")
                 if not secret_id:
@@ -548,6 +562,11 @@ class Builder:
             if kind == "cache":
                 cache_id = options.get("id") or target
                 directory = self.cache.mount_directory(cache_id)
+                sharing = options.get("sharing", "shared")
+                if sharing not in ("shared", "locked", "private"):
+                    raise DockerfileError(line, f"RUN --mount sharing={sharing!r}: shared, locked or private")
+                if sharing != "shared":  # one step at a time uses it (private: the same, simply)
+                    self._locks.append(self.cache.lock_mount(cache_id))
                 if "mode" in options or "uid" in options or "gid" in options:
                     os.chown(directory, int(options.get("uid", 0)), int(options.get("gid", 0)))
                     directory.chmod(int(options.get("mode", "755"), 8))

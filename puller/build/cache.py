@@ -13,6 +13,7 @@ directory in the layer store) and when; an entry whose blob is gone is a miss.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -90,6 +91,15 @@ class BuildCache:
             path.unlink(missing_ok=True)
             count += 1
         return count
+
+    def lock_mount(self, cache_id: str) -> int:
+        """Hold a cache mount for one step (``sharing=locked``): close the descriptor to let go."""
+        name = hashlib.sha256(cache_id.encode()).hexdigest()[:32]
+        locks = self.root / "mounts" / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
 
     def mount_directory(self, cache_id: str) -> Path:
         """A RUN cache mount's directory, named by a hash of its id (any text, never a path)."""
