@@ -492,7 +492,8 @@ COPY *.cfg /etc/app/
 COPY --link --chmod=0644 linked.txt /linked/
 COPY --from={BASE} /etc/passwd /from-image-passwd
 RUN --mount=type=bind,source=bound,target=/ctx cat /ctx/bound.txt > /bound-copy
-RUN --mount=type=tmpfs,target=/scratch touch /scratch/x && grep -q " /scratch tmpfs" /proc/mounts && echo ok > /tmpfs
+RUN --mount=type=tmpfs,target=/scratch \\
+    touch /scratch/x && grep -q " /scratch tmpfs" /proc/mounts && echo ok > /tmpfs
 RUN echo "app:x:1234:1234::/home/app:/bin/sh" >> /etc/passwd && echo "app:x:1234:" >> /etc/group \\
     && mkdir -p /home/app && chown 1234:1234 /home/app
 COPY --chown=app owned.txt /home/app/
@@ -546,3 +547,81 @@ def test_mount_options_pier_does_not_know_fail_with_the_line(home: Home, tmp_pat
     )
     locked = home.build(context)
     assert locked.returncode == 0 and "  | locked" in locked.stderr, locked.stderr
+
+
+def test_hostile_destinations_and_mount_targets_stay_inside_the_rootfs(home: Home, tmp_path: Path) -> None:
+    outside = tmp_path / "host-side"
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("pwned.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    context = context_with(
+        tmp_path,
+        f"""FROM {BASE}
+RUN ln -s {outside} /escape && ln -s /real /link && mkdir /real
+ADD evil.tar /escape
+COPY dir/ /link/
+RUN --mount=type=secret,id=tok,target=../../../../../../../..{outside}/secret cat {outside}/secret > /seen
+""",
+        {"dir/f.txt": "f\n"},
+    )
+    (context / "evil.tar").write_bytes(archive.getvalue())
+    (tmp_path / "tok").write_text("value")
+    digest_of(home.build(context, "-t", "local/hostile-dest:1", "--secret", f"id=tok,src={tmp_path / 'tok'}"))
+    assert not outside.exists()  # neither the tar, nor a mount point, reached the host
+    run = home.pier(
+        "run", "--rm", "local/hostile-dest:1", "sh", "-c", f"cat {outside}/pwned.txt /real/f.txt /seen"
+    )
+    assert run.stdout == "badf\nvalue", run.stderr  # the image's symlinks followed inside it
+
+
+def test_cache_keys_cover_heredoc_scripts_output_format_and_bind_files(home: Home, tmp_path: Path) -> None:
+    dockerfile = f"""FROM {BASE}
+RUN <<EOF
+#!/bin/sh
+echo {{word}} > /word
+echo {{word}} > /word
+EOF
+RUN --mount=type=bind,source=req.txt,target=/tmp/req.txt cat /tmp/req.txt > /req
+"""
+    context = context_with(tmp_path, dockerfile.format(word="one"), {"req.txt": "numpy\n"})
+    plain = digest_of(home.build(context, "-t", "local/keys:1"))
+    run = home.pier("run", "--rm", "local/keys:1", "cat", "/word", "/req")
+    assert run.stdout == "one\nnumpy\n", run.stderr
+    (context / "Dockerfile").write_text(dockerfile.format(word="two"))
+    changed = home.build(context, "-t", "local/keys:1")
+    assert "CACHED" not in changed.stderr
+    assert home.pier("run", "--rm", "local/keys:1", "cat", "/word").stdout == "two\n"
+    (context / "req.txt").write_text("torch\n")
+    assert home.build(context).stderr.count("CACHED") == 1  # the bound file's content is in the key
+    zstd = home.build(context, "--compression", "zstd")
+    assert zstd.stderr.count("CACHED") == 0 and digest_of(zstd) != plain
+    epoch = home.build(context, env={"SOURCE_DATE_EPOCH": "0"})
+    assert epoch.stderr.count("CACHED") == 0
+
+
+def test_network_none_cannot_be_overridden_by_the_dockerfile(home: Home, tmp_path: Path) -> None:
+    context = context_with(tmp_path, f"FROM {BASE}\nRUN --network=host true\n")
+    refused = home.build(context, "--network", "none")
+    assert refused.returncode != 0 and "Dockerfile:2" in refused.stderr and "none" in refused.stderr
+
+
+def test_variables_in_copy_flags_and_arg_history(home: Home, tmp_path: Path) -> None:
+    context = context_with(
+        tmp_path,
+        f"""FROM {BASE} AS src
+RUN echo from-stage > /made
+FROM {BASE}
+ARG UID=1234
+ARG SRC=src
+COPY --from=$SRC --chown=${{UID}}:${{UID}} /made /made
+""",
+    )
+    digest = digest_of(home.build(context, "-t", "local/flags:1"))
+    run = home.pier("run", "--rm", "local/flags:1", "stat", "-c", "%u:%g", "/made")
+    assert run.stdout == "1234:1234\n", run.stderr
+    history = home.config(digest)["history"]
+    assert {"ARG UID=1234", "ARG SRC=src"} <= {h["created_by"] for h in history}
+    layers = home.config(digest)["rootfs"]["diff_ids"]
+    assert len([h for h in history if not h.get("empty_layer")]) == len(layers)

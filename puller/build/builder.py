@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import os
 import posixpath
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from ..errors import PierError
+from ..reference import Reference
 from ..run.oci_runtime import find_runtime
 from ..store.content_store import ContentStore
 from ..store.image import Image
@@ -33,7 +36,7 @@ from ..unpack.rootfs import image_layers
 from . import metadata, run_step
 from .cache import BuildCache, CachedStep, step_key
 from .context import BuildContext
-from .copying import CopyStep, copy_step
+from .copying import CopyStep, content_key, copy_step
 from .dockerfile import (
     Dockerfile,
     DockerfileError,
@@ -45,7 +48,7 @@ from .dockerfile import (
 )
 from .image_output import Built, Layer, write_image
 from .layer_writer import adopt, write_layer
-from .sandbox import Sandbox, clean_dead_sandboxes
+from .sandbox import Sandbox, Session
 from .stages import Stage, find, needed, split
 
 MAX_DOCKERFILE = 4 * 1024 * 1024
@@ -146,6 +149,8 @@ def rfc3339(epoch: float) -> str:
 
 
 class Builder:
+    session: Session  # the build's scratch directory, while ``build`` runs
+
     def __init__(
         self,
         store: ContentStore,
@@ -166,25 +171,32 @@ class Builder:
         self._context: BuildContext | None = None
         self._downloads: dict[str, Path] = {}  # ADD URLs fetched for their cache key, used by the step
         self._pending: list[Path] = []  # a step's scratch (changes, secrets, bind sources): dropped after it
-        self._locks: list[int] = []  # cache mounts with sharing=locked, held for the step
+        self._locks: list[int] = []
+        # what shapes a layer's bytes and times besides its files: part of every layer step's key
+        self.profile = json.dumps(
+            [options.compression, options.docker_format, options.epoch]
+        )  # cache mounts with sharing=locked, held for the step
 
     # -- the whole build --------------------------------------------------------------
 
-    def build(self) -> Built:
+    def build(self, tags: list[Reference] = ()) -> Built:  # type: ignore[assignment]
+        """Build, and tag ``tags`` before a waiting prune may look: it would see an untagged image."""
         dockerfile = self._read_dockerfile()
         global_args = self._global_args(dockerfile)
         preamble, stages = split(dockerfile, global_args)
         del preamble
         chosen = needed(stages, self.options.target, global_args, dockerfile.escape)
-        clean_dead_sandboxes(self.layer_store.root)
-        with self.store.lock():  # shared: a prune waits until the image and its cache are written
+        self._plan = (dockerfile, stages, global_args)
+        # shared: a prune waits until the image is tagged and its cache written
+        with self.store.lock(), Session(self.layer_store.root) as self.session:
             for stage in chosen:
-                self.states[stage.index] = self._stage(dockerfile, stages, stage, global_args)
+                if stage.index not in self.states:  # (built already when a later --from needed it)
+                    self.states[stage.index] = self._stage(dockerfile, stages, stage, global_args)
             final = self.states[chosen[-1].index]
             unused = set(self.options.build_args) - self.used_args - PROXY_ARGS
             if unused:
                 self.printer.say(f"[warning] build args not consumed by any ARG: {', '.join(sorted(unused))}")
-            return write_image(
+            built = write_image(
                 self.store,
                 final.image,
                 final.config,
@@ -192,6 +204,9 @@ class Builder:
                 final.history,
                 docker=self.options.docker_format,
             )
+            for tag in tags:
+                self.store.set_ref(tag.name, tag.tag or "latest", built.digest)
+            return built
 
     def _read_dockerfile(self) -> Dockerfile:
         path = self.options.dockerfile
@@ -253,6 +268,14 @@ class Builder:
             self._instruction(dockerfile, stages, stage, state, instruction, global_args)
         return state
 
+    def stage_state(self, index: int) -> StageState:
+        """A stage's result; built now when only a stage's own ARG named it (``--from=$SRC``)."""
+        if index not in self.states:
+            dockerfile, stages, global_args = self._plan
+            self.printer.say(f"[{stages[index].label}] needed by --from: building it")
+            self.states[index] = self._stage(dockerfile, stages, stages[index], global_args)
+        return self.states[index]
+
     def _check_platform(self, text: str | None, scope: Mapping[str, str], line: int) -> None:
         if not text:
             return
@@ -269,7 +292,7 @@ class Builder:
     def _base(self, stages: list[Stage], stage: Stage) -> StageState:
         platform = self.options.platform
         if (earlier := find(stages, stage.base, stage.index)) is not None:
-            state = copy.deepcopy(self.states[earlier.index])
+            state = copy.deepcopy(self.stage_state(earlier.index))
             state.args, state.cmd_set = {}, False
             return state
         if stage.base.lower() == "scratch":
@@ -301,13 +324,16 @@ class Builder:
         escape = dockerfile.escape
         keyword = instruction.keyword
         if keyword == "ARG":
-            for name, default in self._arg_pairs(instruction, state.scope(), escape):
+            pairs = self._arg_pairs(instruction, state.scope(), escape)
+            for name, default in pairs:
                 value = self.options.build_args.get(name, default)
                 if value is None:
                     value = global_args.get(name) if name in global_args else None
                 if value is not None:
                     state.args[name] = value
                 state.key = step_key(state.key, "ARG", name, value or "")
+            text = "ARG " + " ".join(n if d is None else f"{n}={d}" for n, d in pairs)
+            state.history.append({"created": state.created, "created_by": text, "empty_layer": True})
             return
         if keyword == "RUN":
             self._run(stages, stage, state, instruction, escape)
@@ -337,6 +363,7 @@ class Builder:
         history: bool = True,
     ) -> None:
         """A step through the cache: ``make`` runs on a miss and returns the changes' directory."""
+        key = step_key(key, self.profile)  # the same step written as another format is another layer
         cached = None if self.options.no_cache else self._cached(key)
         if cached is not None:
             self.printer.cached()
@@ -384,9 +411,7 @@ class Builder:
         created = self._now()
         if changes is None or not any(changes.iterdir()):
             return CachedStep(created)
-        partial = self.store.root / "partial"
-        partial.mkdir(parents=True, exist_ok=True)
-        blob = partial / f"build-{os.getpid()}-{time.monotonic_ns()}"
+        blob = self.session.base / f"blob-{time.monotonic_ns()}"
         try:
             with blob.open("wb") as out:
                 written = write_layer(
@@ -414,7 +439,7 @@ class Builder:
         state.history.pop()  # the history entry is the layer step's (empty when nothing was made)
 
         def make() -> Path | None:
-            with Sandbox(self.layer_store.root, state.paths) as sandbox:
+            with Sandbox(self.session, state.paths) as sandbox:
                 target = resolve_inside(sandbox.rootfs, path)
                 if target.is_dir():
                     return None
@@ -426,7 +451,7 @@ class Builder:
     def _keep_changes(self, sandbox: Sandbox) -> Path:
         """The sandbox's changes, moved out of it before it is cleaned away."""
         changes = sandbox.changes()
-        kept = sandbox.base.parent / f".building-changes-{sandbox.base.name}"
+        kept = self.session.base / f"changes-{sandbox.base.name}"
         os.rename(changes, kept)
         self._pending.append(kept)
         return kept
@@ -459,24 +484,36 @@ class Builder:
         network = instruction.flag("network") or "default"
         if network not in ("default", "host", "none"):
             raise DockerfileError(instruction.line, f"RUN --network={network}: use default, host or none")
+        if network == "host" and self.options.network == "none":
+            raise DockerfileError(
+                instruction.line, "RUN --network=host, but the build was given --network none"
+            )
         network = self.options.network if network == "default" else network
         env = {k: v for k, v in state.args.items()}
         env.update({k: v for k, v in self.options.build_args.items() if k in PROXY_ARGS})
         env.update(metadata.env_dict(state.config))
-        mounts, mount_keys, secret_env = self._mounts(stages, stage, state, instruction, escape)
+        mounts, mount_keys, secret_env, prepare = self._mounts(stages, stage, state, instruction, escape)
         env.update(secret_env)
         scope_args = {k: v for k, v in sorted(state.args.items())}
-        key = step_key(state.key, "RUN", json.dumps(args), json.dumps(scope_args), network, *mount_keys)
-        created_by = f"RUN {' '.join(args) if instruction.exec_form is None else json.dumps(args)}"
+        key = step_key(
+            state.key, "RUN", json.dumps(args), script or "", json.dumps(scope_args), network, *mount_keys
+        )
+        if instruction.heredocs:
+            bodies = "".join(f"\n{h.content}{h.name}" for h in instruction.heredocs)
+            created_by = f"RUN {instruction.rest}{bodies}"
+        else:
+            created_by = f"RUN {' '.join(args) if instruction.exec_form is None else json.dumps(args)}"
         workdir = state.config.get("WorkingDir") or "/"
         user = state.config.get("User") or None
 
         def make() -> Path | None:
+            for step in prepare:
+                step()
             process = run_step.Process(args, env, workdir, user, network, mounts)
             files, directories = run_step.mount_points(process)
             if script is not None:
                 files.append("/.pier-heredoc")
-            with Sandbox(self.layer_store.root, state.paths, files, directories) as sandbox:
+            with Sandbox(self.session, state.paths, files, directories) as sandbox:
                 if script is not None:
                     heredoc = sandbox.base / "mountpoints" / ".pier-heredoc"
                     heredoc.write_text(script)
@@ -515,12 +552,16 @@ class Builder:
 
     def _mounts(
         self, stages: list[Stage], stage: Stage, state: StageState, instruction: Instruction, escape: str
-    ) -> tuple[list[dict], list[str], dict[str, str]]:
-        """RUN --mount flags as runtime mounts, their part of the cache key, and secrets given as env."""
+    ) -> tuple[list[dict], list[str], dict[str, str], list[Callable[[], None]]]:
+        """RUN --mount flags: runtime mounts, their part of the cache key, secrets given as env, and
+        what to prepare only when the step runs (secret files, bind sources, locks): a hit needs none."""
         mounts: list[dict] = []
         keys: list[str] = []
         secret_env: dict[str, str] = {}
+        prepare: list[Callable[[], None]] = []
         line = instruction.line
+        workdir = state.config.get("WorkingDir") or "/"
+        locked: set[str] = set()
         for text in instruction.flag_values("mount"):
             options = parse_flag_options(expand(text, state.scope(), escape, line=line), line=line)
             kind = options.pop("type", "bind")
@@ -530,6 +571,15 @@ class Builder:
             unknown = set(options) - MOUNT_OPTIONS.get(kind, set(options))
             if unknown:
                 raise DockerfileError(line, f"RUN --mount=type={kind}: unknown option {sorted(unknown)[0]!r}")
+            for number in ("uid", "gid"):
+                if number in options and not (options[number].isascii() and options[number].isdigit()):
+                    raise DockerfileError(line, f"RUN --mount {number}={options[number]!r}: a number")
+            if "mode" in options and not re.fullmatch(r"[0-7]{3,4}", options["mode"]):
+                raise DockerfileError(
+                    line, f"RUN --mount mode={options['mode']!r}: an octal mode such as 0755"
+                )
+            if target:
+                target = posixpath.normpath(posixpath.join(workdir, target))  # never ".." above the root
             if kind == "secret":
                 secret_id = options.get("id") or (posixpath.basename(target) if target else "")
                 if not secret_id:
@@ -546,27 +596,26 @@ class Builder:
                     secret_env[options["env"]] = value.decode(errors="replace")
                     if not target:
                         continue
-                source = self._secret_file(secret_id, value, options)
-                mounts.append(
-                    {
-                        "destination": target or f"/run/secrets/{secret_id}",
-                        "type": "bind",
-                        "source": str(source),
-                        "options": ["rbind", "ro"],
-                    }
-                )
+                mount = {
+                    "destination": target or f"/run/secrets/{posixpath.basename(secret_id)}",
+                    "type": "bind",
+                    "source": "",
+                    "options": ["rbind", "ro"],
+                }
+                mounts.append(mount)
+                prepare.append(functools.partial(self._secret_file, mount, value, options))
                 continue
             if not target:
                 raise DockerfileError(line, f"RUN --mount=type={kind} needs a target")
-            target = posixpath.normpath(posixpath.join(state.config.get("WorkingDir") or "/", target))
             if kind == "cache":
                 cache_id = options.get("id") or target
-                directory = self.cache.mount_directory(cache_id)
                 sharing = options.get("sharing", "shared")
                 if sharing not in ("shared", "locked", "private"):
                     raise DockerfileError(line, f"RUN --mount sharing={sharing!r}: shared, locked or private")
-                if sharing != "shared":  # one step at a time uses it (private: the same, simply)
-                    self._locks.append(self.cache.lock_mount(cache_id))
+                directory = self.cache.mount_directory(cache_id)
+                if sharing != "shared" and cache_id not in locked:  # one step at a time (private: the same)
+                    locked.add(cache_id)
+                    prepare.append(functools.partial(self._lock_cache_mount, cache_id))
                 if "mode" in options or "uid" in options or "gid" in options:
                     os.chown(directory, int(options.get("uid", 0)), int(options.get("gid", 0)))
                     directory.chmod(int(options.get("mode", "755"), 8))
@@ -596,46 +645,41 @@ class Builder:
                     raise DockerfileError(
                         line, "RUN --mount=type=bind,rw is not supported by pier: bind mounts are read-only"
                     )
-                source, digest = self._bind_source(
-                    stages,
-                    stage,
-                    options.get("from"),
-                    options.get("source") or options.get("src") or ".",
-                    line,
-                )
-                mounts.append(
-                    {"destination": target, "type": "bind", "source": str(source), "options": ["rbind", "ro"]}
-                )
-                keys.append(f"bind:{target}:{digest}")
+                step = CopyStep(sources=[options.get("source") or options.get("src") or "."], destination="/")
+                step.from_ = options.get("from")
+                mount = {"destination": target, "type": "bind", "source": "", "options": ["rbind", "ro"]}
+                mounts.append(mount)
+                keys.append(f"bind:{target}:{content_key(self, stages, stage, step, line)}")
+                prepare.append(functools.partial(self._bind_source, mount, stages, stage, step, line))
             else:
                 raise DockerfileError(
                     line, f"RUN --mount=type={kind} is not supported by pier (bind, cache, secret, tmpfs are)"
                 )
-        return mounts, keys, secret_env
+        return mounts, keys, secret_env, prepare
 
-    def _secret_file(self, secret_id: str, value: bytes, options: dict[str, str]) -> Path:
-        """The secret in a private file outside every layer, gone when the build process ends."""
-        import tempfile
+    def _lock_cache_mount(self, cache_id: str) -> None:
+        self._locks.append(self.cache.lock_mount(cache_id))
 
-        directory = Path(tempfile.mkdtemp(prefix="pier-secret-"))
+    def _secret_file(self, mount: dict, value: bytes, options: dict[str, str]) -> None:
+        """The secret in a file in memory (/dev/shm), never on the store's disk; gone after the step."""
+        shm = Path("/dev/shm")
+        directory = Path(tempfile.mkdtemp(prefix="pier-secret-", dir=shm if shm.is_dir() else None))
+        self._pending.append(directory)
         path = directory / "secret"
-        path.write_bytes(value)
-        path.chmod(int(options.get("mode", "400"), 8))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(value)
         os.chown(path, int(options.get("uid", 0)), int(options.get("gid", 0)))
-        self._pending.append(directory)
-        return path
+        path.chmod(int(options.get("mode", "400"), 8))
+        directory.chmod(0o755)  # the file's own mode and owner decide who reads it
+        mount["source"] = str(path)
 
-    def _bind_source(
-        self, stages: list[Stage], stage: Stage, source_stage: str | None, source: str, line: int
-    ) -> tuple[Path, str]:
-        """A RUN bind mount's source: a copy of the selected context files (ignored ones left out)."""
-        import tempfile
-
-        step = CopyStep(sources=[source], destination="/", from_=source_stage)
-        directory = Path(tempfile.mkdtemp(prefix="pier-bind-", dir=self.layer_store.root))
-        self._pending.append(directory)
-        digest = copy_step(self, stages, stage, step, directory, line, link=True)
-        return directory, digest
+    def _bind_source(self, mount: dict, stages: list[Stage], stage: Stage, step: CopyStep, line: int) -> None:
+        """A RUN bind mount's source: a copy of what it selects (ignored files left out); a file as a file."""
+        directory = self.session.scratch("bind-")
+        directory.chmod(0o755)
+        copied = copy_step(self, stages, stage, step, directory, line, link=True)
+        mount["source"] = str(directory / copied.single_file if copied.single_file else directory)
 
     # -- COPY and ADD ----------------------------------------------------------------------
 
@@ -660,15 +704,21 @@ class Builder:
 
         def make() -> Path | None:
             if plan.link:
-                import tempfile
-
-                directory = Path(tempfile.mkdtemp(prefix=".building-link-", dir=self.layer_store.root))
-                self._pending.append(directory)
-                copy_step(self, stages, stage, plan.step, directory, instruction.line, link=True, state=state)
+                directory = self.session.scratch("link-")
+                copied = copy_step(self, stages, stage, plan.step, directory, instruction.line, link=True)
+                changed(copied.digest)
                 return directory
-            with Sandbox(self.layer_store.root, state.paths) as sandbox:
-                copy_step(self, stages, stage, plan.step, sandbox.rootfs, instruction.line, state=state)
+            with Sandbox(self.session, state.paths) as sandbox:
+                copied = copy_step(self, stages, stage, plan.step, sandbox.rootfs, instruction.line)
+                changed(copied.digest)
                 return self._keep_changes(sandbox)
+
+        def changed(digest: str) -> None:
+            if plan.step.planned and digest != plan.step.planned:
+                raise BuildFailed(
+                    f"Dockerfile:{instruction.line}: files of the context changed while they were copied; "
+                    "build again"
+                )
 
         try:
             parent = state.key

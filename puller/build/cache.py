@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,10 +87,13 @@ class BuildCache:
         return blobs, layers
 
     def clear(self) -> int:
+        """Forget every step, and drop the cache mounts and the context hashes; the steps' count."""
         count = 0
         for path in self.steps.glob("*.json") if self.steps.is_dir() else []:
             path.unlink(missing_ok=True)
             count += 1
+        for directory in ("mounts", "context"):
+            shutil.rmtree(self.root / directory, ignore_errors=True)
         return count
 
     def lock_mount(self, cache_id: str) -> int:

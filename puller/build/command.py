@@ -116,9 +116,7 @@ def build(
 
     options.remote_caches = [open_cache(store, parse_reference(source)) for source in args.cache_from]
     builder = Builder(store, options, fetch_once)
-    built: Built = builder.build()
-    for tag in tags:
-        store.set_ref(tag.name, tag.tag or "latest", built.digest)
+    built: Built = builder.build(tags)
     if not args.quiet:
         names = ", ".join(tag.familiar() for tag in tags)
         print(f"Built {built.digest}" + (f" as {names}" if names else ""), file=sys.stderr)

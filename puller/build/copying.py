@@ -18,7 +18,6 @@ import posixpath
 import re
 import shutil
 import stat
-import tempfile
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -52,6 +51,13 @@ class CopyStep:
     add: bool = False
     checksum: str | None = None
     heredocs: dict[str, bytes] = field(default_factory=dict)
+    planned: str = ""  # the context digest the cache key was made of: the copy must take the same
+
+
+@dataclass(frozen=True)
+class Copied:
+    digest: str  # of what was taken from a context (the build's, a stage's, an image's)
+    single_file: str | None  # the name a lone file source got at the destination
 
 
 @dataclass
@@ -97,14 +103,17 @@ def plan_copy(
     absolute = posixpath.join(workdir, destination)
     if destination.endswith("/") or destination in (".", ".."):
         absolute = absolute.rstrip("/") + "/"
-    from_ = instruction.flag("from")
-    chmod = instruction.flag("chmod")
+    flag_values = {}
+    for name in ("from", "chmod", "chown", "checksum"):
+        value = instruction.flag(name)
+        flag_values[name] = expand(value, scope, escape, line=line) if value is not None else None
+    from_, chmod = flag_values["from"], flag_values["chmod"]
     mode = None
     if chmod is not None:
         if not re.fullmatch(r"[0-7]{3,4}", chmod):
             raise DockerfileError(line, f"--chmod={chmod!r}: pier takes an octal mode such as 0755")
         mode = int(chmod, 8)
-    checksum = instruction.flag("checksum")
+    checksum = flag_values["checksum"]
     if checksum is not None and not (add and len(sources) == 1 and URL.match(sources[0])):
         raise DockerfileError(line, "--checksum is for ADD of one URL")
     if checksum is not None and not re.fullmatch(r"sha(256|384|512):[0-9a-f]+", checksum):
@@ -113,22 +122,22 @@ def plan_copy(
         raise DockerfileError(line, "COPY does not fetch URLs: use ADD")
     if any(re.match(r"(git@|[a-z]+://.*\.git(#|$))", s) for s in sources) and add:
         raise DockerfileError(line, "ADD of a git repository is not supported by pier")
-    chown = instruction.flag("chown")
+    chown = flag_values["chown"]
     step = CopyStep(sources, absolute, from_, chown, mode, add, checksum, heredocs)
     flags = {"from": from_, "chown": chown, "chmod": chmod, "checksum": checksum}
     parts = [json.dumps(sources), absolute, json.dumps(flags, sort_keys=True)]
-    parts.append(_content_key(builder, stages, stage, step, line))
+    parts.append(content_key(builder, stages, stage, step, line))
     link = instruction.bool_flag("link")
     shown = " ".join(f"--{k}={v}" for k, v in flags.items() if v) + (" --link" if link else "")
     return CopyPlan(step, parts, f"{shown} {' '.join(args)}".strip(), link)
 
 
-def _content_key(builder: Builder, stages: list[Stage], stage: Stage, step: CopyStep, line: int) -> str:
+def content_key(builder: Builder, stages: list[Stage], stage: Stage, step: CopyStep, line: int) -> str:
     """What the copied content is: its digest, or the key of the stage / digest of the image it comes from."""
     if step.from_ is not None:
         source_stage = find(stages, step.from_, stage.index)
         if source_stage is not None:
-            return "stage:" + builder.states[source_stage.index].key
+            return "stage:" + builder.stage_state(source_stage.index).key
         return "image:" + builder.fetch(step.from_).digest
     digest = hashlib.sha256()
     local = []
@@ -141,7 +150,8 @@ def _content_key(builder: Builder, stages: list[Stage], stage: Stage, step: Copy
             local.append(source)
     if local:
         try:
-            digest.update(builder.context.digest(builder.context.resolve(local)).encode())
+            step.planned = builder.context.digest(builder.context.resolve(local))
+            digest.update(step.planned.encode())
         except ContextError as exc:
             raise DockerfileError(line, str(exc)) from None
     return digest.hexdigest()
@@ -151,7 +161,7 @@ def _download(builder: Builder, url: str, line: int) -> tuple[Path, float | None
     """An ADD URL's content in a private file, and its Last-Modified time."""
     import httpx
 
-    directory = Path(tempfile.mkdtemp(prefix="pier-add-", dir=builder.layer_store.root))
+    directory = builder.session.scratch("add-")
     builder._pending.append(directory)
     target = directory / "download"
     try:
@@ -224,12 +234,19 @@ class _Writer:
             directory.mkdir(mode=0o755)
             os.chown(directory, *self.owner)
 
-    def directory(self, target: Path, info: os.stat_result | None, keep: bool = False) -> None:
-        """Make (or take over) a directory; ``keep``: one that exists keeps its metadata."""
+    def destination_directory(self, container_path: str) -> Path:
+        """The directory a COPY fills, as the container sees it: an image's symlink there is
+        followed (inside the root, as BuildKit does); a missing one is made, a file replaced."""
+        target = resolve_inside(self.root, container_path)
+        if target.exists() and not target.is_dir():
+            _remove(target)
+        if not target.exists():
+            self._make_dirs(target)
+        return target
+
+    def directory(self, target: Path, info: os.stat_result | None) -> None:
         if target.is_symlink() or (target.exists() and not target.is_dir()):
             _remove(target)
-        if target.exists() and keep:
-            return
         if not target.exists():
             target.mkdir()
         mode = self.chmod if self.chmod is not None else (stat.S_IMODE(info.st_mode) if info else 0o755)
@@ -304,24 +321,26 @@ def copy_step(
     *,
     link: bool = False,
     state: StageState | None = None,
-) -> str:
-    """Write what ``step`` copies into ``root``; the digest of the content it took from a context."""
+) -> Copied:
+    """Write what ``step`` copies into ``root``; what it took from a context."""
     owner = _owner(step, None if link else root, line)
     writer = _Writer(root, owner, step.chmod, time.time())
     if step.from_ is not None:
         source_stage = find(stages, step.from_, stage.index)
         if source_stage is not None:
-            paths = builder.states[source_stage.index].paths
+            paths = builder.stage_state(source_stage.index).paths
         else:
             paths = image_layers(builder.store, builder.fetch(step.from_))
-        with Sandbox(builder.layer_store.root, paths, writable=False) as sandbox:
+        with Sandbox(builder.session, paths, writable=False) as sandbox:
             context = BuildContext(sandbox.rootfs)
             context.ignore = IgnorePatterns([])  # an image's files: no .dockerignore applies
-            return _copy_from(context, step, writer, line)
+            copied = _copy_from(context, step, writer, line)
+            writer.finish()
+            return copied
     local = [s for s in step.sources if not s.startswith("<<") and not URL.match(s)]
-    digest = ""
+    copied = Copied("", None)
     if local:
-        digest = _copy_from(
+        copied = _copy_from(
             builder.context,
             CopyStep(**{**step.__dict__, "sources": local}),
             writer,
@@ -343,7 +362,7 @@ def copy_step(
             writer.file(target, path, 0o600, writer.now)
     writer.finish()
     del state
-    return digest
+    return copied
 
 
 def _destination_file(step: CopyStep, name: str, many: bool, root: Path) -> str:
@@ -358,7 +377,9 @@ def _destination_file(step: CopyStep, name: str, many: bool, root: Path) -> str:
     return destination
 
 
-def _copy_from(context: BuildContext, step: CopyStep, writer: _Writer, line: int, many: bool = False) -> str:
+def _copy_from(
+    context: BuildContext, step: CopyStep, writer: _Writer, line: int, many: bool = False
+) -> Copied:
     try:
         matches = context.resolve(step.sources)
         if not matches:
@@ -372,7 +393,7 @@ def _copy_from(context: BuildContext, step: CopyStep, writer: _Writer, line: int
                 _extract(context.root / match.resolved, writer, step.destination, line)
                 continue
             if match.is_dir:
-                writer.directory(writer.place(step.destination.rstrip("/") or "/"), None, keep=True)
+                writer.destination_directory(step.destination)
             for entry in context.walk(match):
                 if match.is_dir:
                     container_path = posixpath.join(step.destination, entry.dest)
@@ -392,14 +413,13 @@ def _copy_from(context: BuildContext, step: CopyStep, writer: _Writer, line: int
         raise DockerfileError(line, str(exc)) from None
     except UnsafeLayer as exc:
         raise DockerfileError(line, f"{step.destination}: {exc}") from None
-    return digest
+    single = matches[0].name if len(matches) == 1 and not matches[0].is_dir else None
+    return Copied(digest, single)
 
 
 def _extract(archive: Path, writer: _Writer, destination: str, line: int) -> None:
     """ADD of a local tar archive: extracted at the destination, with the unpacker's protections."""
-    target = writer.place(destination.rstrip("/") or "/")
-    if not target.exists():
-        target.mkdir(mode=0o755, parents=True)
+    target = writer.destination_directory(destination)
     media_type = "application/vnd.oci.image.layer.v1.tar"
     with archive.open("rb") as raw:
         magic = raw.read(6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -76,9 +77,10 @@ def runtime_spec(sandbox: Sandbox, process: Process, runtime: str, home: Path) -
     image = {"config": {"Env": [f"{k}={v}" for k, v in process.env.items()], "WorkingDir": process.cwd}}
     options = RunOptions(command=process.args, user=process.user, network=process.network)
     spec = build_config(spec_template(runtime, home), sandbox.rootfs, image, options, "pier-build")
-    spec["process"]["capabilities"] = {
-        kind: list(BUILD_CAPABILITIES) for kind in ("bounding", "effective", "permitted")
-    }
+    capabilities = list(BUILD_CAPABILITIES)
+    if process.network == "host":  # raw sockets in the host's network namespace: no
+        capabilities.remove("CAP_NET_RAW")
+    spec["process"]["capabilities"] = {kind: capabilities for kind in ("bounding", "effective", "permitted")}
     spec["process"]["noNewPrivileges"] = False
     spec["process"]["terminal"] = False
     if process.network == "host":
@@ -95,7 +97,10 @@ def run(
 ) -> Outcome:
     """Run ``process`` in ``sandbox``'s root filesystem; its exit code and last lines of output."""
     spec = runtime_spec(sandbox, process, runtime, home)
-    (sandbox.base / "config.json").write_text(json.dumps(spec))
+    config = sandbox.base / "config.json"  # may carry secrets given as env: the runtime's eyes only
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(spec))
     container_id = f"pier-build-{uuid.uuid4().hex[:12]}"
     sandbox.record_container(container_id, runtime)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)

@@ -13,9 +13,11 @@ Mount points the runtime needs (``/etc/resolv.conf``, a secret's file, a cache m
 directory) are provided by one more lower directory at the bottom of the stack, so the
 runtime never creates them in the upper directory and they never enter a layer.
 
-Every sandbox lives in ``<home>/layers/.building-<id>/`` (the layer store's filesystem,
-so adopting the upper directory is a rename) with a lock held while it is in use: the
-next build removes what a killed one left, mount and runtime container included.
+Every build has one ``Session``: ``<home>/layers/.building-<id>/`` (the layer store's
+filesystem, so adopting an upper directory is a rename), locked for as long as the build
+runs; its sandboxes, written blobs, bind sources and downloads live inside it. The next
+build removes what a killed one left, mounts and runtime containers included; a running
+build's session is never touched.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
+import posixpath
 import subprocess
+import tempfile
+import time
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -35,16 +39,51 @@ from ..unpack.snapshot import materialize
 from .layer_writer import diff_trees
 
 PREFIX = ".building-"
+STAGING = ".building.staging-"  # a session before it is locked: not matched by PREFIX + "*"
+STAGING_GRACE = 3600  # seconds: a staging older than this was left by a kill
 FORCE_COPY = "PIER_BUILD_ROOTFS"  # "copy": never mount overlayfs (a filesystem where it misbehaves)
 WHOLE_FILES = {"redirect_dir": "off", "metacopy": "off"}  # an upper directory that is a layer's own
 
 
+class Session:
+    """A build's scratch directory, locked while the build runs, removed when it ends."""
+
+    def __init__(self, layer_root: Path) -> None:
+        self.layer_root = layer_root
+        self.base = layer_root / f"{PREFIX}{uuid.uuid4().hex}"
+        self._lock_fd = -1
+
+    def __enter__(self) -> Session:
+        self.layer_root.mkdir(parents=True, exist_ok=True)
+        clean_dead_sessions(self.layer_root)
+        staging = self.layer_root / f"{STAGING}{uuid.uuid4().hex}"
+        staging.mkdir()
+        self._lock_fd = os.open(staging / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        os.rename(staging, self.base)  # only ever seen locked under its final name
+        return self
+
+    def scratch(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.base))
+
+    def close(self) -> None:
+        _remove_session(self.base)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 class Sandbox:
-    """One step's writable root filesystem on ``layers`` (bottom first)."""
+    """One step's writable root filesystem on ``layers`` (bottom first), inside a session."""
 
     def __init__(
         self,
-        layer_root: Path,
+        session: Session,
         layers: list[Path],
         files: list[str] = (),  # type: ignore[assignment]
         directories: list[str] = (),  # type: ignore[assignment]
@@ -55,18 +94,14 @@ class Sandbox:
         self.files = list(files)
         self.directories = list(directories)
         self.writable = writable
-        layer_root.mkdir(parents=True, exist_ok=True)
-        self.base = layer_root / f"{PREFIX}{uuid.uuid4().hex}"
+        self.base = session.base / f"step-{uuid.uuid4().hex}"
         self.rootfs = self.base / "rootfs"
         self.upper = self.base / "upper"
         self.mode = "overlay"
         self.copy_reason = ""
-        self._lock_fd = -1
 
     def __enter__(self) -> Sandbox:
         self.base.mkdir()
-        self._lock_fd = os.open(self.base / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
             self._prepare()
         except BaseException:
@@ -74,14 +109,19 @@ class Sandbox:
             raise
         return self
 
+    @staticmethod
+    def _inside(path: str) -> str:
+        """A mount point's path below the mount-point directory: never ``..`` out of it."""
+        return posixpath.normpath("/" + path).lstrip("/")
+
     def _mountpoints(self) -> Path:
         """A lower directory holding nothing but empty mount points: the bottom of the stack."""
         points = self.base / "mountpoints"
         points.mkdir()
         for directory in ["proc", "sys", "dev", *self.directories]:
-            (points / directory.strip("/")).mkdir(parents=True, exist_ok=True)
+            (points / self._inside(directory)).mkdir(parents=True, exist_ok=True)
         for file in self.files:
-            target = points / file.strip("/")
+            target = points / self._inside(file)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
         for path in points.rglob("*"):
@@ -132,9 +172,6 @@ class Sandbox:
     def close(self) -> None:
         unmount(self.rootfs)
         force_rmtree(self.base)
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
 
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
@@ -142,32 +179,39 @@ class Sandbox:
         self.close()
 
 
-def clean_dead_sandboxes(layer_root: Path) -> None:
-    """Sandboxes whose build was killed: their lock is free. Runtime container, mount, files: gone."""
-    if not layer_root.is_dir():
-        return
+def _remove_session(base: Path) -> None:
+    """A session's runtime containers deleted, its mounts undone, its files gone."""
+    for record in base.glob("step-*/container"):
+        with contextlib.suppress(OSError, ValueError):
+            runtime, container_id = record.read_text().split()
+            subprocess.run([runtime, "delete", "--force", container_id], capture_output=True, check=False)
+    prefix = str(base) + "/"
+    with contextlib.suppress(OSError):
+        for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+            point = line.split()[1].replace("\\040", " ")
+            if point.startswith(prefix):
+                unmount(Path(point))
+    force_rmtree(base)
+
+
+def clean_dead_sessions(layer_root: Path) -> None:
+    """Sessions whose build was killed (their lock is free), and stagings a kill interrupted."""
+    for staging in layer_root.glob(f"{STAGING}*"):
+        with contextlib.suppress(OSError):
+            if time.time() - staging.stat().st_mtime > STAGING_GRACE:
+                force_rmtree(staging)
     for base in layer_root.glob(f"{PREFIX}*"):
         try:
             fd = os.open(base / "lock", os.O_RDWR | os.O_CLOEXEC)
         except OSError:
-            fd = -1
+            fd = -1  # no lock: not a session (a tree from an older pier)
         try:
             if fd >= 0:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a build is using it
-            with contextlib.suppress(OSError, ValueError):
-                runtime, container_id = (base / "container").read_text().split()
-                subprocess.run([runtime, "delete", "--force", container_id], capture_output=True, check=False)
-            for mounted in ("rootfs", "bind"):
-                unmount(base / mounted)
-            force_rmtree(base)
+            _remove_session(base)
         finally:
             if fd >= 0:
                 os.close(fd)
-
-
-def copy_tree(source: Path, target: Path) -> None:
-    """A plain copy of a tree (bind sources made from the context): metadata and symlinks kept."""
-    shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
