@@ -625,3 +625,17 @@ COPY --from=$SRC --chown=${{UID}}:${{UID}} /made /made
     assert {"ARG UID=1234", "ARG SRC=src"} <= {h["created_by"] for h in history}
     layers = home.config(digest)["rootfs"]["diff_ids"]
     assert len([h for h in history if not h.get("empty_layer")]) == len(layers)
+
+
+def test_prune_keeps_the_build_cache_unless_told_to_drop_it(home: Home, tmp_path: Path) -> None:
+    context = context_with(tmp_path, f"FROM {BASE}\nRUN --mount=type=cache,target=/c echo ran > /ran\n")
+    digest_of(home.build(context, "-t", "local/pruned:1"))
+    assert home.pier("rmi", "local/pruned:1").returncode == 0
+    assert home.pier("prune").returncode == 0
+    kept = home.build(context)
+    assert kept.stderr.count("CACHED") == 1  # the cache's layer survived the prune
+    dropped = home.pier("prune", "--build-cache")
+    assert dropped.returncode == 0 and "build cache" in dropped.stdout
+    assert not (home.path / "build-cache" / "mounts").exists()
+    again = home.build(context)
+    assert again.returncode == 0 and again.stderr.count("CACHED") == 0
