@@ -386,7 +386,7 @@ WORKDIR /srv
         root.mkdir()
         home = make_home(root)
         context = context_with(root, dockerfile, {"data.txt": "same bytes\n"})
-        time.sleep(1.1)  # different mtimes and build times
+        time.sleep(1.1)  # sleep-ok: the second build must see other mtimes and another clock second
         digests.append(digest_of(home.build(context, env={"SOURCE_DATE_EPOCH": "1700000000"})))
     assert digests[0] == digests[1]
 
@@ -639,3 +639,30 @@ def test_prune_keeps_the_build_cache_unless_told_to_drop_it(home: Home, tmp_path
     assert not (home.path / "build-cache" / "mounts").exists()
     again = home.build(context)
     assert again.returncode == 0 and again.stderr.count("CACHED") == 0
+
+
+def test_copy_from_a_stage_is_keyed_by_the_files_it_takes(home: Home, tmp_path: Path) -> None:
+    context = context_with(
+        tmp_path,
+        f"""FROM {BASE} AS build
+RUN mkdir /a && echo a > /a/x
+COPY b.txt /b.txt
+FROM {BASE}
+COPY --from=build /a /a
+COPY --from=build /b.txt /b.txt
+""",
+        {"b.txt": "one\n"},
+    )
+    digest_of(home.build(context))
+    (context / "b.txt").write_text("two\n")
+    again = home.build(context, "-t", "local/from-content:1")
+    lines = again.stderr.splitlines()
+    after = {
+        lines[i - 1].split("] ", 1)[1]: lines[i].strip()
+        for i in range(1, len(lines))
+        if "COPY --from" in lines[i - 1]
+    }
+    assert after["COPY --from=build /a /a"] == "CACHED"  # /a did not change, though the stage did
+    assert after["COPY --from=build /b.txt /b.txt"].startswith("DONE")
+    run = home.pier("run", "--rm", "local/from-content:1", "cat", "/a/x", "/b.txt")
+    assert run.stdout == "a\ntwo\n", run.stderr

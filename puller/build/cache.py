@@ -92,9 +92,24 @@ class BuildCache:
         for path in self.steps.glob("*.json") if self.steps.is_dir() else []:
             path.unlink(missing_ok=True)
             count += 1
-        for directory in ("mounts", "context"):
+        for directory in ("mounts", "context", "memo"):
             shutil.rmtree(self.root / directory, ignore_errors=True)
         return count
+
+    def recall(self, question: str) -> str | None:
+        """A remembered answer (the content digest of a stage's files, by the stage's key)."""
+        try:
+            return (self.root / "memo" / hashlib.sha256(question.encode()).hexdigest()).read_text()
+        except OSError:
+            return None
+
+    def remember(self, question: str, answer: str) -> None:
+        memo = self.root / "memo"
+        memo.mkdir(parents=True, exist_ok=True)
+        target = memo / hashlib.sha256(question.encode()).hexdigest()
+        temporary = target.with_name(f".{target.name}.{os.getpid()}")
+        temporary.write_text(answer)
+        os.replace(temporary, target)
 
     def lock_mount(self, cache_id: str) -> int:
         """Hold a cache mount for one step (``sharing=locked``): close the descriptor to let go."""

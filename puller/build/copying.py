@@ -137,7 +137,7 @@ def content_key(builder: Builder, stages: list[Stage], stage: Stage, step: CopyS
     if step.from_ is not None:
         source_stage = find(stages, step.from_, stage.index)
         if source_stage is not None:
-            return "stage:" + builder.stage_state(source_stage.index).key
+            return "content:" + _stage_content(builder, builder.stage_state(source_stage.index), step, line)
         return "image:" + builder.fetch(step.from_).digest
     digest = hashlib.sha256()
     local = []
@@ -155,6 +155,24 @@ def content_key(builder: Builder, stages: list[Stage], stage: Stage, step: CopyS
         except ContextError as exc:
             raise DockerfileError(line, str(exc)) from None
     return digest.hexdigest()
+
+
+def _stage_content(builder: Builder, state: StageState, step: CopyStep, line: int) -> str:
+    """The digest of what ``step`` takes from a stage, as BuildKit keys it: by content, so a change
+    elsewhere in the stage is no miss. Hashed once per stage result (remembered by its key)."""
+    question = json.dumps(["stage-content", state.key, step.sources])
+    known = builder.cache.recall(question)
+    if known is not None:
+        return known
+    with Sandbox(builder.session, state.paths, writable=False) as sandbox:
+        context = BuildContext(sandbox.rootfs)
+        context.ignore = IgnorePatterns([])
+        try:
+            digest = context.digest(context.resolve(step.sources))
+        except ContextError as exc:
+            raise DockerfileError(line, str(exc)) from None
+    builder.cache.remember(question, digest)
+    return digest
 
 
 def _download(builder: Builder, url: str, line: int) -> tuple[Path, float | None]:
