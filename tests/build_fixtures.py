@@ -7,11 +7,15 @@ Dockerfile's RUN lines may use ``touch``, ``ln`` or ``chmod`` like on any small 
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import io
 import json
+import os
+import shutil
 import subprocess
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,21 +64,42 @@ class Home:
             return extracted.read()
 
 
-def make_home(tmp_path: Path, where: Path | None = None) -> Home:
-    """A PIER_HOME (``where``, default ``tmp_path/home``) holding the busybox base as ``BASE``."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    layout = tmp_path / "base-layout"
+_templates: dict[int, Path] = {}  # one base home per test process, copied for each test
+
+
+def _template() -> Path:
+    """A PIER_HOME holding the base, built once per process (a load and a RUN: a second each)."""
+    found = _templates.get(os.getpid())
+    if found is not None and found.exists():
+        return found
+    root = Path(tempfile.mkdtemp(prefix="pier-build-base-"))
+    atexit.register(shutil.rmtree, root, True)
+    layout = root / "base-layout"
     build_image(layout, "base", layers=[], cmd=["sh"])
-    home = Home(where or tmp_path / "home")
+    home = Home(root / "home")
     loaded = home.pier("load", str(layout), "--name", "localhost/busybox")
     assert loaded.returncode == 0, loaded.stderr
-    context = tmp_path / "base-context"
+    context = root / "base-context"
     context.mkdir()
     (context / "Dockerfile").write_text(
         'FROM localhost/busybox:base\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
     )
     built = home.build(context, "-t", BASE, env={"SOURCE_DATE_EPOCH": "1700000000"})  # the same everywhere
     assert built.returncode == 0, built.stderr
+    _templates[os.getpid()] = home.path
+    return home.path
+
+
+def make_home(tmp_path: Path, where: Path | None = None) -> Home:
+    """A PIER_HOME (``where``, default ``tmp_path/home``) holding the busybox base as ``BASE``.
+
+    A copy of one home made per process (``cp -a``: owners, modes and xattrs kept), so
+    the tests share the base's layers' bytes but never one another's state.
+    """
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    home = Home(where or tmp_path / "home")
+    home.path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(_template()), str(home.path)], check=True)
     return home
 
 

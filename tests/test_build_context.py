@@ -13,6 +13,7 @@ import tarfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -343,7 +344,12 @@ def test_digest_reads_nothing_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     reads: list[object] = []
     real = hashlib.file_digest
-    monkeypatch.setattr(hashlib, "file_digest", lambda *args: reads.append(args) or real(*args))  # type: ignore[func-returns-value]
+
+    def counted(*args: Any) -> Any:
+        reads.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(hashlib, "file_digest", counted)
     ctx = BuildContext(root, cache_dir=cache)
     assert ctx.digest(ctx.resolve(["."])) == first
     assert ctx.digest(ctx.resolve(["."])) == first

@@ -428,10 +428,10 @@ def test_adopt_copies_when_the_directory_is_on_another_filesystem(tmp_path, monk
     _, written = layer(diff)
     rename = os.rename
 
-    def across_devices(source: object, target: object) -> None:
+    def across_devices(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
         if str(target).endswith("/diff"):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
-        rename(source, target)  # type: ignore[arg-type]
+        rename(source, target)
 
     monkeypatch.setattr(os, "rename", across_devices)
     expected = view(diff)

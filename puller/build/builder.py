@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -179,7 +179,7 @@ class Builder:
 
     # -- the whole build --------------------------------------------------------------
 
-    def build(self, tags: list[Reference] = ()) -> Built:  # type: ignore[assignment]
+    def build(self, tags: Sequence[Reference] = ()) -> Built:
         """Build, and tag ``tags`` before a waiting prune may look: it would see an untagged image."""
         dockerfile = self._read_dockerfile()
         global_args = self._global_args(dockerfile)

@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -85,8 +86,8 @@ class Sandbox:
         self,
         session: Session,
         layers: list[Path],
-        files: list[str] = (),  # type: ignore[assignment]
-        directories: list[str] = (),  # type: ignore[assignment]
+        files: Sequence[str] = (),
+        directories: Sequence[str] = (),
         *,
         writable: bool = True,
     ) -> None:
