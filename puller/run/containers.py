@@ -48,6 +48,9 @@ class ContainerState:
     rootfs_mode: str = "overlay"  # or "copy"
     layers: list[str] = field(default_factory=list)  # diff IDs, bottom first: kept while the container is
     copy_reason: str = ""  # why overlayfs was not used
+    mounted_layers: list[str] = field(
+        default_factory=list
+    )  # of artifacts mounted read-only (--mount type=image)
 
 
 class Container:
@@ -86,8 +89,34 @@ class Container:
         except OSError as exc:
             raise ContainerError(f"could not copy the image's layers: {exc}") from None
 
+    def mount_artifact(self, number: int, layers: list[Path]) -> Path:
+        """A read-only view of an artifact's layer directories, for a bind mount into the container.
+
+        Overlay without an upper directory is read-only by construction; an empty directory
+        at the bottom gives it the two lower directories older kernels want. Where overlayfs
+        is refused, a copy (reflinks where the filesystem has them).
+        """
+        view = self.directory / "artifacts" / str(number)
+        empty = self.directory / "artifacts" / "empty"
+        for directory in (view, empty):
+            directory.mkdir(parents=True, exist_ok=True)
+        if os.path.ismount(view):
+            return view
+        try:
+            mount_overlay([*layers, empty], None, None, view)
+        except OverlayUnavailable:
+            try:
+                materialize(layers, view)
+            except OSError as exc:
+                raise ContainerError(f"could not copy the artifact's files: {exc}") from None
+        return view
+
     def unmount(self) -> None:
         unmount(self.rootfs)
+        artifacts = self.directory / "artifacts"
+        if artifacts.is_dir():
+            for view in artifacts.iterdir():
+                unmount(view)
 
 
 class Containers:
@@ -126,7 +155,8 @@ class Containers:
 
     def layers_in_use(self) -> set[str]:
         """Diff IDs under the containers' mounts: a prune keeps them (copies do not need them)."""
-        return {layer for _, state in self.all() if state.rootfs_mode == "overlay" for layer in state.layers}
+        used = {layer for _, state in self.all() if state.rootfs_mode == "overlay" for layer in state.layers}
+        return used | {layer for _, state in self.all() for layer in state.mounted_layers}
 
     def remove(self, container_id: str, force: bool = False) -> None:
         container = self.get(container_id)

@@ -151,6 +151,8 @@ class RunOptions:
     workdir: str | None = None
     user: str | None = None
     volumes: list[str] = field(default_factory=list)
+    # Artifacts mounted read-only: (their layer directories, the target in the container, their keys).
+    artifact_mounts: list[tuple[list[Path], str, list[str]]] = field(default_factory=list)
     network: str = "none"
     memory: str | None = None
     cpus: float | None = None
@@ -243,7 +245,15 @@ def resolve_user(rootfs: Path, spec: str | None) -> dict:
     return {"uid": uid, "gid": gid}
 
 
-def build_config(template: dict, rootfs: Path, config: dict, options: RunOptions, hostname: str) -> dict:
+def build_config(
+    template: dict,
+    rootfs: Path,
+    config: dict,
+    options: RunOptions,
+    hostname: str,
+    artifact_views: list[tuple[Path, str]] | None = None,
+) -> dict:
+    """The runtime spec; ``artifact_views`` are (read-only view, target) of mounted artifacts."""
     image = config.get("config") or {}
     entrypoint = image.get("Entrypoint") or []
     args = entrypoint + (options.command or image.get("Cmd") or [])
@@ -291,6 +301,15 @@ def build_config(template: dict, rootfs: Path, config: dict, options: RunOptions
         # The runtime creates a missing destination itself, resolved safely inside the rootfs.
         spec["mounts"].append(
             {"destination": parts[1], "type": "bind", "source": parts[0], "options": ["rbind", mode]}
+        )
+    for view, target in artifact_views or []:
+        spec["mounts"].append(
+            {
+                "destination": target,
+                "type": "bind",
+                "source": str(view),
+                "options": ["rbind", "ro", "nosuid", "nodev"],
+            }
         )
     mounts = [m["destination"] for m in spec.get("mounts", []) if isinstance(m.get("destination"), str)]
     check_command(rootfs, args, env["PATH"], process["cwd"], mounts, process["user"])
@@ -346,6 +365,7 @@ def run(
         command=options.command,
         runtime=runtime,
         layers=image.diff_ids,
+        mounted_layers=[key for _, _, keys in options.artifact_mounts for key in keys],
     )
     containers = Containers(store.root)
     try:
@@ -360,6 +380,10 @@ def run(
             raise RunError(str(exc)) from None
         try:
             container.mount(layers, state)
+            views = [
+                (container.mount_artifact(number, lowers), target)
+                for number, (lowers, target, _) in enumerate(options.artifact_mounts)
+            ]
         except BaseException:
             containers.remove(container_id, force=True)
             raise
@@ -369,7 +393,7 @@ def run(
     try:
         spec_path = container.directory / "config.json"
         spec = build_config(
-            spec_template(runtime, store.root), container.rootfs, image.config, options, container_id
+            spec_template(runtime, store.root), container.rootfs, image.config, options, container_id, views
         )
         spec_path.write_text(json.dumps(spec, indent=2))
         state.command = spec["process"]["args"]

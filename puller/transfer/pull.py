@@ -46,7 +46,7 @@ RANGE_MIN = 64 * 1024 * 1024  # a layer blob this big is fetched in parallel ran
 RANGE_PARTS = 4
 
 
-def _range_min() -> int:
+def range_min() -> int:
     """``PIER_PULL_RANGE_MIN`` (bytes; default 64 MiB): from this size a layer comes in parallel ranges."""
     text = os.environ.get("PIER_PULL_RANGE_MIN", "")
     return int(text) if text.strip().isdigit() else RANGE_MIN
@@ -283,7 +283,7 @@ class Puller:
         self.limits = limits
         self.keep_blobs = keep_layer_blobs()
         self.unpackers = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
-        self.range_min = _range_min()
+        self.range_min = range_min()
         self.workers: Unpackers | None = None  # processes for layers already on disk, during a pull
 
     def pull(self, platform: Platform, progress: Progress | None = None) -> PulledImage:

@@ -43,7 +43,9 @@ class RangedBlob(ReadStream):
         path: Path,
         parts: int,
         progress: Callable[[int], None],
+        opener: Callable[[], int] | None = None,
     ) -> None:
+        """``opener``: gives the file to fill (already created safely) instead of creating ``path``."""
         self.open_range = open_range
         self.digest = digest
         self.size = size
@@ -54,8 +56,11 @@ class RangedBlob(ReadStream):
         self._stopping = False
         self._error: BaseException | None = None
         self._changed = threading.Condition()
-        path.unlink(missing_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        if opener is not None:
+            self._fd = opener()
+        else:
+            path.unlink(missing_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.ftruncate(self._fd, size)
         step = -(-size // parts)
         self.ranges = [

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
@@ -177,6 +177,28 @@ class LayerStore:
                 )
                 stream.finish(blob_digest)
                 entries = budget.layer_entries
+                info = LayerInfo(diff_id, size, entries, blob_digest, time.time())
+                (temporary / "layer.json").write_text(json.dumps(info.__dict__))
+                os.rename(temporary, self.directory(diff_id))
+            except BaseException:
+                force_rmtree(temporary)
+                raise
+        return True
+
+    def install(self, diff_id: str, blob_digest: str, populate: Callable[[Path], tuple[int, int]]) -> bool:
+        """A layer whose files ``populate(diff_directory)`` writes (and verifies), returning
+        (bytes, entries); False when it was there already. The same lock and temporary name as
+        ``unpack``: a failed or killed populate leaves nothing that looks like a layer."""
+        with self.locked(diff_id):
+            if self.has(diff_id):
+                return False
+            name = _name(diff_id)
+            for dead in self.root.glob(f".unpacking-{name}-*"):
+                force_rmtree(dead)
+            temporary = self.root / f".unpacking-{name}-{uuid.uuid4().hex}"
+            try:
+                (temporary / "diff").mkdir(parents=True)
+                size, entries = populate(temporary / "diff")
                 info = LayerInfo(diff_id, size, entries, blob_digest, time.time())
                 (temporary / "layer.json").write_text(json.dumps(info.__dict__))
                 os.rename(temporary, self.directory(diff_id))
