@@ -510,12 +510,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             ca_cert=_ca_cert(args),
         )
         image = load_image(store, pulled.index_digest or pulled.digest, platform, need_layers=False)
+    host_volumes, artifact_mounts = _artifact_mounts(args, store)
     options = RunOptions(
         command=args.command,
         env=args.env,
         workdir=args.workdir,
         user=args.user,
-        volumes=args.volume,
+        volumes=host_volumes,
+        artifact_mounts=artifact_mounts,
         network=args.network,
         memory=args.memory,
         cpus=args.cpus,
@@ -532,6 +534,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     except CommandNotRunnable as exc:  # docker's message and exit code: 127 missing, 126 not executable
         print(f"pier run: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _artifact_mounts(
+    args: argparse.Namespace, store: ContentStore
+) -> tuple[list[str], list[tuple[list[Path], str, list[str]]]]:
+    """Host volumes as given, and each artifact ``--mount``/``-v REF:/path`` as its layer directories."""
+    if not args.mount and all(v.startswith("/") for v in args.volume):
+        return args.volume, []  # no artifact: nothing to import
+    from .artifact.mounts import ImageMount, prepare
+
+    host, wanted = [], [ImageMount.parse_mount(text) for text in args.mount]
+    for text in args.volume:
+        mount = ImageMount.parse_volume(text)
+        if mount is None:
+            host.append(text)
+        else:
+            wanted.append(mount)
+    prepared = []
+    for mount in wanted:
+        layers, keys = prepare(store, mount.source, _transport_for(args))
+        prepared.append((layers, mount.target, keys))
+    return host, prepared
 
 
 def _copy_notice(store: ContentStore) -> Callable[[str], None]:
@@ -625,6 +649,31 @@ def cmd_history(args: argparse.Namespace) -> int:
     _, digest = _local(store, args.reference)
     image = load_image(store, digest, _platform(args), need_layers=False)
     return history(image, args.no_trunc, args.json)
+
+
+def _transport_for(args: argparse.Namespace) -> Callable[[Reference], Transport]:
+    return lambda reference: _transport(args, reference)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from .artifact import command
+
+    handlers: dict[str, Callable[[], int]] = {
+        "push": lambda: command.model_push(args, _transport_for(args)),
+        "pull": lambda: command.model_pull(args, _transport_for(args)),
+        "ls": lambda: command.model_ls(args),
+        "inspect": lambda: command.model_inspect(args, _transport_for(args)),
+    }
+    args.command_kind = "model"
+    return handlers[args.model_command]()
+
+
+def cmd_artifact(args: argparse.Namespace) -> int:
+    from .artifact import command
+
+    if args.artifact_command == "push":
+        return command.artifact_push(args, _transport_for(args))
+    return command.artifact_pull(args, _transport_for(args))
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -855,7 +904,20 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE (or KEY from here)")
     sub.add_argument("-w", "--workdir", help="working directory inside the container")
     sub.add_argument("-u", "--user", help="user[:group] or uid[:gid]")
-    sub.add_argument("-v", "--volume", action="append", default=[], help="/host:/container[:ro]")
+    sub.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        help="/host:/container[:ro], or an artifact: REF:/path[:ro]",
+    )
+    sub.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="type=image,source=REF,target=/path",
+        help="mount a model or other artifact read-only (pulled if missing)",
+    )
     sub.add_argument("--network", default="none", choices=["none", "host"], help="default: none")
     sub.add_argument("--memory", help="memory limit, e.g. 512m")
     sub.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
@@ -879,6 +941,39 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-trunc", action="store_true", help="show whole commands")
     sub.add_argument("--json", action="store_true", help="one JSON object per step")
     sub.add_argument("--platform", help="the platform's image of an index (default: this machine)")
+
+    from .artifact.arguments import add_artifact_arguments, add_model_arguments
+
+    for group, handler, help, subcommands, add in (
+        (
+            "model",
+            cmd_model,
+            "push, pull, list and inspect models as OCI artifacts (CNCF ModelPack)",
+            (
+                ("push", "pack a directory as a ModelPack model and push it (only new files are sent)"),
+                ("pull", "pull a model's files into a directory (or into the local store, for run --mount)"),
+                ("ls", "list the models in the local store"),
+                ("inspect", "show a model's metadata and files (local, else its registry's)"),
+            ),
+            add_model_arguments,
+        ),
+        (
+            "artifact",
+            cmd_artifact,
+            "push and pull any OCI artifact: files, artifactType, annotations, a subject (like oras)",
+            (
+                ("push", "push files as an artifact"),
+                ("pull", "pull an artifact's files into a directory"),
+            ),
+            add_artifact_arguments,
+        ),
+    ):
+        parent = commands.add_parser(group, help=help, description=help, allow_abbrev=False)
+        nested = parent.add_subparsers(dest=f"{group}_command", required=True)
+        for name, text in subcommands:
+            sub = nested.add_parser(name, help=text, description=text, allow_abbrev=False)
+            sub.set_defaults(handler=handler, command_parser=sub)
+            add(sub, name, registry_options)
 
     sub = command("ps", cmd_ps, "list containers")
     sub.add_argument("-a", "--all", action="store_true", help="also those that exited")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oci.jsonsafe import loads
+from oci.mediatypes import IMAGE_CONFIGS
 
 from .build.cache import BuildCache
 from .run.containers import Containers
@@ -47,6 +48,23 @@ def _live_images(store: ContentStore, live: set[str]) -> list[Image]:
     return images
 
 
+def _artifact_layers(store: ContentStore, live: set[str]) -> set[str]:
+    """The layer-store keys of the artifacts a tag keeps (their files, for ``run --mount``)."""
+    from .artifact.mounts import artifact_keys
+
+    keys: set[str] = set()
+    for digest in live:
+        try:
+            document = loads(store.read(digest))
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(document, dict) or is_index(document) or "layers" not in document:
+            continue
+        if (document.get("config") or {}).get("mediaType") not in IMAGE_CONFIGS:
+            keys.update(artifact_keys(document))
+    return keys
+
+
 def collect_garbage(store: ContentStore, build_cache: bool = True) -> Collected:
     """``build_cache``: keep what ``pier build``'s cache names (else the cache is emptied first)."""
     result = Collected()
@@ -62,6 +80,7 @@ def collect_garbage(store: ContentStore, build_cache: bool = True) -> Collected:
             d for d in live if d not in cached_blobs and store.path(d).stat().st_size <= 4 * 1024 * 1024
         }
         used = Containers(store.root).layers_in_use() | cached_layers
+        used.update(_artifact_layers(store, documents))
         for image in _live_images(store, documents):
             try:
                 used.update(image.diff_ids)

@@ -103,7 +103,11 @@ def push_index(base: str, repo: str, index: ImageIndex, headers: dict[str, str] 
 
 
 def run_pier(
-    home: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``pier ARGS`` as its own process, with ``home`` as PIER_HOME and ``env`` added."""
     return subprocess.run(
@@ -112,7 +116,7 @@ def run_pier(
         capture_output=True,
         text=True,
         env={**os.environ, "PIER_HOME": str(home), **(env or {})},
-        cwd=REPO_ROOT,
+        cwd=cwd or REPO_ROOT,
         timeout=120,
     )
 

@@ -105,7 +105,9 @@ async def test_a_body_shorter_than_its_content_length_never_becomes_a_blob(start
         # Twice, a second apart: on a slow machine a part still in flight can appear after a first
         # empty look; the writer must clean that up too.
         for _ in range(2):
-            await wait_until_async(nothing_incomplete, what="the short body's writer to clean up after itself")
+            await wait_until_async(
+                nothing_incomplete, what="the short body's writer to clean up after itself"
+            )
             await asyncio.sleep(1)  # sleep-ok: nothing signals that no part is still in flight
         await wait_until_async(nothing_incomplete, what="the short body's writer to clean up after itself")
         assert not server.storage.exists(blob_data_path(digest))

@@ -1,0 +1,237 @@
+"""Write one artifact layer's file (or, for a tar layer, files) into a directory, verified.
+
+Every file is written under a temporary name beside its final one and renamed into
+place only after the layer's digest checks out: a corrupt or cut-off layer leaves no
+file under its final name. A big raw file comes as parallel byte ranges written into
+place (``transfer.ranged``), each range resumed where it broke off; the digest is taken
+in order as the ranges fill. A tar layer (a group of small files) is read as a stream:
+only directories and regular files, each path checked, nothing outside the directory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import tarfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import zstandard
+from isal import igzip
+
+from oci.verify import Verifier, VerifyError
+
+from ..errors import PierError
+from ..transfer.pull import Remote, range_min
+from ..transfer.ranged import RangedBlob, RangeError
+from ..transfer.transport import ConnectionLost, error_message
+from ..unpack.layer_store import ReadStream
+from .modelpack import layer_mode, parse_layer_type
+from .paths import PARTIAL_SUFFIX, PlacedFile, UnsafePath, check_path, directory_of
+
+CHUNK = 1 << 20
+RANGE_PARTS = 4
+ATTEMPTS = 3  # a small file's GET, from its start, when the connection drops
+MAX_TAR_ENTRIES = 1_000_000
+ORAS_UNPACK = "io.deis.oras.content.unpack"  # oras's mark on a layer that is a directory's archive
+
+Report = Callable[[int], None]  # bytes received so far of this layer
+
+
+class FetchError(PierError):
+    """A layer that could not be fetched or failed its check; the message says which and why."""
+
+
+class _Stream(ReadStream):
+    """A GET's body as a file-like stream, hashed as it is read."""
+
+    def __init__(self, chunks: Iterator[bytes], verifier: Verifier, report: Report) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+        self.verifier = verifier
+        self.report = report
+
+    def read(self, size: int = -1, /) -> bytes:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return b""
+            try:
+                self.verifier.update(self._buffer)
+            except VerifyError:
+                raise FetchError(
+                    f"blob {self.verifier.expected}: the registry sent more than its size"
+                ) from None
+            self.report(self.verifier.received)
+        count = len(self._buffer) if size < 0 else min(size, len(self._buffer))
+        data, self._buffer = self._buffer[:count], self._buffer[count:]
+        return data
+
+
+def _check(verifier: Verifier, digest: str) -> None:
+    try:
+        verifier.check()
+    except VerifyError as exc:
+        raise FetchError(f"blob {digest}: digest mismatch, got {exc.actual}; nothing was written") from None
+
+
+def fetch_raw(remote: Remote, descriptor: dict, root: Path, path: str, report: Report) -> Path:
+    """One file whose blob is the file; returns its final path."""
+    digest, size = descriptor["digest"], int(descriptor["size"])
+    smallest_ranged = range_min()  # PIER_PULL_RANGE_MIN, as for image layers
+    mode = layer_mode(descriptor) or 0o644
+    mode = (mode | 0o644) & 0o755  # readable by its owner and the container; never setuid or world-writable
+    if size >= smallest_ranged:
+        with PlacedFile(root, path, mode) as placed:
+            ranged = RangedBlob(
+                lambda headers: remote.blob(digest, headers),
+                digest,
+                size,
+                placed.proc_path,
+                RANGE_PARTS,
+                report,
+                opener=lambda: os.dup(placed.fd),
+            )
+            try:
+                while ranged.read(CHUNK):  # in order: the digest is known when the last range lands
+                    pass
+            except RangeError as exc:
+                raise FetchError(str(exc)) from None
+            finally:
+                ranged.close()
+            _check(ranged.verifier, digest)
+            placed.commit()
+        return root / path
+    for attempt in range(ATTEMPTS):
+        with PlacedFile(root, path, mode) as placed:
+            verifier = Verifier(digest, size)
+            try:
+                with remote.blob(digest) as response:
+                    if response.status_code != 200:
+                        raise FetchError(f"blob {digest}: {error_message(response)}")
+                    for chunk in response.iter_bytes(CHUNK):
+                        try:
+                            verifier.update(chunk)
+                        except VerifyError:
+                            raise FetchError(f"blob {digest} is larger than its {size} bytes") from None
+                        os.write(placed.fd, chunk)
+                        report(verifier.received)
+            except ConnectionLost:
+                if attempt + 1 == ATTEMPTS:
+                    raise
+                continue
+            _check(verifier, digest)
+            placed.commit()
+            return root / path
+    raise AssertionError("unreachable")
+
+
+def _decompressor(packing: str, stream: ReadStream) -> BinaryIO:
+    readable = cast(BinaryIO, stream)  # read() is all either decompressor uses
+    if packing == "tar+gzip":
+        return cast(BinaryIO, igzip.IGzipFile(fileobj=readable, mode="rb"))
+    if packing == "tar+zstd":
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(readable))
+    return readable
+
+
+def _sync(directory_fd: int) -> None:
+    """Flush a whole filesystem once (``syncfs``) rather than fsync thousands of small files."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syncfs(directory_fd) != 0:
+        os.sync()
+
+
+def fetch_tar(remote: Remote, descriptor: dict, root: Path, claimed: set[str], report: Report) -> list[Path]:
+    """A tar layer's files; each checked against ``claimed`` (paths other layers write) and added to it.
+
+    Entries land in a staging directory inside ``root`` under numbers, and are renamed to
+    their paths only once the whole layer has verified.
+    """
+    digest, size = descriptor["digest"], int(descriptor["size"])
+    packing = packing_of(descriptor)
+    staging = root / f".pier-staging-{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
+    staging.mkdir(mode=0o700)
+    staging_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    names: list[str] = []
+    verifier = Verifier(digest, size)
+    try:
+        with remote.blob(digest) as response:
+            if response.status_code != 200:
+                raise FetchError(f"blob {digest}: {error_message(response)}")
+            body = _Stream(response.iter_bytes(CHUNK), verifier, report)
+            try:
+                with tarfile.open(fileobj=_decompressor(packing, body), mode="r|") as archive:
+                    for count, member in enumerate(archive):
+                        if count >= MAX_TAR_ENTRIES:
+                            raise FetchError(f"blob {digest} has more than {MAX_TAR_ENTRIES} entries")
+                        name = check_path(member.name.removeprefix("./"), f"layer {digest[:19]}")
+                        if member.isdir():
+                            continue
+                        if not member.isfile():
+                            raise UnsafePath(
+                                f"layer {digest[:19]}: {name} is a link or device; "
+                                "artifact tars hold only files"
+                            )
+                        if name in claimed:
+                            raise UnsafePath(
+                                f"layer {digest[:19]} writes {name}, which another entry writes too"
+                            )
+                        claimed.add(name)
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                        mode = (member.mode | 0o644) & 0o755
+                        fd = os.open(str(len(names)), flags, 0o600, dir_fd=staging_fd)
+                        try:
+                            extracted = archive.extractfile(member)
+                            while extracted is not None and (block := extracted.read(CHUNK)):
+                                os.write(fd, block)
+                            os.fchmod(fd, mode)
+                        finally:
+                            os.close(fd)
+                        names.append(name)
+            except (tarfile.TarError, EOFError, zstandard.ZstdError, igzip.BadGzipFile) as exc:
+                raise FetchError(f"blob {digest}: not a readable tar ({exc})") from None
+            while body.read(CHUNK):  # the tar's end padding: the digest covers it
+                pass
+        _check(verifier, digest)
+        _sync(staging_fd)
+        for number, name in enumerate(names):
+            with directory_of(root, name) as (parent_fd, last):
+                os.rename(str(number), last, src_dir_fd=staging_fd, dst_dir_fd=parent_fd)
+    finally:
+        os.close(staging_fd)
+        shutil.rmtree(staging, ignore_errors=True)
+    return [root / name for name in names]
+
+
+def packing_of(descriptor: dict) -> str:
+    """raw, tar, tar+gzip or tar+zstd: ModelPack's by its media type; another artifact's file is
+    raw unless oras marked it as a directory archive to unpack."""
+    media_type = str(descriptor.get("mediaType", ""))
+    kind = parse_layer_type(media_type)
+    if kind is not None:
+        return kind[1]
+    if (descriptor.get("annotations") or {}).get(ORAS_UNPACK) == "true":
+        return (
+            "tar+zstd"
+            if media_type.endswith("+zstd")
+            else "tar+gzip"
+            if media_type.endswith("gzip")
+            else "tar"
+        )
+    return "raw"
+
+
+def check_layer_path(descriptor: dict) -> str:
+    from .modelpack import layer_path
+
+    path = layer_path(descriptor)
+    if path is None:
+        raise UnsafePath(
+            f"layer {descriptor.get('digest', '')[:19]} names no file path (no filepath or title annotation)"
+        )
+    return check_path(path.removesuffix("/"), f"layer {descriptor.get('digest', '')[:19]}")
