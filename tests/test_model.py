@@ -1,0 +1,330 @@
+"""`pier model push/pull/ls/inspect` and `pier artifact push/pull` against a real pier registry.
+
+What is checked is what a data scientist relies on: the artifact is ModelPack as the spec
+writes it, the files come back byte for byte with their modes, a re-push sends nothing,
+a new version sends only what changed, a partial pull fetches only what matches, and an
+interrupted pull does not fetch again what it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .helpers import run_pier
+from .prometheus import metric
+
+pytestmark = pytest.mark.slow  # the pier CLI as a process per step
+
+WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
+UPLOADS = "/v2/{name}/blobs/uploads/{uuid}"
+BLOB_GET = "/v2/{name}/blobs/{digest}"
+
+
+def make_model(root: Path, weight_size: int = 3 << 20) -> Path:
+    """A small model directory with one file of every role, and a group of data files."""
+    (root / "tokenizer").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "model-00001.safetensors").write_bytes(os.urandom(weight_size))
+    (root / "model-00002.safetensors").write_bytes(os.urandom(weight_size // 2))
+    (root / "config.json").write_text(json.dumps({"hidden_size": 64}))
+    (root / "generation_config.json").write_text("{}")
+    (root / "tokenizer" / "tokenizer.json").write_text(json.dumps({"vocab": ["a", "b"]}))
+    (root / "README.md").write_text("# tiny model\n")
+    (root / "LICENSE").write_text("Apache-2.0\n")
+    (root / "inference.py").write_text("print('hello')\n")
+    (root / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (root / "run.sh").chmod(0o755)
+    for number in range(5):
+        (root / "data" / f"part-{number}.csv").write_text(f"x,y\n{number},{number * 2}\n")
+    return root
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every regular file under ``root``: its bytes and permission bits."""
+    return {
+        path.relative_to(root).as_posix(): (path.read_bytes(), path.stat().st_mode & 0o777)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def counter(base: str, name: str, route: str) -> float:
+    try:
+        return metric(httpx.get(f"{base}/metrics").text, name, route=route)
+    except AssertionError:  # nothing counted yet on this route
+        return 0.0
+
+
+def uploaded(base: str) -> float:
+    return counter(base, "pier_http_received_bytes_total", UPLOADS)
+
+
+def served(base: str) -> float:
+    return counter(base, "pier_http_sent_bytes_total", BLOB_GET)
+
+
+def manifest_of(registry, repository: str, tag: str) -> dict:
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    return httpx.get(f"{registry.url}/v2/{repository}/manifests/{tag}", headers=accept).json()
+
+
+def blob_of(registry, repository: str, digest: str) -> bytes:
+    return httpx.get(f"{registry.url}/v2/{repository}/blobs/{digest}", follow_redirects=True).content
+
+
+def test_a_model_is_pushed_as_modelpack_and_pulled_back_byte_for_byte(registry, tmp_path) -> None:
+    model = make_model(tmp_path / "model")
+    reference = f"{registry.host}/models/tiny:v1"
+    pushed = run_pier(
+        tmp_path / "home",
+        "model", "push", reference, str(model),
+        "--name", "tiny", "--model-version", "1.0", "--family", "llama3", "--param-size", "8b",
+        "--precision", "bf16", "--architecture", "transformer", "--model-format", "safetensors",
+        "--licenses", "Apache-2.0", "--group", "data",
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    manifest = manifest_of(registry, "models/tiny", "v1")
+    assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.cncf.model.config.v1+json"
+    by_path = {layer["annotations"]["org.cncf.model.filepath"]: layer for layer in manifest["layers"]}
+    roles = {
+        path: layer["mediaType"].removeprefix("application/vnd.cncf.model.")
+        for path, layer in by_path.items()
+    }
+    assert roles == {
+        "model-00001.safetensors": "weight.v1.raw",
+        "model-00002.safetensors": "weight.v1.raw",
+        "config.json": "weight.config.v1.raw",
+        "generation_config.json": "weight.config.v1.raw",
+        "tokenizer/tokenizer.json": "weight.config.v1.raw",
+        "README.md": "doc.v1.raw",
+        "LICENSE": "doc.v1.raw",
+        "inference.py": "code.v1.raw",
+        "run.sh": "code.v1.raw",
+        "data": "dataset.v1.tar",
+    }
+    weight = by_path["model-00001.safetensors"]
+    assert weight["annotations"]["org.opencontainers.image.title"] == "model-00001.safetensors"
+    metadata = json.loads(weight["annotations"]["org.cncf.model.file.metadata+json"])
+    assert metadata["name"] == "model-00001.safetensors" and metadata["size"] == 3 << 20
+    assert metadata["mode"] == 0o644 and metadata["typeflag"] == ord("0")
+    # A raw weight's blob is the file itself: nothing compressed, nothing wrapped.
+    assert (
+        blob_of(registry, "models/tiny", weight["digest"]) == (model / "model-00001.safetensors").read_bytes()
+    )
+    config = json.loads(blob_of(registry, "models/tiny", manifest["config"]["digest"]))
+    assert config["descriptor"]["name"] == "tiny" and config["descriptor"]["version"] == "1.0"
+    assert config["descriptor"]["family"] == "llama3" and config["descriptor"]["licenses"] == ["Apache-2.0"]
+    assert config["descriptor"]["createdAt"].endswith("Z")
+    assert config["config"] == {
+        "architecture": "transformer",
+        "format": "safetensors",
+        "paramSize": "8b",
+        "precision": "bf16",
+    }
+    assert config["modelfs"] == {
+        "type": "layers",
+        "diffIds": [layer["digest"] for layer in manifest["layers"]],
+    }
+
+    out = tmp_path / "out"
+    pulled = run_pier(tmp_path / "other-home", "model", "pull", reference, str(out))
+    assert pulled.returncode == 0, pulled.stderr
+    assert tree(out) == tree(model)
+    assert not [p for p in out.rglob("*") if "pier" in p.name]  # no partial or staging file left
+
+    listed = run_pier(tmp_path / "other-home", "model", "ls")
+    assert listed.returncode == 0 and "models/tiny" in listed.stdout and "8b" in listed.stdout
+    inspected = run_pier(tmp_path / "other-home", "model", "inspect", "--json", reference)
+    document = json.loads(inspected.stdout)
+    assert document["Model"] is True and document["Descriptor"]["name"] == "tiny"
+    assert {f["path"] for f in document["Files"]} == set(by_path)
+    shown = run_pier(tmp_path / "other-home", "inspect", reference)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["Manifest"]["artifactType"] == manifest["artifactType"]
+
+
+def test_a_re_push_sends_nothing_and_a_new_version_sends_only_the_changed_file(registry, tmp_path) -> None:
+    home = tmp_path / "home"
+    model = make_model(tmp_path / "model")
+    os.utime(
+        model / "model-00001.safetensors", (1_700_000_000, 1_700_000_000)
+    )  # changed long before the push
+    first = run_pier(home, "model", "push", f"{registry.host}/models/versions:v1", str(model))
+    assert first.returncode == 0, first.stderr
+
+    before = uploaded(registry.url)
+    again = run_pier(home, "model", "push", f"{registry.host}/models/versions:v1", str(model))
+    assert again.returncode == 0, again.stderr
+    assert uploaded(registry.url) == before  # not one blob byte sent
+    assert "0B uploaded" in again.stdout
+    assert "0B hashed" in again.stdout  # and nothing hashed: the file index knew every file
+    assert manifest_of(registry, "models/versions", "v1")["layers"]
+
+    # A new version in a copy of the directory (new inodes: the index does not know them).
+    version2 = tmp_path / "model-v2"
+    shutil.copytree(model, version2)
+    changed = os.urandom(100_000)
+    (version2 / "config.json").write_bytes(changed)
+    before = uploaded(registry.url)
+    second = run_pier(home, "model", "push", f"{registry.host}/models/versions:v2", str(version2))
+    assert second.returncode == 0, second.stderr
+    manifest = manifest_of(registry, "models/versions", "v2")
+    assert uploaded(registry.url) - before == len(changed) + manifest["config"]["size"]
+
+    # Pushed to another repository of the same registry: mounted, not sent.
+    before = uploaded(registry.url)
+    elsewhere = run_pier(home, "model", "push", f"{registry.host}/team/copy:v2", str(version2))
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "mounted" in elsewhere.stdout
+    assert uploaded(registry.url) == before
+
+
+def test_a_partial_pull_fetches_only_the_matching_files(registry, tmp_path) -> None:
+    model = make_model(tmp_path / "model", weight_size=4 << 20)
+    reference = f"{registry.host}/models/partial:v1"
+    assert run_pier(tmp_path / "home", "model", "push", reference, str(model)).returncode == 0
+    manifest = manifest_of(registry, "models/partial", "v1")
+    wanted = {"tokenizer/tokenizer.json", "config.json", "generation_config.json"}
+    sizes = {layer["annotations"]["org.cncf.model.filepath"]: layer["size"] for layer in manifest["layers"]}
+
+    out = tmp_path / "out"
+    before = served(registry.url)
+    pulled = run_pier(
+        tmp_path / "pull-home",
+        "model",
+        "pull",
+        "--include",
+        "tokenizer*",
+        "--include",
+        "*config.json",
+        reference,
+        str(out),
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert set(tree(out)) == wanted
+    assert served(registry.url) - before == sum(sizes[p] for p in wanted) + manifest["config"]["size"]
+
+    nothing = run_pier(
+        tmp_path / "pull-home", "model", "pull", "--include", "*.gguf", reference, str(tmp_path / "none")
+    )
+    assert nothing.returncode == 1 and "no file" in nothing.stderr and "matches" in nothing.stderr
+
+
+def test_a_pull_again_fetches_only_the_files_it_lacks(registry, tmp_path) -> None:
+    model = make_model(tmp_path / "model")
+    reference = f"{registry.host}/models/resume:v1"
+    assert run_pier(tmp_path / "home", "model", "push", reference, str(model)).returncode == 0
+    home, out = tmp_path / "pull-home", tmp_path / "out"
+    assert run_pier(home, "model", "pull", reference, str(out)).returncode == 0
+    (out / "model-00002.safetensors").unlink()  # as if the first pull had stopped before it
+    (out / "README.md").write_text("edited\n")  # changed since: fetched again, not trusted
+    manifest = manifest_of(registry, "models/resume", "v1")
+    sizes = {layer["annotations"]["org.cncf.model.filepath"]: layer["size"] for layer in manifest["layers"]}
+
+    before = served(registry.url)
+    again = run_pier(home, "model", "pull", reference, str(out))
+    assert again.returncode == 0, again.stderr
+    assert tree(out) == tree(model)
+    # The two files, the data group (a tar, unpacked again) and the config; nothing else.
+    fetched = sizes["model-00002.safetensors"] + sizes["README.md"] + manifest["config"]["size"]
+    assert served(registry.url) - before == fetched
+    assert "already in place" in again.stdout
+
+
+def test_large_files_come_in_parallel_ranges_and_verify(registry, tmp_path) -> None:
+    model = make_model(tmp_path / "model", weight_size=9 << 20)
+    reference = f"{registry.host}/models/ranged:v1"
+    assert run_pier(tmp_path / "home", "model", "push", reference, str(model)).returncode == 0
+    out = tmp_path / "out"
+    pulled = run_pier(
+        tmp_path / "pull-home",
+        "model",
+        "pull",
+        reference,
+        str(out),
+        env={"PIER_PULL_RANGE_MIN": str(1 << 20)},
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert tree(out) == tree(model)
+
+
+def test_model_pull_refuses_an_image_and_artifact_pull_reads_any_artifact(registry, tmp_path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "sbom.json").write_text('{"packages": []}')
+    (files / "notes.txt").write_text("signed off\n")
+    home = tmp_path / "home"
+    base = f"{registry.host}/models/generic"
+    model = make_model(tmp_path / "model", weight_size=1000)
+    assert run_pier(home, "model", "push", f"{base}:v1", str(model)).returncode == 0
+
+    done = run_pier(
+        home, "artifact", "push", f"{base}:sbom", "sbom.json:application/spdx+json", "notes.txt",
+        "--artifact-type", "application/vnd.example.sbom", "--annotation", "org.example.kind=sbom",
+        "--subject", "v1", cwd=files,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    manifest = manifest_of(registry, "models/generic", "sbom")
+    assert manifest["artifactType"] == "application/vnd.example.sbom"
+    assert manifest["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
+    assert manifest["annotations"] == {"org.example.kind": "sbom"}
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        "application/spdx+json",
+        "application/octet-stream",
+    ]
+    v1 = httpx.head(
+        f"{registry.url}/v2/models/generic/manifests/v1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert manifest["subject"]["digest"] == v1.headers["docker-content-digest"]
+    referrers = httpx.get(
+        f"{registry.url}/v2/models/generic/referrers/{manifest['subject']['digest']}"
+    ).json()
+    assert [entry["artifactType"] for entry in referrers["manifests"]] == ["application/vnd.example.sbom"]
+
+    out = tmp_path / "out"
+    assert run_pier(tmp_path / "h2", "artifact", "pull", f"{base}:sbom", str(out)).returncode == 0
+    assert tree(out) == tree(files)
+    refused = run_pier(tmp_path / "h2", "model", "pull", f"{base}:sbom", str(tmp_path / "out2"))
+    assert refused.returncode == 1 and "not a ModelPack model" in refused.stderr
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_bad_input_is_one_clear_line(registry, tmp_path) -> None:
+    home = tmp_path / "home"
+    model = make_model(tmp_path / "model", weight_size=1000)
+    (model / "link").symlink_to("/etc/passwd")
+    linked = run_pier(home, "model", "push", f"{registry.host}/models/bad:v1", str(model))
+    assert (
+        linked.returncode == 1 and "link is a symlink" in linked.stderr and "Traceback" not in linked.stderr
+    )
+    excluded = run_pier(
+        home, "model", "push", f"{registry.host}/models/bad:v1", str(model), "--exclude", "link"
+    )
+    assert excluded.returncode == 0, excluded.stderr
+    size = run_pier(
+        home,
+        "model",
+        "push",
+        f"{registry.host}/models/bad:v2",
+        str(model),
+        "--exclude",
+        "link",
+        "--param-size",
+        "lots",
+    )
+    assert size.returncode == 1 and "paramSize" in size.stderr
+    missing = run_pier(home, "model", "push", f"{registry.host}/models/bad:v3", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "is not a directory" in missing.stderr
+    (model / "modelpack.json").write_text('{"name": "from-file", "paramSize": "7b", "colour": "blue"}')
+    unknown = run_pier(
+        home, "model", "push", f"{registry.host}/models/bad:v4", str(model), "--exclude", "link"
+    )
+    assert unknown.returncode == 1 and "'colour'" in unknown.stderr
