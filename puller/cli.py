@@ -7,12 +7,13 @@ digest mismatch, a hostile layer) ends as one line on stderr and a non-zero exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -665,15 +666,27 @@ def cmd_model(args: argparse.Namespace) -> int:
         "inspect": lambda: command.model_inspect(args, _transport_for(args)),
     }
     args.command_kind = "model"
-    return handlers[args.model_command]()
+    with _files_errors():
+        return handlers[args.model_command]()
 
 
 def cmd_artifact(args: argparse.Namespace) -> int:
     from .artifact import command
 
-    if args.artifact_command == "push":
-        return command.artifact_push(args, _transport_for(args))
-    return command.artifact_pull(args, _transport_for(args))
+    with _files_errors():
+        if args.artifact_command == "push":
+            return command.artifact_push(args, _transport_for(args))
+        return command.artifact_pull(args, _transport_for(args))
+
+
+@contextlib.contextmanager
+def _files_errors() -> Iterator[None]:
+    """A folder or file the user named that cannot be read or written: one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise PierError(f"{where}{exc.strerror or exc}") from None
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .helpers import run_pier
+from .helpers import run_pier, write_htpasswd
 from .prometheus import metric
 
 pytestmark = pytest.mark.slow  # the pier CLI as a process per step
@@ -249,7 +252,7 @@ def test_large_files_come_in_parallel_ranges_and_verify(registry, tmp_path) -> N
         "pull",
         reference,
         str(out),
-        env={"PIER_PULL_RANGE_MIN": str(1 << 20)},
+        env={"PIER_PULL_RANGE_MIN": str(1 << 20), "PIER_PULL_RANGES": "4"},
     )
     assert pulled.returncode == 0, pulled.stderr
     assert tree(out) == tree(model)
@@ -328,3 +331,138 @@ def test_bad_input_is_one_clear_line(registry, tmp_path) -> None:
         home, "model", "push", f"{registry.host}/models/bad:v4", str(model), "--exclude", "link"
     )
     assert unknown.returncode == 1 and "'colour'" in unknown.stderr
+
+
+class CuttingProxy:
+    """A registry's front that drops the first GET of one blob halfway, then serves what is
+    asked, ranges included: a connection lost in the middle of a multi-GB file."""
+
+    def __init__(self, upstream: str, digest: str, cut_at: int) -> None:
+        self.upstream, self.digest, self.cut_at = upstream, digest, cut_at
+        self.ranges: list[str | None] = []  # the Range of every GET of the blob
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                answer = httpx.get(f"{proxy.upstream}{self.path}", headers=headers)
+                body = answer.content
+                first_try = False
+                if proxy.digest in self.path:
+                    proxy.ranges.append(self.headers.get("range"))
+                    first_try = len(proxy.ranges) == 1
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if first_try:
+                    self.wfile.write(body[: proxy.cut_at])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_dropped_connection_resumes_where_it_broke_off(registry, tmp_path) -> None:
+    model = make_model(tmp_path / "model", weight_size=6 << 20)
+    assert (
+        run_pier(
+            tmp_path / "home", "model", "push", f"{registry.host}/models/dropped:v1", str(model)
+        ).returncode
+        == 0
+    )
+    manifest = manifest_of(registry, "models/dropped", "v1")
+    weight = next(
+        layer
+        for layer in manifest["layers"]
+        if layer["annotations"]["org.cncf.model.filepath"] == "model-00001.safetensors"
+    )
+    cut = (2 << 20) + 12345
+    proxy = CuttingProxy(registry.url, weight["digest"], cut)
+    try:
+        out = tmp_path / "out"
+        pulled = run_pier(
+            tmp_path / "pull-home", "model", "pull", f"{proxy.host}/models/dropped:v1", str(out)
+        )
+    finally:
+        proxy.close()
+    assert pulled.returncode == 0, pulled.stderr
+    assert tree(out) == tree(model)
+    assert proxy.ranges[0] is None and len(proxy.ranges) == 2
+    resumed_at = int((proxy.ranges[1] or "").removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at <= cut  # what had arrived was kept, not fetched again
+
+
+def test_models_through_a_registry_that_wants_a_login(start_registry, tmp_path) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"ada": "lovelace"})
+    server = start_registry("--htpasswd", str(htpasswd))
+    env = {"DOCKER_CONFIG": str(tmp_path / "docker")}
+    home = tmp_path / "home"
+    model = make_model(tmp_path / "model", weight_size=2 << 20)
+    refused = run_pier(home, "model", "push", f"{server.host}/ada/model:v1", str(model), env=env)
+    assert refused.returncode == 1 and "requires a login" in refused.stderr, refused.stderr
+    assert (
+        run_pier(
+            home, "login", server.host, "-u", "ada", "--password-stdin", env=env, stdin="lovelace\n"
+        ).returncode
+        == 0
+    )
+    pushed = run_pier(home, "model", "push", f"{server.host}/ada/model:v1", str(model), env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    out = tmp_path / "out"
+    pulled = run_pier(tmp_path / "home2", "model", "pull", f"{server.host}/ada/model:v1", str(out), env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert tree(out) == tree(model)
+
+
+def test_without_the_raw_path_httpx_resumes_the_same_way(registry, tmp_path, monkeypatch) -> None:
+    """Where a body cannot be read off the socket (a challenge, a redirect, a proxy), httpx
+    reads it: the same resume, the same checks."""
+    from puller.artifact.fetch import fetch_raw
+    from puller.reference import parse_reference
+    from puller.transfer.pull import Remote
+    from puller.transfer.transport import Transport
+
+    model = make_model(tmp_path / "model", weight_size=3 << 20)
+    assert (
+        run_pier(
+            tmp_path / "home", "model", "push", f"{registry.host}/models/httpx:v1", str(model)
+        ).returncode
+        == 0
+    )
+    weight = next(
+        layer
+        for layer in manifest_of(registry, "models/httpx", "v1")["layers"]
+        if layer["annotations"]["org.cncf.model.filepath"] == "model-00001.safetensors"
+    )
+    proxy = CuttingProxy(registry.url, weight["digest"], (1 << 20) + 99)
+    monkeypatch.setattr(Remote, "raw_blob", lambda self, digest, headers=None: None)
+    transport = Transport(proxy.host)
+    (tmp_path / "out").mkdir()
+    try:
+        remote = Remote(transport, parse_reference(f"{proxy.host}/models/httpx:v1"))
+        fetch_raw(remote, weight, tmp_path / "out", "w.bin", lambda done: None, parts=1)
+    finally:
+        transport.close()
+        proxy.close()
+    assert (tmp_path / "out" / "w.bin").read_bytes() == (model / "model-00001.safetensors").read_bytes()
+    assert proxy.ranges[0] is None and proxy.ranges[1] is not None and len(proxy.ranges) == 2

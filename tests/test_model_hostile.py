@@ -171,7 +171,7 @@ def test_a_corrupt_layer_fails_its_digest_and_leaves_no_file(registry, tmp_path,
     flipped = bytes([weights[0] ^ 0xFF]) + weights[1:]  # same size: only the digest can tell
     registry.storage.write(blob_data_path(blobs[0].digest), flipped)
     target = tmp_path / "out"
-    env = {"PIER_PULL_RANGE_MIN": str(1 << 20 if ranged else 1 << 30)}
+    env = {"PIER_PULL_RANGE_MIN": str(1 << 20 if ranged else 1 << 30), "PIER_PULL_RANGES": "4"}
     pulled = run_pier(
         tmp_path / "home", "model", "pull", f"{registry.host}/{repository}:v1", str(target), env=env
     )

@@ -10,6 +10,7 @@ only directories and regular files, each path checked, nothing outside the direc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
+import httpx
 import zstandard
 from isal import igzip
 
@@ -27,6 +29,7 @@ from oci.verify import Verifier, VerifyError
 from ..errors import PierError
 from ..transfer.pull import Remote, range_min
 from ..transfer.ranged import RangedBlob, RangeError
+from ..transfer.raw_body import RawBodyLost, RawResponse
 from ..transfer.transport import ConnectionLost, error_message
 from ..unpack.layer_store import ReadStream
 from .modelpack import layer_mode, parse_layer_type
@@ -34,7 +37,8 @@ from .paths import PARTIAL_SUFFIX, PlacedFile, UnsafePath, check_path, directory
 
 CHUNK = 1 << 20
 RANGE_PARTS = 4
-ATTEMPTS = 3  # a small file's GET, from its start, when the connection drops
+ATTEMPTS = 3
+SYNC_FILE_RANGE_WRITE = 2  # a small file's GET, from its start, when the connection drops
 MAX_TAR_ENTRIES = 1_000_000
 ORAS_UNPACK = "io.deis.oras.content.unpack"  # oras's mark on a layer that is a directory's archive
 
@@ -79,20 +83,26 @@ def _check(verifier: Verifier, digest: str) -> None:
         raise FetchError(f"blob {digest}: digest mismatch, got {exc.actual}; nothing was written") from None
 
 
-def fetch_raw(remote: Remote, descriptor: dict, root: Path, path: str, report: Report) -> Path:
-    """One file whose blob is the file; returns its final path."""
+def fetch_raw(
+    remote: Remote, descriptor: dict, root: Path, path: str, report: Report, parts: int = RANGE_PARTS
+) -> Path:
+    """One file whose blob is the file; returns its final path.
+
+    A big one comes as ``parts`` ranges (one when other big files fill the connections:
+    each file then lands sequentially), resumed where a range broke off.
+    """
     digest, size = descriptor["digest"], int(descriptor["size"])
     smallest_ranged = range_min()  # PIER_PULL_RANGE_MIN, as for image layers
     mode = layer_mode(descriptor) or 0o644
     mode = (mode | 0o644) & 0o755  # readable by its owner and the container; never setuid or world-writable
-    if size >= smallest_ranged:
-        with PlacedFile(root, path, mode) as placed:
+    with PlacedFile(root, path, mode) as placed:
+        if size >= smallest_ranged and parts > 1:
             ranged = RangedBlob(
-                lambda headers: remote.blob(digest, headers),
+                lambda headers: _open_range(remote, digest, headers),
                 digest,
                 size,
                 placed.proc_path,
-                RANGE_PARTS,
+                parts,
                 report,
                 opener=lambda: os.dup(placed.fd),
             )
@@ -103,31 +113,99 @@ def fetch_raw(remote: Remote, descriptor: dict, root: Path, path: str, report: R
                 raise FetchError(str(exc)) from None
             finally:
                 ranged.close()
-            _check(ranged.verifier, digest)
-            placed.commit()
-        return root / path
-    for attempt in range(ATTEMPTS):
-        with PlacedFile(root, path, mode) as placed:
-            verifier = Verifier(digest, size)
-            try:
-                with remote.blob(digest) as response:
-                    if response.status_code != 200:
-                        raise FetchError(f"blob {digest}: {error_message(response)}")
-                    for chunk in response.iter_bytes(CHUNK):
-                        try:
-                            verifier.update(chunk)
-                        except VerifyError:
-                            raise FetchError(f"blob {digest} is larger than its {size} bytes") from None
-                        os.write(placed.fd, chunk)
-                        report(verifier.received)
-            except ConnectionLost:
-                if attempt + 1 == ATTEMPTS:
-                    raise
-                continue
-            _check(verifier, digest)
-            placed.commit()
-            return root / path
-    raise AssertionError("unreachable")
+            verifier = ranged.verifier
+        else:
+            verifier = _sequential(remote, placed.fd, digest, size, report)
+        _check(verifier, digest)
+        placed.commit()
+    return root / path
+
+
+@contextlib.contextmanager
+def _open_range(
+    remote: Remote, digest: str, headers: dict[str, str]
+) -> Iterator[httpx.Response | RawResponse]:
+    """A range of a blob, read off its socket where it can be (see ``raw_body``), else by httpx."""
+    raw = remote.raw_blob(digest, headers)
+    if raw is not None:
+        with raw:
+            yield raw
+        return
+    with remote.blob(digest, headers) as response:
+        yield response
+
+
+class _Landing:
+    """Where a sequential download stands: bytes hashed are bytes written, so a retry resumes
+    with ``Range`` at ``written`` and the digest carries on where it was."""
+
+    def __init__(self, fd: int, digest: str, size: int, report: Report) -> None:
+        self.fd, self.digest, self.size, self.report = fd, digest, size, report
+        self.verifier = Verifier(digest, size)
+        self.written = 0
+
+    def begin(self, status: int, content_range: str, length: int | None) -> None:
+        """Check the answer to a (resumed) GET before its body is taken."""
+        if self.written and status == 200:  # Range ignored: start over
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self.verifier, self.written = Verifier(self.digest, self.size), 0
+        elif self.written and not (status == 206 and content_range.startswith(f"bytes {self.written}-")):
+            raise FetchError(f"blob {self.digest}: the registry answered a different range than asked")
+        if length is not None and self.written + length > self.size:
+            raise FetchError(f"blob {self.digest} is larger than its {self.size} bytes")
+
+    def take(self, piece: memoryview | bytes | bytearray) -> None:
+        try:
+            self.verifier.update(piece)
+        except VerifyError:
+            raise FetchError(f"blob {self.digest} is larger than its {self.size} bytes") from None
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.written += len(piece)
+        self.report(self.written)
+
+
+def _sequential(remote: Remote, fd: int, digest: str, size: int, report: Report) -> Verifier:
+    """The blob in one stream, hashed as it is written; a dropped connection resumes with
+    ``Range`` at the byte it reached (a registry that ignores it sends the whole again).
+
+    The body is read straight off the socket where ``raw_body`` can (a 1 MiB buffer, one
+    copy per byte), else through httpx's pieces, joined into 1 MiB writes.
+    """
+    landing = _Landing(fd, digest, size, report)
+    failures = 0
+    while True:
+        headers = {"Range": f"bytes={landing.written}-"} if landing.written else None
+        try:
+            raw = remote.raw_blob(digest, headers)
+            if raw is not None:
+                with raw:
+                    landing.begin(raw.status_code, raw.headers.get("content-range", ""), raw.length)
+                    buffer = memoryview(bytearray(CHUNK))
+                    while count := raw.readinto(buffer):  # a break loses only this unwritten read
+                        landing.take(buffer[:count])
+                return landing.verifier
+            with remote.blob(digest, headers) as response:
+                if response.status_code not in (200, 206):
+                    raise FetchError(f"blob {digest}: {error_message(response)}")
+                landing.begin(response.status_code, response.headers.get("content-range", ""), None)
+                pending = bytearray()
+                try:
+                    for piece in response.iter_bytes():  # as received: no re-chunking copies
+                        pending += piece
+                        if len(pending) >= CHUNK:
+                            landing.take(pending)
+                            pending.clear()
+                finally:
+                    if pending:  # what arrived before a break is kept: the retry resumes after it
+                        landing.take(pending)
+            return landing.verifier
+        except (ConnectionLost, RawBodyLost) as exc:
+            failures += 1
+            if failures > ATTEMPTS:
+                raise FetchError(f"blob {digest}: {exc}") from None
 
 
 def _decompressor(packing: str, stream: ReadStream) -> BinaryIO:

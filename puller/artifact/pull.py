@@ -11,6 +11,7 @@ first, each renamed into place once verified.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +27,16 @@ from ..reference import Reference
 from ..store.content_store import ContentStore
 from ..store.image import is_index
 from ..store.platforms import Platform
-from ..transfer.pull import Progress, PullError, Remote
-from ..transfer.transport import ConnectionLost, RegistryRequestError, Transport, error_message, read_capped
-from .fetch import FetchError, check_layer_path, fetch_raw, fetch_tar, packing_of
+from ..transfer.pull import Progress, PullError, Remote, range_min
+from ..transfer.transport import (
+    ConnectionLost,
+    RegistryRequestError,
+    Transport,
+    error_message,
+    is_loopback,
+    read_capped,
+)
+from .fetch import RANGE_PARTS, FetchError, check_layer_path, fetch_raw, fetch_tar, packing_of
 from .file_index import FileIndex
 from .packing import matches
 from .paths import UnsafePath, check_paths, stat_inside
@@ -116,6 +124,21 @@ def remember(store: ContentStore, resolved: Resolved) -> None:
             store.set_ref(reference.name, reference.tag, resolved.index_digest or resolved.digest)
 
 
+def range_parts(domain: str, parallel: int, big_files: int) -> int:
+    """Ranges per big file: enough to use ``parallel`` connections, no more.
+
+    Ranges fill a link one TCP stream cannot (latency times window); on loopback there is
+    no such link, and one stream per file is cheaper (measured: 2.9 s against 3.7 s for
+    1.5 GiB). ``PIER_PULL_RANGES`` sets it.
+    """
+    text = os.environ.get("PIER_PULL_RANGES", "")
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    if is_loopback(domain):
+        return 1
+    return max(1, min(RANGE_PARTS, parallel // max(1, big_files)))
+
+
 def fetch_files(
     remote: Remote,
     pairs: list[tuple[dict, str]],
@@ -128,6 +151,8 @@ def fetch_files(
     report = progress or (lambda *args: None)
     result = PulledFiles(Resolved(remote.reference, "", b"", {}, b""))
     claimed = {path for layer, path in pairs if packing_of(layer) == "raw"}
+    big = sum(1 for layer, _ in pairs if packing_of(layer) == "raw" and int(layer["size"]) >= range_min())
+    parts = range_parts(remote.reference.domain, parallel, big)
     lock = threading.Lock()
 
     def one(layer: dict, path: str) -> None:
@@ -148,7 +173,7 @@ def fetch_files(
             if tar:
                 fetch_tar(remote, layer, target, claimed, moved)
             else:
-                fetch_raw(remote, layer, target, path, moved)
+                fetch_raw(remote, layer, target, path, moved, parts)
                 index.record(final, final.lstat(), digest)  # pier wrote and verified it: trusted
         except (RegistryRequestError, ConnectionLost) as exc:
             raise PullError(f"{path}: {exc}") from None

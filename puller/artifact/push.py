@@ -120,7 +120,7 @@ def push_artifact(
         try:
             pusher.push_blob(layer.descriptor(), blobs, counted)
         except PushError as exc:
-            if "digest" in str(exc).lower():  # the registry's DIGEST_INVALID: not the bytes hashed
+            if "DIGEST_INVALID" in str(exc):  # the registry got other bytes than were hashed
                 raise PushError(f"{layer.source} changed while it was pushed: {exc}") from None
             raise
 

@@ -37,6 +37,7 @@ from ..unpack.layers import BrokenLayer, LayerDigestMismatch
 from ..unpack.limits import UnpackLimits
 from ..unpack.workers import Unpackers, worker_count
 from .ranged import RangedBlob
+from .raw_body import RawResponse
 from .transport import Credentials, RegistryRequestError, Transport, error_message, read_capped
 
 Progress = Callable[[str, str, int, int], None]  # (digest, state, done, total)
@@ -105,6 +106,10 @@ class Remote:
         if by_digest and digest != identifier:
             raise PullError(f"manifest digest mismatch: expected {identifier}, got {digest}")
         return body, media_type, digest
+
+    def raw_blob(self, digest: str, headers: dict[str, str] | None = None) -> RawResponse | None:
+        """The blob's body straight off a socket, or None: then ``blob`` (httpx) it is."""
+        return self.transport.raw_get(f"/v2/{self.reference.path}/blobs/{digest}", self.scope, headers)
 
     def blob(
         self, digest: str, headers: dict[str, str] | None = None

@@ -24,6 +24,7 @@ from oci.verify import Verifier
 
 from ..errors import PierError
 from ..unpack.layer_store import ReadStream
+from .raw_body import RawBodyLost, RawResponse
 from .transport import ConnectionLost, error_message
 
 RETRIES = 5
@@ -37,7 +38,7 @@ class RangeError(PierError):
 class RangedBlob(ReadStream):
     def __init__(
         self,
-        open_range: Callable[[dict[str, str]], AbstractContextManager[httpx.Response]],
+        open_range: Callable[[dict[str, str]], AbstractContextManager[httpx.Response | RawResponse]],
         digest: str,
         size: int,
         path: Path,
@@ -85,7 +86,7 @@ class RangedBlob(ReadStream):
                 try:
                     self._fetch_once(number)
                     attempts = 0 if self.ranges[number][1] >= self.ranges[number][2] else attempts + 1
-                except (httpx.TransportError, httpx.StreamError, ConnectionLost):
+                except (httpx.TransportError, httpx.StreamError, ConnectionLost, RawBodyLost):
                     attempts += 1
                 if attempts > RETRIES:
                     failed = f"bytes {part[1]}-{part[2] - 1} failed {RETRIES + 1} times in a row"
@@ -104,7 +105,9 @@ class RangedBlob(ReadStream):
                 return
             if response.status_code != 206:
                 message = (
-                    error_message(response) if response.status_code >= 400 else f"HTTP {response.status_code}"
+                    error_message(response)
+                    if isinstance(response, httpx.Response) and response.status_code >= 400
+                    else f"HTTP {response.status_code}"
                 )
                 raise RangeError(f"blob {self.digest}: bytes {part[1]}-{part[2] - 1}: {message}")
             if not response.headers.get("content-range", "").startswith(f"bytes {part[1]}-"):
@@ -134,7 +137,7 @@ class RangedBlob(ReadStream):
                 part[1] = written
                 self._changed.notify_all()
 
-    def _read_whole(self, response: httpx.Response) -> None:
+    def _read_whole(self, response: httpx.Response | RawResponse) -> None:
         """Range was ignored: the whole body lands in range 0, which now spans the blob."""
         with self._changed:
             self.ranges[:] = [[0, 0, self.size]]

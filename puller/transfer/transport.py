@@ -30,6 +30,7 @@ from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_respo
 from ..errors import PierError
 from ..text import printable
 from .credentials import Credentials
+from .raw_body import RawResponse, open_raw
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 64 * 1024  # an error body is read this far for its message, no further
@@ -120,6 +121,12 @@ class Transport:
 
     def close(self) -> None:
         self._client.close()
+
+    def raw_get(self, path: str, scope: str, headers: dict[str, str] | None = None) -> RawResponse | None:
+        """``GET path`` read straight off its socket (``raw_body``); None when only httpx can
+        take the answer (a challenge, a redirect, a coding), which ``stream`` then handles."""
+        request_headers = {**(headers or {}), **self._auth_header(scope)}
+        return open_raw(self.base_url, path, request_headers, self._ssl, self.timeout)
 
     def _auth_header(self, scope: str) -> dict[str, str]:
         token = self._tokens.get(scope)
