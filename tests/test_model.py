@@ -12,14 +12,16 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
 
-from .helpers import run_pier, write_htpasswd
+from .helpers import run_pier, wait_until, write_htpasswd
+from .models import make_model, tree
 from .prometheus import metric
 
 pytestmark = pytest.mark.slow  # the pier CLI as a process per step
@@ -27,34 +29,6 @@ pytestmark = pytest.mark.slow  # the pier CLI as a process per step
 WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
 UPLOADS = "/v2/{name}/blobs/uploads/{uuid}"
 BLOB_GET = "/v2/{name}/blobs/{digest}"
-
-
-def make_model(root: Path, weight_size: int = 3 << 20) -> Path:
-    """A small model directory with one file of every role, and a group of data files."""
-    (root / "tokenizer").mkdir(parents=True)
-    (root / "data").mkdir()
-    (root / "model-00001.safetensors").write_bytes(os.urandom(weight_size))
-    (root / "model-00002.safetensors").write_bytes(os.urandom(weight_size // 2))
-    (root / "config.json").write_text(json.dumps({"hidden_size": 64}))
-    (root / "generation_config.json").write_text("{}")
-    (root / "tokenizer" / "tokenizer.json").write_text(json.dumps({"vocab": ["a", "b"]}))
-    (root / "README.md").write_text("# tiny model\n")
-    (root / "LICENSE").write_text("Apache-2.0\n")
-    (root / "inference.py").write_text("print('hello')\n")
-    (root / "run.sh").write_text("#!/bin/sh\necho run\n")
-    (root / "run.sh").chmod(0o755)
-    for number in range(5):
-        (root / "data" / f"part-{number}.csv").write_text(f"x,y\n{number},{number * 2}\n")
-    return root
-
-
-def tree(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every regular file under ``root``: its bytes and permission bits."""
-    return {
-        path.relative_to(root).as_posix(): (path.read_bytes(), path.stat().st_mode & 0o777)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 def counter(base: str, name: str, route: str) -> float:
@@ -337,9 +311,12 @@ class CuttingProxy:
     """A registry's front that drops the first GET of one blob halfway, then serves what is
     asked, ranges included: a connection lost in the middle of a multi-GB file."""
 
-    def __init__(self, upstream: str, digest: str, cut_at: int) -> None:
-        self.upstream, self.digest, self.cut_at = upstream, digest, cut_at
+    def __init__(self, upstream: str, digest: str, cut_at: int, stall: bool = False) -> None:
+        """``stall``: after ``cut_at`` bytes, hold the connection open instead of dropping it."""
+        self.upstream, self.digest, self.cut_at, self.stall = upstream, digest, cut_at, stall
+        self.released = threading.Event()
         self.ranges: list[str | None] = []  # the Range of every GET of the blob
+        self.blobs: list[str] = []  # every blob asked for
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -352,6 +329,8 @@ class CuttingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 answer = httpx.get(f"{proxy.upstream}{self.path}", headers=headers)
                 body = answer.content
+                if "/blobs/" in self.path:
+                    proxy.blobs.append(self.path.rsplit("/", 1)[-1])
                 first_try = False
                 if proxy.digest in self.path:
                     proxy.ranges.append(self.headers.get("range"))
@@ -365,6 +344,8 @@ class CuttingProxy:
                 if first_try:
                     self.wfile.write(body[: proxy.cut_at])
                     self.wfile.flush()
+                    if proxy.stall:
+                        proxy.released.wait(60)
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
@@ -378,6 +359,7 @@ class CuttingProxy:
         self.thread.start()
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -466,3 +448,53 @@ def test_without_the_raw_path_httpx_resumes_the_same_way(registry, tmp_path, mon
         proxy.close()
     assert (tmp_path / "out" / "w.bin").read_bytes() == (model / "model-00001.safetensors").read_bytes()
     assert proxy.ranges[0] is None and proxy.ranges[1] is not None and len(proxy.ranges) == 2
+
+
+def test_a_killed_pull_resumes_inside_the_file_it_was_writing(registry, tmp_path) -> None:
+    model = make_model(tmp_path / "model", weight_size=6 << 20)
+    assert (
+        run_pier(
+            tmp_path / "home", "model", "push", f"{registry.host}/models/killed:v1", str(model)
+        ).returncode
+        == 0
+    )
+    weight = next(
+        layer
+        for layer in manifest_of(registry, "models/killed", "v1")["layers"]
+        if layer["annotations"]["org.cncf.model.filepath"] == "model-00001.safetensors"
+    )
+    out, home = tmp_path / "out", tmp_path / "pull-home"
+    stalling = CuttingProxy(registry.url, weight["digest"], (3 << 20) + 5, stall=True)
+    command = [sys.executable, "-m", "puller", "model", "pull", f"{stalling.host}/models/killed:v1", str(out)]
+    process = subprocess.Popen(command, env={**os.environ, "PIER_HOME": str(home)}, stderr=subprocess.PIPE)
+    try:
+        partial = wait_until(
+            lambda: next((p for p in out.glob(".*.pier-partial") if p.stat().st_size >= 3 << 20), None),
+            timeout=30,
+            what="3 MiB of the weights in their partial file",
+        )
+        index = home / "artifacts" / "file-index.json"  # written down every second while pulling
+        wait_until(
+            lambda: index.exists() and str(out / "model-00002.safetensors") in index.read_text(),
+            timeout=30,
+            what="the finished files in the file index",
+        )
+        process.kill()  # as a power cut would: no cleanup
+        process.wait(10)
+    finally:
+        stalling.close()
+    assert not (out / "model-00001.safetensors").exists()
+    assert partial is not None
+    kept = partial.stat().st_size
+
+    counting = CuttingProxy(registry.url, weight["digest"], cut_at=1 << 40)  # cuts nothing
+    try:
+        again = run_pier(home, "model", "pull", f"{counting.host}/models/killed:v1", str(out))
+    finally:
+        counting.close()
+    assert again.returncode == 0, again.stderr
+    assert tree(out) == tree(model) and not list(out.glob(".*.pier-partial"))
+    assert counting.ranges == [f"bytes={kept}-"]  # only the rest of the file was asked for
+    manifest = manifest_of(registry, "models/killed", "v1")
+    # and nothing the killed pull had finished: the other files came before the kill
+    assert set(counting.blobs) <= {weight["digest"], manifest["config"]["digest"]}

@@ -140,6 +140,8 @@ def test_a_symlink_in_the_target_is_never_followed_out_of_it(registry, tmp_path)
         ([("data/link", None, "/etc/passwd")], "link or device"),
         ([("data/a.csv", b"1", ""), ("data/a.csv", b"2", "")], "another entry writes too"),
         ([("weights.bin", b"shadow", "")], "another entry writes too"),  # the raw layer's path
+        ([("weights.bin/inner", b"x", "")], "as a file and as a directory"),  # under the raw file
+        ([("data/a", b"1", ""), ("data/a/b", b"2", "")], "as a file and as a directory"),
     ],
 )
 def test_hostile_tar_layers_are_refused(registry, tmp_path, entries, message) -> None:
@@ -198,3 +200,51 @@ def test_older_annotation_keys_and_a_layer_without_a_path(registry, tmp_path) ->
         tmp_path / "home", "model", "pull", f"{registry.host}/hostile/nameless:v1", str(tmp_path / "out2")
     )
     assert pulled.returncode == 1 and "names no file path" in pulled.stderr
+
+
+def test_a_tar_with_its_own_root_entry_pulls(registry, tmp_path) -> None:
+    """`tar -C dir .` writes a `./` entry first: the archive's root, not a path to refuse."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        root = tarfile.TarInfo(".")
+        root.type = tarfile.DIRTYPE
+        archive.addfile(root)
+        entry = tarfile.TarInfo("./data/a.csv")
+        entry.size = 4
+        archive.addfile(entry, io.BytesIO(b"x,y\n"))
+    layers = [("application/vnd.cncf.model.dataset.v1.tar", buffer.getvalue(), at("data"))]
+    push_artifact(registry, tmp_path / "layout", "hostile/dot-root", layers)
+    target = tmp_path / "out"
+    pulled = run_pier(tmp_path / "home", "model", "pull", f"{registry.host}/hostile/dot-root:v1", str(target))
+    assert pulled.returncode == 0, pulled.stderr
+    assert files_under(target) == ["data", "data/a.csv"]
+
+
+def test_a_status_line_with_unicode_digits_is_refused_without_a_traceback(tmp_path) -> None:
+    """The raw body reader parses what a hostile server sends: "²00" is not a status."""
+    import socket
+    import ssl
+    import threading
+
+    from puller.transfer.raw_body import open_raw
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    answers = [
+        b"HTTP/1.1 \xb200 OK\r\nContent-Length: 4\r\n\r\nabcd",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\n\r\n",
+    ]
+
+    def serve() -> None:
+        for answer in answers:
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.sendall(answer)
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for _ in answers:
+        assert open_raw(base, "/v2/x/blobs/sha256:00", {}, ssl.create_default_context(), 5.0) is None
+    thread.join(5)
+    listener.close()

@@ -11,7 +11,7 @@ import oras.client
 import pytest
 
 from .helpers import run_pier
-from .test_model import make_model, tree
+from .models import make_model, tree
 
 pytestmark = pytest.mark.slow  # skopeo, distribution and the pier CLI as processes
 

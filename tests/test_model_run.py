@@ -8,7 +8,7 @@ import pytest
 
 from .helpers import push_blob, push_manifest, run_pier
 from .images import build_image
-from .test_model import make_model
+from .models import make_model
 
 pytestmark = pytest.mark.slow  # runc containers
 
@@ -89,6 +89,7 @@ def test_a_pulled_model_mounts_without_the_registry_and_bad_mounts_are_refused(
 
     for flags, message in (
         (["-v", f"{reference}:/m:rw"], "read-only"),
+        (["-v", "data/models:/m"], "with its tag or digest"),  # a host path without ./, not docker.io
         (["--mount", f"type=bind,source={reference},target=/m"], "only type=image"),
         (["--mount", f"type=image,source={reference}"], "absolute target"),
         (["--mount", f"type=image,source={reference},target=/m,colour=red"], "unknown option"),

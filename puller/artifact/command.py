@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..transfer.pull import Progress
 from ..transfer.transport import Transport
 from . import modelpack
 from .file_index import FileIndex
-from .packing import Layer, PackError, scan_model
+from .packing import Layer, PackError, discard, scan_model
 from .paths import UnsafePath, check_path
 from .pull import ArtifactError, PulledFiles, Resolved, pull_files, resolve
 
@@ -72,7 +73,7 @@ def model_push(args: argparse.Namespace, transport_for: TransportFor) -> int:
     from .push import newest_time, push_artifact
 
     reference = parse_reference(args.reference)
-    directory = Path(args.directory)
+    directory = Path(os.path.abspath(args.directory))  # index keys must not depend on the cwd
     store = ContentStore()
     index = FileIndex(store.root)
     scratch = store.root / "artifacts" / "tmp"
@@ -84,21 +85,24 @@ def model_push(args: argparse.Namespace, transport_for: TransportFor) -> int:
     def config(done: list[Layer]) -> tuple[str, bytes]:
         return modelpack.CONFIG_TYPE, metadata.document([layer.digest for layer in done])
 
-    transport = transport_for(reference)
     try:
-        with _progress(args.quiet) as progress:
-            pushed = push_artifact(
-                transport,
-                reference,
-                layers,
-                config,
-                modelpack.ARTIFACT_TYPE,
-                index,
-                parallel=args.parallel,
-                progress=progress,
-            )
+        transport = transport_for(reference)
+        try:
+            with _progress(args.quiet) as progress:
+                pushed = push_artifact(
+                    transport,
+                    reference,
+                    layers,
+                    config,
+                    modelpack.ARTIFACT_TYPE,
+                    index,
+                    parallel=args.parallel,
+                    progress=progress,
+                )
+        finally:
+            transport.close()
     finally:
-        transport.close()
+        discard(layers)
     if args.quiet:
         print(pushed.digest)
     else:
@@ -127,7 +131,7 @@ def model_pull(args: argparse.Namespace, transport_for: TransportFor) -> int:
     store = ContentStore()
     if args.directory is None:
         return _pull_mountable(args, reference, store, transport_for)
-    target = Path(args.directory)
+    target = Path(os.path.abspath(args.directory))
     transport = transport_for(reference)
     try:
         with _progress(args.quiet) as progress:

@@ -32,8 +32,9 @@ from ..transfer.ranged import RangedBlob, RangeError
 from ..transfer.raw_body import RawBodyLost, RawResponse
 from ..transfer.transport import ConnectionLost, error_message
 from ..unpack.layer_store import ReadStream
+from ..unpack.limits import UnpackLimits
 from .modelpack import layer_mode, parse_layer_type
-from .paths import PARTIAL_SUFFIX, PlacedFile, UnsafePath, check_path, directory_of
+from .paths import PARTIAL_SUFFIX, Claims, PlacedFile, UnsafePath, check_path, directory_of
 
 CHUNK = 1 << 20
 RANGE_PARTS = 4
@@ -85,17 +86,18 @@ def _check(verifier: Verifier, digest: str) -> None:
 
 def fetch_raw(
     remote: Remote, descriptor: dict, root: Path, path: str, report: Report, parts: int = RANGE_PARTS
-) -> Path:
-    """One file whose blob is the file; returns its final path.
+) -> os.stat_result:
+    """One file whose blob is the file; the stat of the file now in place.
 
     A big one comes as ``parts`` ranges (one when other big files fill the connections:
-    each file then lands sequentially), resumed where a range broke off.
+    each file then lands sequentially), resumed where a range broke off. In one stream, a
+    partial file a killed pull left is hashed and continued from its end.
     """
     digest, size = descriptor["digest"], int(descriptor["size"])
     smallest_ranged = range_min()  # PIER_PULL_RANGE_MIN, as for image layers
     mode = layer_mode(descriptor) or 0o644
     mode = (mode | 0o644) & 0o755  # readable by its owner and the container; never setuid or world-writable
-    with PlacedFile(root, path, mode) as placed:
+    with PlacedFile(root, path, digest, mode) as placed:
         if size >= smallest_ranged and parts > 1:
             ranged = RangedBlob(
                 lambda headers: _open_range(remote, digest, headers),
@@ -115,10 +117,13 @@ def fetch_raw(
                 ranged.close()
             verifier = ranged.verifier
         else:
-            verifier = _sequential(remote, placed.fd, digest, size, report)
-        _check(verifier, digest)
-        placed.commit()
-    return root / path
+            verifier = _sequential(remote, placed, digest, size, report)
+        try:
+            _check(verifier, digest)
+        except FetchError:
+            placed.discard = True  # bad bytes: never resumed
+            raise
+        return placed.commit()
 
 
 @contextlib.contextmanager
@@ -139,10 +144,21 @@ class _Landing:
     """Where a sequential download stands: bytes hashed are bytes written, so a retry resumes
     with ``Range`` at ``written`` and the digest carries on where it was."""
 
-    def __init__(self, fd: int, digest: str, size: int, report: Report) -> None:
+    def __init__(self, fd: int, digest: str, size: int, report: Report, offset: int = 0) -> None:
         self.fd, self.digest, self.size, self.report = fd, digest, size, report
         self.verifier = Verifier(digest, size)
         self.written = 0
+        if 0 < offset <= size:  # a killed pull's bytes: hashed again, then continued after
+            while self.written < offset:
+                piece = os.pread(fd, min(CHUNK, offset - self.written), self.written)
+                if not piece:
+                    break
+                self.verifier.update(piece)
+                self.written += len(piece)
+        if self.written != offset:
+            self.verifier, self.written = Verifier(digest, size), 0
+        os.ftruncate(fd, self.written)
+        os.lseek(fd, self.written, os.SEEK_SET)
 
     def begin(self, status: int, content_range: str, length: int | None) -> None:
         """Check the answer to a (resumed) GET before its body is taken."""
@@ -167,16 +183,18 @@ class _Landing:
         self.report(self.written)
 
 
-def _sequential(remote: Remote, fd: int, digest: str, size: int, report: Report) -> Verifier:
+def _sequential(remote: Remote, placed: PlacedFile, digest: str, size: int, report: Report) -> Verifier:
     """The blob in one stream, hashed as it is written; a dropped connection resumes with
     ``Range`` at the byte it reached (a registry that ignores it sends the whole again).
 
     The body is read straight off the socket where ``raw_body`` can (a 1 MiB buffer, one
     copy per byte), else through httpx's pieces, joined into 1 MiB writes.
     """
-    landing = _Landing(fd, digest, size, report)
+    landing = _Landing(placed.fd, digest, size, report, placed.offset)
     failures = 0
     while True:
+        if size and landing.written == size:  # all there already (a pull killed before its rename)
+            return landing.verifier
         headers = {"Range": f"bytes={landing.written}-"} if landing.written else None
         try:
             raw = remote.raw_blob(digest, headers)
@@ -224,50 +242,53 @@ def _sync(directory_fd: int) -> None:
         os.sync()
 
 
-def fetch_tar(remote: Remote, descriptor: dict, root: Path, claimed: set[str], report: Report) -> list[Path]:
-    """A tar layer's files; each checked against ``claimed`` (paths other layers write) and added to it.
-
-    Entries land in a staging directory inside ``root`` under numbers, and are renamed to
-    their paths only once the whole layer has verified.
-    """
+def fetch_tar(remote: Remote, descriptor: dict, root: Path, claims: Claims, report: Report) -> list[Path]:
+    """A tar layer's files. Entries land in a staging folder inside ``root`` under numbers;
+    once the whole layer verified, its names are claimed (see ``Claims``) and renamed into
+    place. Decompressed bytes and entries are bounded as an image layer's are."""
     digest, size = descriptor["digest"], int(descriptor["size"])
     packing = packing_of(descriptor)
+    limits = UnpackLimits.from_env()
     staging = root / f".pier-staging-{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
     staging.mkdir(mode=0o700)
     staging_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     names: list[str] = []
+    unpacked = 0
     verifier = Verifier(digest, size)
+    what = f"layer {digest[:19]}"
     try:
         with remote.blob(digest) as response:
             if response.status_code != 200:
                 raise FetchError(f"blob {digest}: {error_message(response)}")
-            body = _Stream(response.iter_bytes(CHUNK), verifier, report)
+            body = _Stream(response.iter_bytes(), verifier, report)
             try:
                 with tarfile.open(fileobj=_decompressor(packing, body), mode="r|") as archive:
                     for count, member in enumerate(archive):
-                        if count >= MAX_TAR_ENTRIES:
-                            raise FetchError(f"blob {digest} has more than {MAX_TAR_ENTRIES} entries")
-                        name = check_path(member.name.removeprefix("./"), f"layer {digest[:19]}")
+                        if count >= min(MAX_TAR_ENTRIES, limits.max_layer_entries):
+                            raise FetchError(f"blob {digest} has more than {count} entries")
+                        relative = member.name.removeprefix("./").rstrip("/")
+                        if member.isdir() and relative in ("", "."):
+                            continue  # the archive's own root, as `tar -C dir .` writes it
+                        name = check_path(relative, what)
                         if member.isdir():
                             continue
                         if not member.isfile():
                             raise UnsafePath(
-                                f"layer {digest[:19]}: {name} is a link or device; "
-                                "artifact tars hold only files"
+                                f"{what}: {name} is a link or device; artifact tars hold only files"
                             )
-                        if name in claimed:
-                            raise UnsafePath(
-                                f"layer {digest[:19]} writes {name}, which another entry writes too"
+                        unpacked += member.size
+                        if unpacked > limits.max_layer_bytes:
+                            raise FetchError(
+                                f"blob {digest} unpacks to more than {limits.max_layer_bytes} bytes "
+                                "(PIER_UNPACK_MAX_LAYER_BYTES)"
                             )
-                        claimed.add(name)
                         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                        mode = (member.mode | 0o644) & 0o755
                         fd = os.open(str(len(names)), flags, 0o600, dir_fd=staging_fd)
                         try:
                             extracted = archive.extractfile(member)
                             while extracted is not None and (block := extracted.read(CHUNK)):
                                 os.write(fd, block)
-                            os.fchmod(fd, mode)
+                            os.fchmod(fd, (member.mode | 0o644) & 0o755)
                         finally:
                             os.close(fd)
                         names.append(name)
@@ -276,10 +297,16 @@ def fetch_tar(remote: Remote, descriptor: dict, root: Path, claimed: set[str], r
             while body.read(CHUNK):  # the tar's end padding: the digest covers it
                 pass
         _check(verifier, digest)
+        claims.claim(names, what)  # no entry twice, none over another's folder
         _sync(staging_fd)
         for number, name in enumerate(names):
             with directory_of(root, name) as (parent_fd, last):
-                os.rename(str(number), last, src_dir_fd=staging_fd, dst_dir_fd=parent_fd)
+                try:
+                    os.rename(str(number), last, src_dir_fd=staging_fd, dst_dir_fd=parent_fd)
+                except IsADirectoryError:
+                    raise UnsafePath(
+                        f"{name} in {root} is a directory: not replacing it with a file"
+                    ) from None
     finally:
         os.close(staging_fd)
         shutil.rmtree(staging, ignore_errors=True)

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ class FileIndex:
         self._added: dict[str, dict] = {}
         self._blobs: dict[str, list[str]] = {}  # digest -> "domain/repository" seen holding it
         self._seen: dict[str, list[str]] = {}
+        self._mutex = threading.Lock()  # pulls record from several threads, and save while they do
         self._load()
 
     def _load(self) -> None:
@@ -69,9 +71,10 @@ class FileIndex:
     def seen(self, digest: str, domain: str, repository: str) -> None:
         """Remember a repository that holds a blob: a push of it elsewhere on that registry mounts it."""
         place = f"{domain}/{repository}"
-        places = self._seen.setdefault(digest, [])
-        if place not in places:
-            places.append(place)
+        with self._mutex:
+            places = self._seen.setdefault(digest, [])
+            if place not in places:
+                places.append(place)
 
     def holders(self, digest: str, domain: str) -> list[str]:
         """Repositories of ``domain`` pier saw holding ``digest``, most recent first."""
@@ -99,7 +102,8 @@ class FileIndex:
         """``since``: when reading the bytes began; None for a file pier itself just wrote and verified."""
         if since is None:
             since = max(info.st_mtime_ns, info.st_ctime_ns) / 1e9 + COARSE_TICK
-        self._added[str(path)] = {"stat": stat_key(info), "digest": digest, "since": since}
+        with self._mutex:
+            self._added[str(path)] = {"stat": stat_key(info), "digest": digest, "since": since}
 
     def digest_of(self, path: Path) -> tuple[str, os.stat_result, bool]:
         """(digest, stat, whether it was hashed now): from the index when the stat matches, else hashed."""
@@ -123,21 +127,24 @@ class FileIndex:
         finally:
             os.close(fd)
 
-    def save(self) -> None:
-        """Merge this run's entries into the file; entries of files that no longer exist are dropped."""
-        if not self._added and not self._seen:
-            return
-        with self._locked():
-            self._load()
-            self._entries.update(self._added)
-            for name in [name for name in self._entries if not os.path.lexists(name)]:
-                del self._entries[name]
-            for digest, places in self._seen.items():
-                known = [p for p in self._blobs.get(digest) or [] if p not in places]
-                self._blobs[digest] = (known + places)[-MAX_HOLDERS:]
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            document = {"files": self._entries, "blobs": self._blobs}
-            temporary.write_text(json.dumps(document, separators=(",", ":")))
-            os.replace(temporary, self.path)
-        self._added.clear()
-        self._seen.clear()
+    def save(self, prune: bool = True) -> None:
+        """Merge this run's entries into the file (also midway through a pull, so a killed pull
+        keeps what it finished); ``prune`` drops entries of files that no longer exist."""
+        with self._mutex:
+            if not self._added and not self._seen:
+                return
+            with self._locked():
+                self._load()
+                self._entries.update(self._added)
+                if prune:
+                    for name in [name for name in self._entries if not os.path.lexists(name)]:
+                        del self._entries[name]
+                for digest, places in self._seen.items():
+                    known = [p for p in self._blobs.get(digest) or [] if p not in places]
+                    self._blobs[digest] = (known + places)[-MAX_HOLDERS:]
+                temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+                document = {"files": self._entries, "blobs": self._blobs}
+                temporary.write_text(json.dumps(document, separators=(",", ":")))
+                os.replace(temporary, self.path)
+            self._added.clear()
+            self._seen.clear()

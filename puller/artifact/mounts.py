@@ -24,7 +24,7 @@ from ..transfer.transport import Transport
 from ..unpack.layer_store import LayerStore
 from .fetch import fetch_raw, fetch_tar, packing_of
 from .modelpack import layer_path
-from .paths import UnsafePath
+from .paths import Claims, UnsafePath
 from .pull import ArtifactError, Resolved, artifact_paths, remember, resolve
 
 
@@ -73,11 +73,14 @@ class ImageMount:
                 raise MountError(f"-v {text!r}: an artifact is mounted read-only (ro), never rw")
             text = head
         source, sep, target = text.rpartition(":/")
-        # A bare word is docker's named volume, which pier does not have: not an artifact either.
-        if not sep or not any(ch in source for ch in "/:@"):
+        # Only a reference with its tag or digest is an artifact: ``data/models:/m`` is more
+        # likely a host path missing its ``./`` than docker.io/data/models, and pier has no
+        # named volumes either.
+        named = "@" in source or ":" in source.rsplit("/", 1)[-1]
+        if not sep or not named:
             raise MountError(
                 f"invalid -v {text!r}: use /host/path:/container/path[:ro], or an artifact "
-                "REPOSITORY[:TAG]:/path[:ro] (pier has no named volumes)"
+                "with its tag or digest, REPOSITORY:TAG:/path[:ro] (--mount type=image takes any)"
             )
         return cls(source, "/" + target)
 
@@ -104,7 +107,9 @@ def install_layers(
     """Every layer of the artifact in the layer store, fetched where missing; their keys, in order."""
     report = progress or (lambda *args: None)
     keys = []
-    for layer, path in artifact_paths(resolved.manifest):
+    pairs = artifact_paths(resolved.manifest)
+    claims = Claims(path for layer, path in pairs if packing_of(layer) == "raw")  # as a pull checks them
+    for layer, path in pairs:
         key = layer_key(layer, path)
         keys.append(key)
         if layers.has(key):
@@ -119,7 +124,7 @@ def install_layers(
             if packing_of(layer) == "raw":
                 fetch_raw(remote, layer, diff, path, moved)
                 return size, 1
-            written = fetch_tar(remote, layer, diff, set(), moved)
+            written = fetch_tar(remote, layer, diff, claims, moved)
             return sum(p.stat().st_size for p in written), len(written)
 
         layers.install(key, layer["digest"], populate)

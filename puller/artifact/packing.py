@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import PierError
 from . import modelpack
 from .file_index import FileIndex
-from .paths import UnsafePath, check_path, check_paths
+from .paths import PARTIAL_SUFFIX, UnsafePath, check_path, check_paths
 
 
 class PackError(PierError):
@@ -82,6 +82,8 @@ def _walk(root: Path, exclude: list[str]) -> list[tuple[str, Path, os.stat_resul
         for name in sorted(files):
             path = prefix + name
             if matches(path, exclude) or (not prefix and name == modelpack.METADATA_FILE):
+                continue
+            if name.endswith(PARTIAL_SUFFIX):  # a pull in progress, or one to resume: not the model's
                 continue
             full = Path(directory) / name
             info = full.lstat()
@@ -147,11 +149,22 @@ def scan_model(
         )
         layer.digest = index.lookup(full, info) or ""
         layers.append(layer)
-    for group, members in grouped.items():
-        if members:
-            layers.append(_group_layer(root, group, members, scratch))
-    check_paths(layer.path for layer in layers)
+    try:
+        for group, members in grouped.items():
+            if members:
+                layers.append(_group_layer(root, group, members, scratch))
+        check_paths(layer.path for layer in layers)
+    except BaseException:
+        discard(layers)
+        raise
     return sorted(layers, key=lambda layer: layer.path)
+
+
+def discard(layers: list[Layer]) -> None:
+    """Delete the tars written for a push (groups), once it is over or did not happen."""
+    for layer in layers:
+        if layer.temporary:
+            layer.source.unlink(missing_ok=True)
 
 
 def _group_layer(

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import os
 import stat
-import uuid
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -66,6 +68,36 @@ def check_paths(paths: Iterable[str], what: str = "artifact") -> None:
                 raise UnsafePath(f"{what} names {'/'.join(parts[:end])!r} as a file and as a directory")
 
 
+class Claims:
+    """The paths one artifact writes, and the folders above them, across all its layers.
+
+    Tar layers name their files only as they are read, in parallel: each layer claims its
+    names at once (under a lock) after it verified and before any is renamed into place, so
+    no two entries write one path and no file is also another's folder.
+    """
+
+    def __init__(self, files: Iterable[str] = ()) -> None:
+        self._files: set[str] = set()
+        self._folders: set[str] = set()
+        self._lock = threading.Lock()
+        self.claim(files, "the artifact")
+
+    def claim(self, paths: Iterable[str], what: str) -> None:
+        with self._lock:
+            for path in paths:
+                if path in self._files:
+                    raise UnsafePath(f"{what} writes {path[:200]!r}, which another entry writes too")
+                if path in self._folders:
+                    raise UnsafePath(f"{what} names {path[:200]!r} as a file and as a directory")
+                parts = path.split("/")
+                parents = ["/".join(parts[:end]) for end in range(1, len(parts))]
+                for parent in parents:
+                    if parent in self._files:
+                        raise UnsafePath(f"{what} names {parent[:200]!r} as a file and as a directory")
+                self._files.add(path)
+                self._folders.update(parents)
+
+
 def _open_directory(parent: int, name: str, create: bool) -> int:
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -102,28 +134,50 @@ def directory_of(root: Path, path: str) -> Iterator[tuple[int, str]]:
         os.close(fd)
 
 
-class PlacedFile:
-    """A file written under a temporary name beside its final one, renamed into place when verified."""
+class Busy(UnsafePath):
+    """Another pier process is writing the same file of the same blob right now."""
 
-    def __init__(self, root: Path, path: str, mode: int = 0o644) -> None:
+
+class PlacedFile:
+    """A file written under a temporary name beside its final one, renamed into place when verified.
+
+    The temporary name is fixed by the path and the blob (``.<hash>.pier-partial``), so a
+    pull that was killed leaves a partial file the next pull of the same blob picks up
+    (``offset``), and one that failed for good is overwritten, not left to pile up. A lock
+    on it keeps two processes from writing the same one.
+    """
+
+    def __init__(self, root: Path, path: str, digest: str, mode: int = 0o644) -> None:
         self.root, self.path, self.mode = root, path, mode
+        self.discard = False  # set when the bytes are known bad: removed, never resumed
         self._directory = directory_of(root, path)
         self.dir_fd, self.name = self._directory.__enter__()
-        self.partial = f".{self.name[:200]}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self.fd = os.open(self.partial, flags, 0o600, dir_fd=self.dir_fd)
+        key = hashlib.sha256(f"{path}\0{digest}".encode()).hexdigest()[:24]
+        self.partial = f".{key}{PARTIAL_SUFFIX}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.fd = os.open(self.partial, flags, 0o600, dir_fd=self.dir_fd)
+        except OSError:
+            self._directory.__exit__(None, None, None)
+            raise
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self._directory.__exit__(None, None, None)
+            raise Busy(f"another pier process is writing {path} in {root}") from None
+        self.offset = os.fstat(self.fd).st_size  # what a killed pull left
 
     @property
     def proc_path(self) -> Path:
         """The partial file, by a path that cannot be redirected (for code that takes a path)."""
         return Path(f"/proc/self/fd/{self.fd}")
 
-    def commit(self, mtime: float | None = None) -> None:
-        """fsync, set the mode, and rename over the final name (a symlink there is replaced, not followed)."""
+    def commit(self) -> os.stat_result:
+        """fsync, set the mode, and rename over the final name (a symlink there is replaced, not
+        followed); the stat of what is now under the final name, from the open file itself."""
         os.fsync(self.fd)
         os.fchmod(self.fd, self.mode)
-        if mtime is not None:
-            os.utime(self.fd, (mtime, mtime))
         try:
             existing = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -132,16 +186,18 @@ class PlacedFile:
             raise UnsafePath(f"{self.path} in {self.root} is a directory: not replacing it with a file")
         os.rename(self.partial, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         self.partial = ""
+        return os.fstat(self.fd)
 
     def close(self) -> None:
-        """Drop the partial file unless committed, and release the descriptors."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.partial:
+        """Release the descriptors; the partial file stays for a later pull unless it is bad or empty."""
+        empty = self.fd >= 0 and os.fstat(self.fd).st_size == 0
+        if self.partial and (self.discard or empty):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.partial, dir_fd=self.dir_fd)
-            self.partial = ""
+        self.partial = ""
+        if self.fd >= 0:
+            os.close(self.fd)  # and the lock with it
+            self.fd = -1
         self._directory.__exit__(None, None, None)
 
     def __enter__(self) -> PlacedFile:

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,11 +39,15 @@ from ..transfer.transport import (
 from .fetch import RANGE_PARTS, FetchError, check_layer_path, fetch_raw, fetch_tar, packing_of
 from .file_index import FileIndex
 from .packing import matches
-from .paths import UnsafePath, check_paths, stat_inside
+from .paths import Claims, UnsafePath, check_paths, stat_inside
 
 
 class ArtifactError(PierError):
     """An artifact that cannot be pulled or read; the message says why."""
+
+
+class Stopped(PierError):
+    """A download stopped because another failed (that one's error is the one reported)."""
 
 
 @dataclass
@@ -124,6 +128,12 @@ def remember(store: ContentStore, resolved: Resolved) -> None:
             store.set_ref(reference.name, reference.tag, resolved.index_digest or resolved.digest)
 
 
+def _save_every_second(index: FileIndex, stop: threading.Event) -> None:
+    """What a pull finished, written down as it goes: a killed pull does not fetch it again."""
+    while not stop.wait(1.0):
+        index.save(prune=False)
+
+
 def range_parts(domain: str, parallel: int, big_files: int) -> int:
     """Ranges per big file: enough to use ``parallel`` connections, no more.
 
@@ -150,7 +160,7 @@ def fetch_files(
     """Write the layers' files under ``target``; files the index shows in place are kept."""
     report = progress or (lambda *args: None)
     result = PulledFiles(Resolved(remote.reference, "", b"", {}, b""))
-    claimed = {path for layer, path in pairs if packing_of(layer) == "raw"}
+    claims = Claims(path for layer, path in pairs if packing_of(layer) == "raw")
     big = sum(1 for layer, _ in pairs if packing_of(layer) == "raw" and int(layer["size"]) >= range_min())
     parts = range_parts(remote.reference.domain, parallel, big)
     lock = threading.Lock()
@@ -168,13 +178,18 @@ def fetch_files(
                     result.present += size
                 return
         report(digest, "downloading", 0, size)
-        moved = lambda done: report(digest, "downloading", done, size)  # noqa: E731
+
+        def moved(done: int) -> None:
+            if stop.is_set():  # another file failed, or Ctrl-C: stop at the next MiB
+                raise Stopped(f"{path}: stopped")
+            report(digest, "downloading", done, size)
+
         try:
             if tar:
-                fetch_tar(remote, layer, target, claimed, moved)
+                fetch_tar(remote, layer, target, claims, moved)
             else:
-                fetch_raw(remote, layer, target, path, moved, parts)
-                index.record(final, final.lstat(), digest)  # pier wrote and verified it: trusted
+                placed = fetch_raw(remote, layer, target, path, moved, parts)
+                index.record(final, placed, digest)  # pier wrote and verified it: trusted
         except (RegistryRequestError, ConnectionLost) as exc:
             raise PullError(f"{path}: {exc}") from None
         index.seen(digest, remote.reference.domain, remote.reference.path)
@@ -185,18 +200,23 @@ def fetch_files(
 
     target.mkdir(parents=True, exist_ok=True)
     ordered = sorted(pairs, key=lambda pair: -int(pair[0]["size"]))
+    stop = threading.Event()
+    saver = threading.Thread(target=_save_every_second, args=(index, stop), name="index saver", daemon=True)
+    saver.start()
     try:
         with ThreadPoolExecutor(max(1, parallel)) as pool:
             jobs = [pool.submit(one, layer, path) for layer, path in ordered]
-            errors = []
-            for job in jobs:
-                try:
-                    job.result()
-                except BaseException as exc:
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
+            try:
+                for job in as_completed(jobs):
+                    job.result()  # the first failure stops the others
+            except BaseException:
+                stop.set()
+                for job in jobs:
+                    job.cancel()
+                raise
     finally:
+        stop.set()
+        saver.join()
         index.save()
     result.files.sort()
     return result

@@ -171,9 +171,6 @@ def push_artifact(
         raise PushError(str(exc)) from None
     finally:
         index.save()
-        for layer in layers:
-            if layer.temporary:
-                layer.source.unlink(missing_ok=True)
     return result
 
 

@@ -12,6 +12,7 @@ Anything else (a challenge, a redirect to object storage, an error) is answered
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import urllib.request
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 from ..text import printable
 
 MAX_HEAD = 64 * 1024
+DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() takes "²", which int() refuses
 HANDLED = (200, 206)
 
 
@@ -87,7 +89,7 @@ def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes] | None:
     head, _, rest = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not DIGITS.fullmatch(parts[1]):
         return None
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -115,9 +117,25 @@ def open_raw(
     except OSError:
         return None
     try:
-        if url.scheme == "https":
+        return _exchange(sock, url.scheme == "https", host, url.netloc, path, headers, context)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _exchange(
+    sock: socket.socket,
+    tls: bool,
+    host: str,
+    netloc: str,
+    path: str,
+    headers: dict[str, str],
+    context: ssl.SSLContext,
+) -> RawResponse | None:
+    try:
+        if tls:
             sock = context.wrap_socket(sock, server_hostname=host)
-        authority = url.netloc.rsplit("@", 1)[-1]
+        authority = netloc.rsplit("@", 1)[-1]
         lines = [
             f"GET {path} HTTP/1.1",
             f"Host: {authority}",
@@ -136,7 +154,7 @@ def open_raw(
     status, response_headers, start = answer
     plain = (
         status in HANDLED
-        and response_headers.get("content-length", "").isdigit()
+        and DIGITS.fullmatch(response_headers.get("content-length", "")) is not None
         and response_headers.get("transfer-encoding", "identity").lower() == "identity"
         and response_headers.get("content-encoding", "identity").lower() == "identity"
     )
