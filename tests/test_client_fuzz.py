@@ -33,7 +33,7 @@ from .scripted import Answer, Request, ScriptedServer
 
 pytestmark = pytest.mark.slow  # hypothesis against real servers
 
-EXAMPLES = int(os.environ.get("PIER_FUZZ_EXAMPLES") or 60)  # per run (the suite's 15 minutes); more for a long hunt
+EXAMPLES = int(os.environ.get("PIER_FUZZ_EXAMPLES") or 60)  # per run, for the 15 minutes; more for a hunt
 MAX_DELAY = 30.0  # the longest Retry-After the client may honour
 
 
