@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -450,6 +451,14 @@ def test_without_the_raw_path_httpx_resumes_the_same_way(registry, tmp_path, mon
     assert proxy.ranges[0] is None and proxy.ranges[1] is not None and len(proxy.ranges) == 2
 
 
+def _size(path: Path) -> int:
+    """A file's size, 0 once it is gone (a partial file renamed into place meanwhile)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_a_killed_pull_resumes_inside_the_file_it_was_writing(registry, tmp_path) -> None:
     model = make_model(tmp_path / "model", weight_size=6 << 20)
     assert (
@@ -464,14 +473,15 @@ def test_a_killed_pull_resumes_inside_the_file_it_was_writing(registry, tmp_path
         if layer["annotations"]["org.cncf.model.filepath"] == "model-00001.safetensors"
     )
     out, home = tmp_path / "out", tmp_path / "pull-home"
-    stalling = CuttingProxy(registry.url, weight["digest"], (3 << 20) + 5, stall=True)
+    # Past 4 MiB: the other weights file is 3 MiB, so only this one's partial file gets there.
+    stalling = CuttingProxy(registry.url, weight["digest"], (4 << 20) + 5, stall=True)
     command = [sys.executable, "-m", "puller", "model", "pull", f"{stalling.host}/models/killed:v1", str(out)]
     process = subprocess.Popen(command, env={**os.environ, "PIER_HOME": str(home)}, stderr=subprocess.PIPE)
     try:
         partial = wait_until(
-            lambda: next((p for p in out.glob(".*.pier-partial") if p.stat().st_size >= 3 << 20), None),
+            lambda: next((p for p in out.glob(".*.pier-partial") if _size(p) >= 4 << 20), None),
             timeout=30,
-            what="3 MiB of the weights in their partial file",
+            what="4 MiB of the weights in their partial file",
         )
         index = home / "artifacts" / "file-index.json"  # written down every second while pulling
         wait_until(
