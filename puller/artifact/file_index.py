@@ -27,6 +27,7 @@ COARSE_TICK = 2.0  # FAT keeps 2 s, ext3 1 s
 FINE_TICK = 0.05  # ext4, xfs, btrfs: the kernel's coarse clock, a few ms
 HASH_BLOCK = 4 << 20
 MAX_HOLDERS = 8
+MAX_BLOBS = 50_000  # digests whose holders are remembered, the most recently seen
 
 
 def stat_key(info: os.stat_result) -> list[int]:
@@ -140,8 +141,10 @@ class FileIndex:
                     for name in [name for name in self._entries if not os.path.lexists(name)]:
                         del self._entries[name]
                 for digest, places in self._seen.items():
-                    known = [p for p in self._blobs.get(digest) or [] if p not in places]
-                    self._blobs[digest] = (known + places)[-MAX_HOLDERS:]
+                    known = [p for p in self._blobs.pop(digest, None) or [] if p not in places]
+                    self._blobs[digest] = (known + places)[-MAX_HOLDERS:]  # popped first: now the newest
+                for digest in list(self._blobs)[: max(0, len(self._blobs) - MAX_BLOBS)]:
+                    del self._blobs[digest]  # the oldest seen: a mount is an optimisation, not a record
                 temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
                 document = {"files": self._entries, "blobs": self._blobs}
                 temporary.write_text(json.dumps(document, separators=(",", ":")))
