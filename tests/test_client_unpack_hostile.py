@@ -280,3 +280,16 @@ def test_an_earlier_layers_symlink_never_leads_out(sandbox, lower, upper, refuse
     else:
         apply(rootfs, layer(upper))
     assert untouched(outside) == before
+
+
+def test_a_time_beyond_what_the_platform_holds_is_clamped_not_a_crash(tmp_path) -> None:
+    """Found by the fuzzer: a header byte set to 0xff makes an mtime no time_t holds."""
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    folder, data = entry("far", tarfile.DIRTYPE, mode=0o755), entry("far/future.bin")
+    folder.mtime = data.mtime = 8**30  # base-256 in the header: ~1.2e27 seconds
+    data.size = 3
+    apply(rootfs, [(folder, None), (data, b"abc")])
+    assert (rootfs / "far" / "future.bin").read_bytes() == b"abc"
+    # Clamped to the year 9999, then to what the file system keeps (ext4: the year 2446).
+    assert (rootfs / "far" / "future.bin").stat().st_mtime > 4_102_444_800  # after 2100

@@ -40,6 +40,7 @@ from oci.verify import Verifier, VerifyError
 from ..errors import PierError
 from .limits import UnpackBudget, UnpackLimits
 
+MIN_MTIME, MAX_MTIME = -(2**31), 253_402_300_799  # 1901 .. 9999-12-31T23:59:59Z
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 # Overlayfs reads trusted.* as root; unprivileged mounts (``userxattr``) read user.* instead.
@@ -262,6 +263,8 @@ class LayerApplier:
         self.parents.clear()
 
     def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        # A damaged or hostile header can hold any number (base-256): utime takes what time_t does.
+        member.mtime = min(max(member.mtime, MIN_MTIME), MAX_MTIME)
         parts = _clean_name(self.layer, member.name)
         if parts is None:
             return  # "./" itself: the rootfs's own metadata is not taken from layers
