@@ -156,44 +156,32 @@ class LayerStore:
         Both digests are checked before the layer becomes visible: a mismatch, a hostile
         entry, a full disk or an interruption leaves no trace in the store.
         """
-        with self.locked(diff_id):
-            if self.has(diff_id):
-                return False
-            name = _name(diff_id)
-            for dead in self.root.glob(f".unpacking-{name}-*"):  # its unpacker held this lock: killed
-                force_rmtree(dead)
-            temporary = self.root / f".unpacking-{name}-{uuid.uuid4().hex}"
-            try:
-                temporary.mkdir()
-                budget = UnpackBudget(limits if limits is not None else UnpackLimits.from_env(), self.root)
-                size = apply_layer(
-                    temporary / "diff",
-                    cast(BinaryIO, stream),  # read() is all apply_layer uses
-                    media_type,
-                    blob_digest,
-                    budget,
-                    overlay=True,
-                    diff_id=diff_id,
-                )
-                stream.finish(blob_digest)
-                entries = budget.layer_entries
-                info = LayerInfo(diff_id, size, entries, blob_digest, time.time())
-                (temporary / "layer.json").write_text(json.dumps(info.__dict__))
-                os.rename(temporary, self.directory(diff_id))
-            except BaseException:
-                force_rmtree(temporary)
-                raise
-        return True
+
+        def populate(diff: Path) -> tuple[int, int]:
+            budget = UnpackBudget(limits if limits is not None else UnpackLimits.from_env(), self.root)
+            size = apply_layer(
+                diff,
+                cast(BinaryIO, stream),  # read() is all apply_layer uses
+                media_type,
+                blob_digest,
+                budget,
+                overlay=True,
+                diff_id=diff_id,
+            )
+            stream.finish(blob_digest)
+            return size, budget.layer_entries
+
+        return self.install(diff_id, blob_digest, populate)
 
     def install(self, diff_id: str, blob_digest: str, populate: Callable[[Path], tuple[int, int]]) -> bool:
         """A layer whose files ``populate(diff_directory)`` writes (and verifies), returning
-        (bytes, entries); False when it was there already. The same lock and temporary name as
-        ``unpack``: a failed or killed populate leaves nothing that looks like a layer."""
+        (bytes, entries); False when it was there already. Under the layer's lock and a
+        temporary name: a failed or killed populate leaves nothing that looks like a layer."""
         with self.locked(diff_id):
             if self.has(diff_id):
                 return False
             name = _name(diff_id)
-            for dead in self.root.glob(f".unpacking-{name}-*"):
+            for dead in self.root.glob(f".unpacking-{name}-*"):  # its writer held this lock: killed
                 force_rmtree(dead)
             temporary = self.root / f".unpacking-{name}-{uuid.uuid4().hex}"
             try:
