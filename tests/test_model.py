@@ -365,20 +365,20 @@ class CuttingProxy:
         self.server.server_close()
 
 
-def test_a_dropped_connection_resumes_where_it_broke_off(registry, tmp_path) -> None:
-    model = make_model(tmp_path / "model", weight_size=6 << 20)
-    assert (
-        run_pier(
-            tmp_path / "home", "model", "push", f"{registry.host}/models/dropped:v1", str(model)
-        ).returncode
-        == 0
-    )
-    manifest = manifest_of(registry, "models/dropped", "v1")
-    weight = next(
+def pushed_weights(registry, tmp_path: Path, repository: str, model: Path) -> dict:
+    """Push ``model`` as ``repository:v1``; the descriptor of its first weights file."""
+    pushed = run_pier(tmp_path / "home", "model", "push", f"{registry.host}/{repository}:v1", str(model))
+    assert pushed.returncode == 0, pushed.stderr
+    return next(
         layer
-        for layer in manifest["layers"]
+        for layer in manifest_of(registry, repository, "v1")["layers"]
         if layer["annotations"]["org.cncf.model.filepath"] == "model-00001.safetensors"
     )
+
+
+def test_a_dropped_connection_resumes_where_it_broke_off(registry, tmp_path) -> None:
+    model = make_model(tmp_path / "model", weight_size=6 << 20)
+    weight = pushed_weights(registry, tmp_path, "models/dropped", model)
     cut = (2 << 20) + 12345
     proxy = CuttingProxy(registry.url, weight["digest"], cut)
     try:
@@ -426,17 +426,7 @@ def test_without_the_raw_path_httpx_resumes_the_same_way(registry, tmp_path, mon
     from puller.transfer.transport import Transport
 
     model = make_model(tmp_path / "model", weight_size=3 << 20)
-    assert (
-        run_pier(
-            tmp_path / "home", "model", "push", f"{registry.host}/models/httpx:v1", str(model)
-        ).returncode
-        == 0
-    )
-    weight = next(
-        layer
-        for layer in manifest_of(registry, "models/httpx", "v1")["layers"]
-        if layer["annotations"]["org.cncf.model.filepath"] == "model-00001.safetensors"
-    )
+    weight = pushed_weights(registry, tmp_path, "models/httpx", model)
     proxy = CuttingProxy(registry.url, weight["digest"], (1 << 20) + 99)
     monkeypatch.setattr(Remote, "raw_blob", lambda self, digest, headers=None: None)
     transport = Transport(proxy.host)
@@ -461,17 +451,7 @@ def _size(path: Path) -> int:
 
 def test_a_killed_pull_resumes_inside_the_file_it_was_writing(registry, tmp_path) -> None:
     model = make_model(tmp_path / "model", weight_size=6 << 20)
-    assert (
-        run_pier(
-            tmp_path / "home", "model", "push", f"{registry.host}/models/killed:v1", str(model)
-        ).returncode
-        == 0
-    )
-    weight = next(
-        layer
-        for layer in manifest_of(registry, "models/killed", "v1")["layers"]
-        if layer["annotations"]["org.cncf.model.filepath"] == "model-00001.safetensors"
-    )
+    weight = pushed_weights(registry, tmp_path, "models/killed", model)
     out, home = tmp_path / "out", tmp_path / "pull-home"
     # Past 4 MiB: the other weights file is 3 MiB, so only this one's partial file gets there.
     stalling = CuttingProxy(registry.url, weight["digest"], (4 << 20) + 5, stall=True)
