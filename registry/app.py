@@ -20,8 +20,11 @@ from starlette.types import Message, Receive, Scope, Send
 from storage_backends import StorageDriver, StorageFull
 
 from .access import build as build_security
+from .auth import parse_basic
 from .config import Settings
 from .errors import RegistryError
+from .governance.policy import parse_policies
+from .governance.service import Governance
 from .http import API_VERSION_HEADER, empty_response, error_response
 from .instrumented import InstrumentedDriver
 from .limits import InflightLimiter, client_key
@@ -75,8 +78,18 @@ class RegistryApp:
             mirror=self._mirror(settings, store),
             metrics=self.metrics,
             token_server=self.token_server,
+            governance=Governance(
+                store,
+                parse_policies(settings.quotas, settings.retention, settings.immutable_tags, settings.admins),
+                audit=settings.audit,
+                index_refresh=settings.index_refresh,
+                pull_stats_interval=settings.pull_stats_interval,
+                retention_interval=settings.retention_interval,
+            ),
             space=SpaceWatch(),
         )
+        self.governance = self.services.governance
+        self.services.uploads.admit = self.governance.admit_blob
         self.store, self.uploads, self.notifier = store, self.services.uploads, self.services.notifier
         self.mirror, self.space = self.services.mirror, self.services.space
         if self.mirror is not None:
@@ -251,15 +264,41 @@ class RegistryApp:
             if key == b"authorization":
                 authorization = value.decode("latin-1")
                 break
-        caller = await self.auth.identify(authorization, lambda: base_url(request))
+        try:
+            caller = await self.auth.identify(authorization, lambda: base_url(request))
+        except RegistryError as error:
+            if authorization and error.code == "UNAUTHORIZED":
+                await self._login_failed(request, authorization, error)
+            raise
         request.scope["pier.caller"] = caller
         if action == "base":
             self.auth.check_base(caller)
+        elif action == "admin":
+            self.auth.check_base(caller)  # anonymous: asked to log in
+            if not self.governance.is_admin(caller.account):
+                raise RegistryError("DENIED", f"{caller.account} is not an admin of this registry")
         elif action == "catalog":
             self.auth.check_catalog(caller)
         else:
             assert name is not None, f"{action} needs a repository"
             self.auth.authorize(caller, name, NEEDED[action])
+
+    async def _login_failed(self, request: Request, authorization: str, error: RegistryError) -> None:
+        """Failed logins go to the audit log, with the user they claimed to be."""
+        user = ""
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "basic":
+            with contextlib.suppress(ValueError):
+                user = parse_basic(value)[0]
+        client = request.scope.get("client")
+        await self.governance.audit.record(
+            "login-failed",
+            request.scope.get("pier.repository", ""),
+            user=user,
+            addr=client[0] if client else "",
+            detail=str(error.detail or error.message)[:200],
+            request_id=request.scope.get("pier.request_id", ""),
+        )
 
     def _admit(self, scope: Scope) -> None:
         """Take a place of the caller's own (known once authorized) and one of the process's
@@ -283,6 +322,7 @@ class RegistryApp:
                 if self.mirror is not None and self.mirror.cache_size:
                     self._evicter = asyncio.create_task(self.mirror.evict_forever())
                 self.notifier.start()
+                self.governance.start()
                 if self.access_log is not None:
                     self._flusher = asyncio.create_task(self.access_log.flush_forever())
                 await send({"type": "lifespan.startup.complete"})
@@ -295,6 +335,7 @@ class RegistryApp:
                 if self.mirror is not None:
                     await self.mirror.close()
                 await self.notifier.close()
+                await self.governance.close()
                 await self.store.driver.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

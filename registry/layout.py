@@ -39,6 +39,14 @@
                                                    sort in arrival order)
     _events/<endpoint>.lease                       which replica delivers <endpoint>'s events, and
                                                    until when (JSON)
+    _audit/<day>/<batch>                           the audit log: who pushed, moved, deleted, failed
+                                                   to log in, and what policies did (JSON lines;
+                                                   <day>: YYYY-MM-DD in UTC, <batch>: time_ns-random)
+    _stats/pulls/<process>                         pull counts and last pulls per tag and digest,
+                                                   cumulative, written every few seconds by each
+                                                   server process (JSON); readers add them up
+    _retention/last-run                            when a scheduled retention run last started
+                                                   (JSON), so replicas take turns
 
 A repository exists once it has a ``_manifests`` or ``_layers`` folder; the folders of its
 name's components hold no ``_`` names of their own. Every file is written atomically by the
@@ -69,6 +77,9 @@ HEALTH_PROBE = "_health/probe"  # written by a mirror's readiness check: its cac
 SPACE_PROBE = "_health/space"  # written by /readyz after a write failed for lack of space
 QUARANTINE = "_quarantine"
 EVENTS = "_events"
+AUDIT = "_audit"
+PULL_STATS = "_stats/pulls"
+RETENTION_LAST_RUN = "_retention/last-run"
 # What makes a folder under repositories/ a repository rather than a prefix of other names.
 REPOSITORY_MARKERS = ("_manifests", "_layers")
 # A doomed marker older than this is a leftover of a crashed GC: servers ignore it, GC removes it.
@@ -135,6 +146,12 @@ def referrers_dir(name: str, subject: Digest) -> str:
 
 def referrer_entry(name: str, subject: Digest, referrer: Digest) -> str:
     return f"{referrers_dir(name, subject)}/{referrer.algorithm}-{referrer.hex}"
+
+
+def repository_contents(name: str) -> list[str]:
+    """The folders that make ``name`` a repository: deleting them deletes it, and nothing of
+    the repositories nested under its name, nor its open upload sessions."""
+    return [f"{REPOSITORIES}/{name}/{part}" for part in (*REPOSITORY_MARKERS, "_referrers", "_pulled")]
 
 
 def child(folder: str, entry: str) -> str:
@@ -219,6 +236,18 @@ def event_batch(endpoint: str, batch: str) -> str:
 
 def event_lease(endpoint: str) -> str:
     return f"{EVENTS}/{endpoint}.lease"
+
+
+def audit_day(day: str) -> str:
+    return f"{AUDIT}/{day}"
+
+
+def audit_batch(day: str, batch: str) -> str:
+    return f"{AUDIT}/{day}/{batch}"
+
+
+def pull_stats(process: str) -> str:
+    return f"{PULL_STATS}/{process}"
 
 
 # -- repositories, as their folders list ------------------------------------------------

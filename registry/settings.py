@@ -356,6 +356,75 @@ class Settings:
         doc_default="`0` (no limit)",
     )
 
+    ui: bool = setting(
+        BOOLEAN,
+        True,
+        "serve the web UI at /ui",
+        doc="serve the web UI at `/ui` (see [Web UI](#web-ui-and-team-governance))",
+    )
+    ui_session_key: str = setting(
+        TEXT,
+        "",
+        "file holding the secret that signs web UI sessions (replicas must share it)",
+        doc="file holding the secret that signs web UI sessions; replicas behind one address must share it",
+        placeholder="FILE",
+        doc_default="(a random key per process: sessions end on restart)",
+    )
+    admins: str = setting(
+        COMMA_LIST,
+        "",
+        "users who may read the audit log, run retention and override immutable tags",
+        doc="users who may read the audit log, run retention and override immutable tags "
+        "(on an open registry, everyone)",
+        placeholder="USER[,USER]",
+    )
+    quotas: str = setting(
+        JSON_TEXT,
+        "",
+        "storage quotas per namespace or repository as a JSON list (in a config file: [[quotas]] tables)",
+        doc="bytes per namespace or repository: `[[quotas]]` tables in the file, a JSON list otherwise",
+    )
+    retention: str = setting(
+        JSON_TEXT,
+        "",
+        "retention rules as a JSON list (in a config file: [[retention]] tables)",
+        doc="what tags and untagged manifests may go: `[[retention]]` tables in the file, "
+        "a JSON list otherwise",
+    )
+    retention_interval: float = setting(
+        DURATION,
+        0.0,
+        "run the retention rules this often (0: only on demand, pier retention)",
+        doc="run the retention rules this often, on one replica at a time",
+        doc_default="`0` (only on demand: `pier retention`)",
+    )
+    immutable_tags: str = setting(
+        COMMA_LIST,
+        "",
+        "tags that may never move: TAG or REPOSITORY:TAG globs, e.g. v*,team-a/*:release-*",
+        doc="tags that may never be moved, and deleted only by an admin: `TAG` or `REPOSITORY:TAG` globs",
+        placeholder="[REPO:]TAG",
+    )
+    audit: bool = setting(
+        BOOLEAN,
+        True,
+        "keep an audit log of pushes, tag moves, deletes, failed logins and policy actions",
+        doc="record pushes, tag moves, deletes, failed logins and policy actions in storage",
+    )
+    index_refresh: float = setting(
+        DURATION,
+        60.0,
+        "re-read the store for the web UI and quota usage this often",
+        doc="the web UI's index of repositories and tags is read again from storage this often "
+        "(this process's own changes show at once)",
+    )
+    pull_stats_interval: float = setting(
+        DURATION,
+        10.0,
+        "write pull counts to storage this often",
+        doc="pull counts and last-pulled times are written to storage this often, in one file per process",
+    )
+
     @property
     def host(self) -> str:
         return split_addr(self.addr)[0]

@@ -297,6 +297,11 @@ class RegistryStore:
             await self.driver.delete(layout.referrer_entry(name, subject.digest, record.digest))
         await self.driver.delete(layout.revision_dir(name, record.digest))
 
+    async def delete_repository(self, name: str) -> None:
+        """Its manifests and tags first, so a reader never sees tags without their manifests."""
+        for folder in reversed(layout.repository_contents(name)):
+            await self.driver.delete(folder)
+
     async def tag_age(self, name: str, tag: str) -> float | None:
         """Seconds since the tag was last written (a mirror: last checked upstream)."""
         try:

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from oci.verify import Verifier, VerifyError
@@ -103,6 +103,8 @@ class Uploads:
         self.max_blob_size = max_blob_size
         self.session_timeout = session_timeout
         self._hashes = _HashCache()
+        # Asked before a blob is linked into a repository (quotas); raises to refuse it.
+        self.admit: Callable[[str, Digest, int], Awaitable[None]] | None = None
         # The store's open sessions as last walked, plus this process's opens and closes since:
         # the store-wide cap costs at most one walk of every marker a second.
         self._total = 0
@@ -353,6 +355,13 @@ class Uploads:
                     "BLOB_UPLOAD_INVALID",
                     f"storage holds {stored} bytes of the upload, {writer.size} were received",
                 )
+            if self.admit is not None:
+                try:
+                    await self.admit(session.name, digest, stored)
+                except RegistryError:
+                    await writer.commit()
+                    await self.cancel_id(session.id, session.name, session.client)
+                    raise
             if await self.store.has_content(digest, stored):
                 await self.driver.delete(layout.upload_data(session.id))
             else:
@@ -376,6 +385,8 @@ class Uploads:
     ) -> None:
         """``POST ?digest=``: stream straight to the blob's place, visible only if it verifies."""
         verifier = Verifier(digest)
+        if self.admit is not None and content_length is not None:
+            await self.admit(name, digest, content_length)  # before the body: refuse early
         # Skipped only when a file of the announced size is there: a short one is replaced.
         exists = content_length is not None and await self.store.has_content(digest, content_length)
         writer = None if exists else await self.driver.writer(layout.blob_data(digest), size=content_length)
@@ -397,6 +408,8 @@ class Uploads:
             except VerifyError as exc:
                 detail = f"uploaded content has digest {exc.actual}, not {digest}"
                 raise RegistryError("DIGEST_INVALID", detail) from None
+            if self.admit is not None:
+                await self.admit(name, digest, received)
         except RegistryError:
             if writer is not None:
                 await writer.cancel()

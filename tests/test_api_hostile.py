@@ -65,7 +65,10 @@ async def test_traversal_through_encoded_paths_is_impossible(registry, client: h
         status, reply = raw_request(registry.port, path.encode())
         assert status in (400, 404), (path, reply[:200])
     assert not (registry.root.parent / "etc").exists()
-    assert all(path.startswith(("blobs/", "repositories/", "_uploads/")) for path in registry.storage.files())
+    assert all(
+        path.startswith(("blobs/", "repositories/", "_uploads/", "_audit/", "_stats/"))
+        for path in registry.storage.files()
+    )
 
 
 async def test_longest_valid_name_works(client: httpx.AsyncClient) -> None:

@@ -27,7 +27,7 @@ def example_path(template: str) -> str:
 
 
 def test_every_route_names_an_allowed_action() -> None:
-    assert {"pull", "push", "delete", "catalog", "base", "token", "operations"} == ACTIONS
+    assert {"pull", "push", "delete", "catalog", "base", "admin", "token", "operations"} == ACTIONS
     for route in ROUTES:
         assert route.methods, route.template
         for method, endpoint in route.methods.items():

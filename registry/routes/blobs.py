@@ -76,5 +76,6 @@ async def _mirror_blob(services: Services, request: Request, route: Route, diges
 async def delete_blob(services: Services, request: Request, name: str, digest: str) -> Response:
     services.check_delete()
     await services.store.delete_blob(name, Digest.parse(digest))
+    await services.governance.deleted(services.actor(request), name, digest, kind="blob")
     await services.notify(request, "delete", name, {"digest": digest})
     return empty_response(202, {})

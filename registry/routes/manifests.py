@@ -6,9 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import RegistryError
+from ..governance.service import OVERRIDE, QuotaExceeded
 from ..http import RawResponse, empty_response, read_limited
 from ..manifests import MANIFEST_TYPES
-from ..references import is_digest, lookup_reference
+from ..references import Digest, is_digest, lookup_reference, validate_tag
 from .services import Services, manifest_target, tag_of
 
 MAX_TAGS_PER_PUT = 100
@@ -23,6 +24,8 @@ async def get_manifest(services: Services, request: Request, name: str, referenc
             await services.mirror.manifest(route, reference)
             name = route.local
     record = await services.store.resolve(name, reference)
+    if request.method == "GET" or not is_digest(reference):  # docker pulls a tag by HEAD, then GET
+        services.governance.pulls.pulled(name, reference)
     if route is not None:
         assert services.mirror is not None
         await services.mirror.pulled(route, record.digest)
@@ -53,9 +56,22 @@ async def put_manifest(services: Services, request: Request, name: str, referenc
     tags = request.query_params.getlist("tag")
     if len(tags) > MAX_TAGS_PER_PUT:
         raise RegistryError("TAG_INVALID", f"at most {MAX_TAGS_PER_PUT} tag parameters per request")
+    governance, actor = services.governance, services.actor(request)
+    every_tag = tags if is_digest(reference) else [reference, *tags]
+    for tag in every_tag:
+        validate_tag(tag)  # before any is looked up
+    expected = Digest.parse(reference) if is_digest(reference) else Digest.of(body)
+    previous = await governance.check_tags(actor, name, every_tag, expected)
+    try:
+        await governance.admit_blob(name, expected, len(body))
+    except QuotaExceeded as exc:
+        await governance.quota_denied(actor, exc)
+        raise
     digest, manifest = await services.store.put_manifest(
         name, reference, body, request.headers.get("content-type"), tags
     )
+    governance.index.pushed(name, digest, len(body), every_tag, [d.digest for d in manifest.blobs])
+    await governance.pushed(actor, name, digest, every_tag, previous)
     target = manifest_target(manifest.media_type, str(digest), len(body))
     for tag in ([] if is_digest(reference) else [reference]) + tags or [""]:
         await services.notify(request, "push", name, {**target, **({"tag": tag} if tag else {})})
@@ -72,7 +88,11 @@ async def put_manifest(services: Services, request: Request, name: str, referenc
 async def delete_manifest(services: Services, request: Request, name: str, reference: str) -> Response:
     services.check_delete()
     lookup_reference(reference)
+    actor = services.actor(request)
+    override = request.query_params.get("override") == OVERRIDE
+    await services.governance.check_delete(actor, name, reference, override)
     await services.store.delete_manifest(name, reference)
+    await services.governance.deleted(actor, name, reference)
     target: dict[str, object] = {"digest": reference} if is_digest(reference) else {**tag_of(reference)}
     await services.notify(request, "delete", name, target)
     return empty_response(202, {})

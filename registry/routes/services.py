@@ -15,6 +15,7 @@ from starlette.requests import Request
 from ..auth import ACTION_ORDER, ANONYMOUS, Access, Caller
 from ..config import Settings
 from ..errors import RegistryError
+from ..governance.service import Actor, Governance
 from ..manifests import MANIFEST_TYPES
 from ..metrics import Metrics
 from ..notifications import Notifier
@@ -41,12 +42,39 @@ class Services:
     mirror: Mirror | None
     metrics: Metrics | None
     token_server: TokenServer | None  # serves /auth/token when token_key is set
+    governance: Governance
     space: SpaceWatch = field(default_factory=SpaceWatch)  # a write failed for lack of space
     draining: bool = False  # set on SIGTERM: /readyz fails so balancers stop sending work
 
     def caller(self, request: Request) -> Caller:
         caller: Caller | None = request.scope.get("pier.caller")
         return caller or Caller(ANONYMOUS)
+
+    def actor(self, request: Request) -> Actor:
+        """The caller as the audit log records it."""
+        client = request.scope.get("client")
+        account = self.caller(request).account
+        return Actor(
+            "" if account == ANONYMOUS else account,
+            client[0] if client else "",
+            request.scope.get("pier.request_id", ""),
+        )
+
+    def allowed(self, account: str, name: str) -> frozenset[str]:
+        """What ``account`` may do in repository ``name``, by the ACL: for the web UI, whose
+        sessions carry a user name, not a token."""
+        if self.auth is None:
+            return frozenset(ACTION_ORDER)
+        acl = self.auth.acl
+        return acl.allowed(account, name) if acl is not None else frozenset()
+
+    async def login(self, user: str, password: str) -> bool:
+        """The registry's own users (htpasswd), for the web UI's login form."""
+        logins = getattr(self.auth, "logins", None) or getattr(self.token_server, "logins", None)
+        return logins is not None and await logins.check(user, password)
+
+    def is_admin(self, account: str) -> bool:
+        return self.auth is None or self.governance.is_admin(account)
 
     def may_pull(self, request: Request, name: str) -> bool:
         return self.auth is None or self.auth.may_pull(self.caller(request), name)

@@ -4,7 +4,8 @@ the docs (``python -m registry.routes``) are all read from it, so none can drift
 
 Actions: ``pull``, ``push`` and ``delete`` on the repository in the path; ``catalog`` (anyone may
 ask, the listing shows only what the caller may pull); ``base`` (any authenticated caller: the
-``/v2/`` probe); ``token`` (the token server checks its own credentials); ``operations`` (health,
+``/v2/`` probe, quota usage); ``admin`` (the ``admins`` setting's users: the audit log,
+retention); ``token`` (the token server checks its own credentials); ``operations`` (health,
 readiness and metrics: never authenticated, never limited). A method missing from a route is 405.
 """
 
@@ -16,9 +17,9 @@ from typing import Any, Literal
 
 from starlette.responses import Response
 
-from . import base, blobs, catalog, health, manifests, referrers, tags, token, uploads
+from . import base, blobs, catalog, governance, health, manifests, referrers, tags, token, uploads
 
-Action = Literal["pull", "push", "delete", "catalog", "base", "token", "operations"]
+Action = Literal["pull", "push", "delete", "catalog", "base", "admin", "token", "operations"]
 ACTIONS: frozenset[str] = frozenset(Action.__args__)  # type: ignore[attr-defined]  # Literal's members
 REPOSITORY_ACTIONS = frozenset({"pull", "push", "delete"})
 Handler = Callable[..., Awaitable[Response]]  # (services, request, **the template's parameters)
@@ -91,6 +92,26 @@ ROUTES: tuple[Route, ...] = (
         "/v2/{name}/referrers/{digest}",
         {"GET": Endpoint(referrers.list_referrers, "pull")},
         "manifests whose subject is the digest (?artifactType=)",
+    ),
+    Route(
+        "/v2/{name}/_pier/repository",
+        {"DELETE": Endpoint(governance.delete_repository, "delete")},
+        "delete a repository: all its tags and manifests (GC then frees the blobs)",
+    ),
+    Route(
+        "/v2/_pier/usage",
+        {"GET": Endpoint(governance.usage, "base")},
+        "storage used and quotas, per namespace",
+    ),
+    Route(
+        "/v2/_pier/audit",
+        {"GET": Endpoint(governance.audit, "admin")},
+        "the audit log (?repository=&user=&action=&since=&limit=&format=jsonl)",
+    ),
+    Route(
+        "/v2/_pier/retention",
+        {"GET": Endpoint(governance.retention, "admin"), "POST": Endpoint(governance.retention, "admin")},
+        "retention: GET lists what the rules would delete (dry run), POST deletes it",
     ),
     Route(
         "/auth/token",

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import RegistryError
+from ..governance.service import QuotaExceeded
 from ..http import content_length, empty_response, has_body, parse_content_range
 from ..limits import client_key
 from ..references import Digest, validate_name
@@ -27,6 +28,14 @@ def _add_session_headers(error: RegistryError, name: str, session: UploadSession
         error.headers.update(session_headers(name, session.id, session.size))
 
 
+async def _admit(services: Services, request: Request, name: str, digest: Digest, size: int) -> None:
+    try:
+        await services.governance.admit_blob(name, digest, size)
+    except QuotaExceeded as exc:
+        await services.governance.quota_denied(services.actor(request), exc)
+        raise
+
+
 def _blob_created(name: str, digest: Digest) -> Response:
     return empty_response(
         201, {"location": f"/v2/{name}/blobs/{digest}", "docker-content-digest": str(digest)}
@@ -40,15 +49,23 @@ async def start_upload(services: Services, request: Request, name: str) -> Respo
         source = query.get("from")
         # A source the caller may not pull from is not mounted: a plain upload session
         # answers instead, exactly as for a blob the source lacks.
-        if (
-            source
-            and services.may_pull(request, validate_name(source))
-            and await services.store.mount_blob(name, source, digest)
-        ):
-            return _blob_created(name, digest)
+        if source and services.may_pull(request, validate_name(source)):
+            try:
+                size = await services.store.blob_size(source, digest)
+            except RegistryError:
+                size = None
+            if size is not None:
+                await _admit(services, request, name, digest, size)
+                if await services.store.mount_blob(name, source, digest):
+                    services.governance.index.blob_linked(name, digest, size)
+                    return _blob_created(name, digest)
     elif "digest" in query:
         digest = Digest.parse(query["digest"])
-        await services.uploads.put_monolithic(name, digest, request.stream(), content_length(request))
+        try:
+            await services.uploads.put_monolithic(name, digest, request.stream(), content_length(request))
+        except QuotaExceeded as exc:
+            await services.governance.quota_denied(services.actor(request), exc)
+            raise
         return _blob_created(name, digest)
     session = await services.uploads.start(
         name, query.get("digest-algorithm", "sha256"), owner=client_key(request.scope)
@@ -85,6 +102,9 @@ async def finish_upload(services: Services, request: Request, name: str, uuid: s
     body = request.stream() if has_body(request) else None
     try:
         await services.uploads.finish(session, digest, body, content_range, content_length(request))
+    except QuotaExceeded as exc:
+        await services.governance.quota_denied(services.actor(request), exc)
+        raise
     except RegistryError as error:
         _add_session_headers(error, name, session)
         raise
