@@ -1,4 +1,5 @@
-"""The ``pier`` command: the client's commands, and ``serve``, ``gc`` and ``fsck`` from the registry.
+"""The ``pier`` command: the client's commands, and ``serve``, ``gc``, ``fsck``, ``retention`` and
+``audit`` from the registry.
 
 Every failure a user can cause or meet (a bad reference, an unreachable registry, a
 digest mismatch, a hostile layer) ends as one line on stderr and a non-zero exit code.
@@ -766,6 +767,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the registry (see `pier serve --help`)", add_help=False)
     commands.add_parser("gc", help="free unreferenced registry blobs (see `pier gc --help`)", add_help=False)
     commands.add_parser("fsck", help="verify the registry's storage (see `pier fsck --help`)", add_help=False)
+    commands.add_parser(
+        "retention", help="apply the registry's retention rules (see `pier retention --help`)", add_help=False
+    )
+    commands.add_parser(
+        "audit", help="read the registry's audit log (see `pier audit --help`)", add_help=False
+    )
 
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help: str
@@ -1001,7 +1008,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["serve"], ["gc"], ["fsck"]):
+    if argv[:1] in (["serve"], ["gc"], ["fsck"], ["retention"], ["audit"]):
         # The registry is its own program: hand the process over (same PID, signals and exit
         # code), so the client package never imports the server's.
         os.execv(sys.executable, [sys.executable, "-m", "registry", *argv])

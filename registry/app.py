@@ -41,6 +41,7 @@ from .upstream_config import parse_upstreams
 
 if TYPE_CHECKING:
     from .mirror import Mirror
+    from .ui.app import WebUI
 
 log = logging.getLogger("pier.registry")
 
@@ -104,6 +105,14 @@ class RegistryApp:
         self.access_log = AccessLog(settings.log_format) if settings.access_log else None
         self._flusher: asyncio.Task[None] | None = None
         self._observed = self.metrics is not None or self.access_log is not None
+        self.ui = self._web_ui(settings)
+
+    def _web_ui(self, settings: Settings) -> WebUI | None:
+        if not settings.ui or settings.token_only:
+            return None
+        from .ui.app import WebUI  # Jinja2 and the templates: only when the UI is served
+
+        return WebUI(self.services)
 
     def _mirror(self, settings: Settings, store: RegistryStore) -> Mirror | None:
         upstreams = parse_upstreams(settings.proxy, settings.proxy_auth_file)
@@ -141,6 +150,10 @@ class RegistryApp:
                 await self._lifespan(receive, send)
             return
         start = perf_counter()
+        path = scope["path"]
+        if self.ui is not None and (path == "/ui" or path.startswith("/ui/")):
+            await self._serve_ui(scope, receive, send, start)
+            return
         header = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
@@ -193,6 +206,26 @@ class RegistryApp:
                 self.limiter.release(admitted)
             if observed:
                 self._observe(scope, status, received, sent, perf_counter() - start)
+
+    async def _serve_ui(self, scope: Scope, receive: Receive, send: Send, start: float) -> None:
+        assert self.ui is not None
+        scope["pier.request_id"] = request_id(None)
+        scope["pier.route"] = "/ui"
+        status, sent = 500, 0
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.ui(scope, receive, observed_send)
+        finally:
+            if self._observed:
+                self._observe(scope, status, 0, sent, perf_counter() - start)
 
     def _observe(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
         if self.metrics is not None:

@@ -6,14 +6,17 @@ import argparse
 import os
 import ssl
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .access import build as build_security
 from .auth import AuthConfigError
-from .config import SETTINGS, ConfigError, format_default, load_settings
+from .config import SETTINGS, ConfigError, Settings, format_default, load_settings
 from .notifications import parse_endpoints
 from .setting_kinds import Boolean
 from .upstream_config import parse_upstreams
+
+if TYPE_CHECKING:
+    from storage_backends import StorageDriver
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +86,11 @@ def _storage_fields() -> list[str]:
     return [n for n in SETTINGS if n in ("root", "fsync") or n.startswith("s3_")]
 
 
+def _policy_fields() -> list[str]:
+    """What ``pier retention`` reads besides storage: the rules, and what they never delete."""
+    return ["retention", "immutable_tags"]
+
+
 def _maintenance_parsers(commands: argparse._SubParsersAction) -> None:
     gc = commands.add_parser(
         "gc",
@@ -103,11 +111,31 @@ def _maintenance_parsers(commands: argparse._SubParsersAction) -> None:
     )
     fsck.add_argument("--repair", action="store_true", help="move corrupt blobs to _quarantine/")
     gc.add_argument("-v", "--verbose", action="store_true", help="one line per blob, manifest and link")
-    for sub in (gc, fsck):
+    retention = commands.add_parser(
+        "retention",
+        help="apply the retention rules now (safe while the registry serves)",
+        description="Delete the tags and untagged manifests the retention rules (the `retention` setting) "
+        "let go, then report; `pier gc` frees their blobs.",
+    )
+    retention.add_argument("--dry-run", action="store_true", help="list what would go, change nothing")
+    retention.add_argument("--json", action="store_true", help="one JSON object per item")
+    audit = commands.add_parser(
+        "audit",
+        help="print the audit log, newest first",
+        description="Print the audit log (pushes, tag moves, deletes, failed logins, policy actions).",
+    )
+    audit.add_argument("--repository", metavar="NAME", help="only this repository's entries")
+    audit.add_argument("--user", metavar="USER", help="only this user's entries")
+    audit.add_argument("--action", metavar="ACTION", help="only entries of this action (push, delete, ...)")
+    audit.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (default 100)")
+    audit.add_argument("--json", action="store_true", help="JSON lines, for export")
+    for sub in (gc, fsck, retention, audit):
         sub.set_defaults(parser=sub)
         sub.add_argument("--config", metavar="FILE", help="TOML or YAML settings file (env PIER_CONFIG)")
         for name in _storage_fields():
             _add_setting(sub, name)
+    for name in _policy_fields():
+        _add_setting(retention, name)
 
 
 def _maintain(args: argparse.Namespace) -> int:
@@ -121,8 +149,9 @@ def _maintain(args: argparse.Namespace) -> int:
     from .fsck import fsck
     from .gc import GCError, collect, summary
 
+    fields = _storage_fields() + (_policy_fields() if args.command == "retention" else [])
     try:
-        settings = load_settings({n: getattr(args, n) for n in _storage_fields()}, config_file=args.config)
+        settings = load_settings({n: getattr(args, n) for n in fields}, config_file=args.config)
         try:
             grace = parse_duration(args.grace) if args.command == "gc" else 0.0
         except ConfigError:
@@ -137,6 +166,8 @@ def _maintain(args: argparse.Namespace) -> int:
     async def run() -> int:
         driver = open_driver(settings)
         try:
+            if args.command in ("retention", "audit"):
+                return await _govern(args, settings, driver)
             if args.command == "gc":
                 report = await collect(
                     driver, dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=grace
@@ -160,9 +191,58 @@ def _maintain(args: argparse.Namespace) -> int:
         return 1
 
 
+async def _govern(args: argparse.Namespace, settings: Settings, driver: StorageDriver) -> int:
+    """``pier retention`` and ``pier audit``, straight on the storage the servers share."""
+    import json
+
+    from .governance.audit import ACTIONS, AuditLog, Query
+    from .governance.policy import parse_policies
+    from .governance.service import Governance
+    from .store import RegistryStore
+
+    if args.command == "audit":
+        if args.action and args.action not in ACTIONS:
+            raise ConfigError(f"--action must be one of {', '.join(ACTIONS)}")
+        query = Query(
+            repository=args.repository, user=args.user, action=args.action, limit=max(1, args.limit)
+        )
+        for entry in await AuditLog(driver).query(query):
+            if args.json:
+                print(json.dumps(entry))
+            else:
+                what = entry.get("tag") or entry.get("digest") or entry.get("detail", "")
+                who = entry.get("user") or "anonymous"
+                where = f"{who}@{entry['addr']}"
+                print(f"{entry['time']}  {entry['action']:<17} {entry['repository']}  {what}  {where}")
+        return 0
+    policies = parse_policies("", settings.retention, settings.immutable_tags, "")
+    if not policies.retention:
+        raise ConfigError("no retention rules: set `retention` in the config file (or PIER_RETENTION)")
+    governance = Governance(RegistryStore(driver), policies)
+    if args.dry_run:
+        planned = await governance.retention_plan()
+        items = planned.items
+    else:
+        planned, items = await governance.run_retention()
+    for item in items:
+        if args.json:
+            print(json.dumps(item.as_dict()))
+        else:
+            print(f"{item.kind:<8} {item.repository}:{item.name}  ({item.reason})")
+    verb = "would delete" if args.dry_run else "deleted"
+    tags = sum(1 for i in items if i.kind == "tag")
+    print(
+        f"retention: {planned.repositories} repositories governed; {verb} {tags} tags and "
+        f"{len(items) - tags} untagged manifests"
+        + ("" if args.dry_run else "; run `pier gc` to free their blobs"),
+        file=sys.stderr if args.json else sys.stdout,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("gc", "fsck"):
+    if args.command in ("gc", "fsck", "retention", "audit"):
         return _maintain(args)
     if args.command == "serve":
         flags = {name: getattr(args, name) for name in SETTINGS}
