@@ -178,7 +178,7 @@ class CatalogIndex:
             record.media_type,
             size,
             tuple(platforms),
-            manifest.artifact_type or ("" if _is_image_config(config_type) else config_type),
+            str(document.get("artifactType") or "") or ("" if _is_image_config(config_type) else config_type),
             tuple(d.digest for d in manifest.children),
             manifest.subject.digest if manifest.subject is not None else None,
         )
@@ -282,7 +282,9 @@ class CatalogIndex:
         self.built_at = started
 
     # -- this process's own changes, applied at once ----------------------------------------
-    def pushed(self, name: str, digest: Digest, size: int, tags: list[str], blobs: Iterable[Digest]) -> None:
+    def pushed(
+        self, name: str, digest: Digest, size: int, tags: list[str], blobs: Iterable[tuple[Digest, int]]
+    ) -> None:
         repository = self._repositories.get(name)
         if repository is None:
             repository = self._repositories[name] = Repository(name)
@@ -290,8 +292,10 @@ class CatalogIndex:
         now = time.time()
         repository.manifests[digest] = now
         repository.blobs.add(digest)
-        repository.blobs.update(blobs)
         self._blob_sizes.setdefault(digest, size)
+        for blob, blob_size in blobs:
+            repository.blobs.add(blob)
+            self._blob_sizes.setdefault(blob, blob_size)
         for tag in tags:
             repository.tags[tag] = Tag(tag, digest, now)
         repository.last_push = now

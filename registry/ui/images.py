@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from oci.mediatypes import IMAGE_CONFIGS
+
 from ..catalog_index import CatalogIndex
 from ..errors import RegistryError
 from ..manifests import parse_manifest
@@ -78,6 +80,17 @@ def dockerfile_line(created_by: str) -> str:
     return line
 
 
+def artifact_type(document: dict[str, Any]) -> str:
+    """What an artifact is: its ``artifactType``, else its config's type; "" for an image."""
+    config = document.get("config") if isinstance(document.get("config"), dict) else {}
+    assert isinstance(config, dict)
+    config_type = str(config.get("mediaType", ""))
+    declared = document.get("artifactType")
+    if isinstance(declared, str) and declared:
+        return declared
+    return "" if config_type in IMAGE_CONFIGS or not config_type else config_type
+
+
 async def _blob_json(store: RegistryStore, digest: Digest, size: int) -> dict[str, Any] | None:
     """A small JSON blob, verified against its digest before it is believed."""
     if size > MAX_CONFIG:
@@ -111,7 +124,7 @@ async def variant(
         record.size + sum(d.size for d in manifest.blobs),
         config_digest=str(config.get("digest", "")),
         config_type=str(config.get("mediaType", "")),
-        artifact_type=manifest.artifact_type or "",
+        artifact_type=artifact_type(document),
         annotations={str(k): str(v) for k, v in (manifest.annotations or {}).items()},
     )
     for entry in document.get("layers", []) if isinstance(document.get("layers"), list) else []:
