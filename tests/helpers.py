@@ -13,11 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 
-from .images import Blob, ImageIndex
+from .images import ImageIndex
 from .servers import REPO_ROOT
 
 T = TypeVar("T")
@@ -61,10 +61,22 @@ async def wait_until_async(
     return value
 
 
+class Pushable(Protocol):
+    """A layout's blob (``images.Blob``) or bytes a test made: what a push reads of one."""
+
+    @property
+    def media_type(self) -> str: ...
+
+    @property
+    def digest(self) -> str: ...
+
+    def read(self) -> bytes: ...
+
+
 def push_blob(
     base: str,
     repo: str,
-    blob: Blob,
+    blob: Pushable,
     headers: dict[str, str] | None = None,
     verify: ssl.SSLContext | bool = True,
 ) -> None:
@@ -81,7 +93,7 @@ def push_manifest(
     base: str,
     repo: str,
     reference: str,
-    blob: Blob,
+    blob: Pushable,
     headers: dict[str, str] | None = None,
     verify: ssl.SSLContext | bool = True,
 ) -> None:
