@@ -101,8 +101,8 @@ def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PierServ
         server.stop()
 
 
-def get(server: PierServer, path: str, **kwargs: object) -> httpx.Response:
-    return httpx.get(server.url + path, **kwargs)  # type: ignore[arg-type]
+def get(server: PierServer, path: str) -> httpx.Response:
+    return httpx.get(server.url + path)
 
 
 @pytest.mark.parametrize(

@@ -256,7 +256,7 @@ class WebUI:
                     "tag": t,
                     "summary": summaries.get(t.digest),
                     "mark": governance.mark(name, t.name),
-                    "pulls": totals.get((name, t.name)).count if (name, t.name) in totals else 0,  # type: ignore[union-attr]
+                    "pulls": totals[(name, t.name)].count if (name, t.name) in totals else 0,
                 }
                 for t in shown
             ]
