@@ -293,6 +293,8 @@ def test_compose_file_is_valid_and_has_the_production_topology(tmp_path: Path) -
     assert env["PIER_ROOT"] == "s3://pier/registry"
     assert env["PIER_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
     assert env["PIER_HTPASSWD"] == "/run/secrets/htpasswd"
+    assert env["PIER_UI_SESSION_KEY"] == "/run/secrets/ui-session-key"  # sessions valid on both
+    assert all({s["source"] for s in r["secrets"]} >= {"htpasswd", "ui-session-key"} for r in replicas)
     assert replicas[0]["environment"]["AWS_SECRET_ACCESS_KEY"] == "secret-from-env"
     for service in (*replicas, services["mirror"]):
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
@@ -532,6 +534,7 @@ def test_kubernetes_deployment_is_replicated_probed_limited_and_locked_down(tmp_
     assert pod["terminationGracePeriodSeconds"] > settings.shutdown_delay + settings.shutdown_timeout
     auth_mount = mounts[next(v["name"] for v in pod["volumes"] if "secret" in v)]
     assert Path(settings.htpasswd).parent == Path(settings.token_key).parent == Path(auth_mount)
+    assert Path(settings.ui_session_key).parent == Path(auth_mount)  # shared by the replicas
 
     labels = spec["template"]["metadata"]["labels"]
     for selector in (
