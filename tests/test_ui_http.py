@@ -21,7 +21,7 @@ HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # no-referrer would make a browser send "Origin: null" on forms
 }
 
 
@@ -82,7 +82,7 @@ def push_hostile(base: str, repo: str, headers: dict[str, str] | None = None) ->
 
 @pytest.fixture(scope="module")
 def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PierServer]:
-    """An open registry (no auth) holding an image, an index, a hostile image and 60 repositories."""
+    """An open registry (no auth): an image, an index, a hostile image, a model; 61 repositories."""
     root = tmp_path_factory.mktemp("ui-open")
     server = PierServer(root / "data", "--immutable-tags", "v*").start()
     try:
@@ -93,6 +93,7 @@ def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PierServ
             push_manifest(server.url, "team/app", tag, image.manifest)
         push_index(server.url, "team/multi", build_index(root / "index", "multi"))
         push_hostile(server.url, "team/evil")
+        push_model_with_signature(server.url, "team/llm")
         small = blob(OCI_LAYER_GZIP, gzip_bytes(b"x"))
         for n in range(57):
             push_blob(server.url, f"many/repo-{n:02d}", small)
@@ -137,12 +138,12 @@ def test_every_page_answers_with_the_security_headers(open_registry: PierServer,
 
 def test_the_listing_paginates_searches_and_counts(open_registry: PierServer) -> None:
     first = get(open_registry, "/ui/").text
-    assert "60 repositories" in first
+    assert "61 repositories" in first
     assert first.count('href="/ui/r/') == 50 and 'id="next"' in first
     second = get(open_registry, "/ui/?page=2").text
-    assert second.count('href="/ui/r/') == 10 and "team/multi" in second and 'id="prev"' in second
+    assert second.count('href="/ui/r/') == 11 and "team/multi" in second and 'id="prev"' in second
     search = get(open_registry, "/ui/?q=TEAM").text  # case-insensitive
-    assert "3 repositories" in search and "many/" not in search
+    assert "4 repositories" in search and "many/" not in search
 
 
 def test_a_repository_page_lists_tags_marks_and_pull_commands(open_registry: PierServer) -> None:
@@ -319,3 +320,72 @@ def test_the_ui_can_be_turned_off(tmp_path: Path) -> None:
         assert response.json()["errors"][0]["code"] == "UNSUPPORTED"
     finally:
         server.stop()
+
+
+def push_model_with_signature(base: str, repo: str) -> tuple[str, str]:
+    """A ModelPack model (config and two weight files) and a signature whose subject it is."""
+    files = [("model.safetensors", b"w" * 4096), ("tokenizer.json", b'{"v": 1}')]
+    layers = [
+        {
+            **blob("application/vnd.cncf.model.weight.v1.raw", data).descriptor(),
+            "annotations": {"org.cncf.model.filepath": path},
+        }
+        for path, data in files
+    ]
+    config = blob(
+        "application/vnd.cncf.model.config.v1+json",
+        json.dumps(
+            {
+                "descriptor": {"name": "tiny-llm", "family": "llama", "version": "3.1"},
+                "config": {"format": "safetensors", "paramSize": "8b", "precision": "bf16"},
+                "modelfs": {"type": "layers", "diffIds": [sha256(d) for _, d in files]},
+            }
+        ).encode(),
+    )
+    manifest = blob(
+        OCI_MANIFEST,
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+                "config": config.descriptor(),
+                "layers": layers,
+            }
+        ).encode(),
+    )
+    for _, data in files:
+        push_blob(base, repo, blob("application/vnd.cncf.model.weight.v1.raw", data))
+    push_blob(base, repo, config)
+    push_manifest(base, repo, "v1", manifest)
+    empty = blob("application/vnd.oci.empty.v1+json", b"{}")
+    signature = blob(
+        OCI_MANIFEST,
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+                "config": empty.descriptor(),
+                "layers": [empty.descriptor()],
+                "subject": manifest.descriptor(),
+            }
+        ).encode(),
+    )
+    push_blob(base, repo, empty)
+    push_manifest(base, repo, signature.digest, signature)
+    return manifest.digest, signature.digest
+
+
+def test_a_model_page_shows_its_metadata_files_and_referrers(open_registry: PierServer) -> None:
+    model, signature = push_model_with_signature(open_registry.url, "team/llm")  # as the fixture did
+    page = get(open_registry, "/ui/r/team/llm/-/m/v1").text
+    assert "<h3>Model</h3>" in page and "tiny-llm" in page and "llama" in page and "safetensors" in page
+    assert "<h3>Files</h3>" in page
+    assert "model.safetensors" in page and "tokenizer.json" in page
+    assert "application/vnd.cncf.model.weight.v1.raw" in page
+    assert f'href="/ui/r/team/llm/-/m/{signature}"' in page
+    assert "application/vnd.dev.cosign.artifact.sig.v1+json" in page
+    tags = get(open_registry, "/ui/r/team/llm").text
+    assert "application/vnd.cncf.model.manifest.v1+json" in tags  # the artifact type, for a tag
+    assert get(open_registry, f"/ui/r/team/llm/-/m/{model}").status_code == 200
