@@ -47,7 +47,10 @@ SECURITY_HEADERS = {
     ),
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    # Not "no-referrer": under it browsers send "Origin: null" with every form POST, which the
+    # origin checks of the forms (login, logout, deletes, retention) must refuse. "same-origin"
+    # still sends nothing to other sites.
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 SORTS = ("name", "date", "size")
@@ -77,7 +80,13 @@ class WebUI:
             auto_reload=False,
         )
         self.templates.filters.update(
-            size=human_size, ago=_ago, when=_when, urlpart=lambda s: quote(str(s), safe="/")
+            size=human_size,
+            ago=_ago,
+            when=_when,
+            urlpart=lambda s: quote(str(s), safe="/"),
+            # JSON shown as text, escaped as any text: Jinja's tojson is for <script> and shows
+            # < > & ' as \u003c \u003e \u0026 \u0027 ("sh -c 'a && b'" would be unreadable).
+            json=lambda value: json.dumps(value, ensure_ascii=False),
         )
         routes = [
             Route("/ui", self._redirect_home),
