@@ -382,8 +382,9 @@ class Uploads:
     # -- whole blobs in one request ----------------------------------------------
     async def put_monolithic(
         self, name: str, digest: Digest, body: AsyncIterator[bytes], content_length: int | None
-    ) -> None:
-        """``POST ?digest=``: stream straight to the blob's place, visible only if it verifies."""
+    ) -> int:
+        """``POST ?digest=``: stream straight to the blob's place, visible only if it verifies;
+        its size."""
         verifier = Verifier(digest)
         if self.admit is not None and content_length is not None:
             await self.admit(name, digest, content_length)  # before the body: refuse early
@@ -417,3 +418,4 @@ class Uploads:
         if writer is not None:
             await writer.commit()
         await self.store.link_blob(name, digest)
+        return received

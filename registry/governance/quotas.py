@@ -5,10 +5,13 @@ link a new one past the limit is refused with ``DENIED``, naming the quota and t
 
 Usage is counted from storage (the links under the namespace, each blob's size) and kept per
 process, with this process's admissions added as they happen; one lock per quota serialises
-a process's admissions, so one server never overshoots. Far from the limit the count may be
-up to ``RECOUNT`` seconds old; within ``NEAR`` of the limit it is counted again before every
-admission, so replicas sharing a store overshoot only by blobs they admit at the same moment
-(each replica at most the blobs it is admitting concurrently, in practice one per push).
+a process's admissions, and an admitted blob stays reserved through recounts until its push
+settles (linked, refused or failed), so one server never overshoots. Far from the limit the
+count may be up to ``RECOUNT`` seconds old; within ``NEAR`` of the limit it is counted again
+before every admission, so replicas sharing a store that both know they are near overshoot
+only by blobs they admit at the same moment (each replica at most the blobs it is admitting
+concurrently). A replica judges nearness by its own count, though: while that is younger
+than ``RECOUNT`` it misses what the others linked since, and may admit past the limit by that.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Quotas:
         self.driver = driver
         self.policies = policies
         self._usage: dict[Quota, Usage] = {}
+        self._pending: dict[Quota, dict[Digest, int]] = {}  # admitted, not yet linked
         self._locks: dict[Quota, asyncio.Lock] = {}
         self._sizes: dict[Digest, int] = {}  # content never changes: a size is looked up once
 
@@ -62,8 +66,24 @@ class Quotas:
                     continue
                 if usage.bytes + size > quota.limit:
                     return quota
-                usage.blobs[digest] = size  # a reservation until the next count
+                usage.blobs[digest] = size
+                self._pending.setdefault(quota, {})[digest] = size
         return None
+
+    def settle(self, repository: str, digest: Digest, linked: bool) -> None:
+        """The push that admitted ``digest`` is over: its reservation ends, and unless the blob
+        was linked, its bytes no longer count."""
+        for quota in self.policies.quotas_for(repository):
+            if self._pending.get(quota, {}).pop(digest, None) is None:
+                continue
+            usage = self._usage.get(quota)
+            if not linked and usage is not None:
+                usage.blobs.pop(digest, None)
+
+    def forget(self, repository: str) -> None:
+        """Something was deleted: count ``repository``'s quotas afresh at their next use."""
+        for quota in self.policies.quotas_for(repository):
+            self._usage.pop(quota, None)
 
     def refusal(self, quota: Quota, repository: str, size: int) -> RegistryError:
         used = self._usage[quota].bytes if quota in self._usage else 0
@@ -79,11 +99,16 @@ class Quotas:
         return (await self._current(quota, 0, force=False)).bytes
 
     async def _current(self, quota: Quota, adding: int, force: bool | None = None) -> Usage:
+        """The usage, counted again if need be; reservations pending when a count starts or ends
+        are added to it, as a push may link its blob and settle while the walk is past its folder."""
         usage = self._usage.get(quota)
         stale = usage is None or time.monotonic() - usage.counted_at > RECOUNT
         near = usage is not None and usage.bytes + adding > NEAR * quota.limit
         if force or stale or (force is None and near):
+            pending = dict(self._pending.get(quota, {}))
             usage = await self.count(quota)
+            usage.blobs.update(pending)
+            usage.blobs.update(self._pending.get(quota, {}))
             self._usage[quota] = usage
         assert usage is not None
         return usage

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from storage_backends import PathNotFound
@@ -26,6 +27,7 @@ from .retention import Doomed, Plan, apply, plan
 log = logging.getLogger("pier.governance")
 
 OVERRIDE = "immutable"  # ?override=immutable: an admin deleting an immutable tag
+TAG_LOCKS = 64  # pushes of tags hashing alike wait for each other
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Governance:
         self.pulls = PullStats(store.driver, pull_stats_interval)
         self.retention_interval = retention_interval
         self._scheduler: asyncio.Task[None] | None = None
-        self._tag_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tag_locks = [asyncio.Lock() for _ in range(TAG_LOCKS)]
 
     def start(self) -> None:
         self.index.start()
@@ -95,6 +97,16 @@ class Governance:
         if quota is not None:
             raise QuotaExceeded(self.quotas.refusal(quota, repository, size), repository, digest)
 
+    @contextlib.contextmanager
+    def linking(self, repository: str, digest: Digest) -> Iterator[None]:
+        """Around a push that may admit ``digest``: its quota reservation ends with the push."""
+        try:
+            yield
+        except BaseException:
+            self.quotas.settle(repository, digest, linked=False)
+            raise
+        self.quotas.settle(repository, digest, linked=True)
+
     async def quota_denied(self, actor: Actor, error: QuotaExceeded) -> None:
         await self._record(
             "quota-denied", error.repository, actor, digest=str(error.digest), detail=error.message
@@ -113,6 +125,14 @@ class Governance:
             return (await self.store.driver.get_content(layout.tag_link(repository, tag))).decode().strip()
         except PathNotFound:
             return ""
+
+    @contextlib.asynccontextmanager
+    async def tags_locked(self, repository: str, tags: list[str]) -> AsyncIterator[None]:
+        """One push at a time per tag in this process: what ``check_tags`` saw holds until it is written."""
+        async with contextlib.AsyncExitStack() as stack:
+            for stripe in sorted({hash((repository, tag)) % TAG_LOCKS for tag in tags}):
+                await stack.enter_async_context(self._tag_locks[stripe])
+            yield
 
     async def check_tags(
         self, actor: Actor, repository: str, tags: list[str], digest: Digest
@@ -178,6 +198,7 @@ class Governance:
 
     # -- deletes ------------------------------------------------------------------------
     async def deleted(self, actor: Actor, repository: str, reference: str, kind: str = "manifest") -> None:
+        self.quotas.forget(repository)
         if kind == "blob":
             await self._record("delete", repository, actor, digest=reference, detail="blob")
             return
@@ -207,6 +228,7 @@ class Governance:
             raise RegistryError("DENIED", {"tags": immutable[:10]}, message=message)
         await self.store.delete_repository(repository)
         self.index.repository_deleted(repository)
+        self.quotas.forget(repository)
         await self._record("delete-repository", repository, actor, detail=f"{len(tags)} tags")
         return len(tags)
 
@@ -218,6 +240,7 @@ class Governance:
         planned = await self.retention_plan()
         deleted = await apply(self.store.driver, planned)
         for item in deleted:
+            self.quotas.forget(item.repository)
             if item.kind == "tag":
                 self.index.tag_deleted(item.repository, item.name)
                 tag, digest = item.name, item.digest

@@ -61,16 +61,18 @@ async def put_manifest(services: Services, request: Request, name: str, referenc
     for tag in every_tag:
         validate_tag(tag)  # before any is looked up
     expected = Digest.parse(reference) if is_digest(reference) else Digest.of(body)
-    previous = await governance.check_tags(actor, name, every_tag, expected)
-    try:
-        await governance.admit_blob(name, expected, len(body))
-    except QuotaExceeded as exc:
-        await governance.quota_denied(actor, exc)
-        raise
-    digest, manifest = await services.store.put_manifest(
-        name, reference, body, request.headers.get("content-type"), tags
-    )
-    governance.index.pushed(name, digest, len(body), every_tag, [d.digest for d in manifest.blobs])
+    async with governance.tags_locked(name, every_tag):
+        previous = await governance.check_tags(actor, name, every_tag, expected)
+        with governance.linking(name, expected):
+            try:
+                await governance.admit_blob(name, expected, len(body))
+            except QuotaExceeded as exc:
+                await governance.quota_denied(actor, exc)
+                raise
+            digest, manifest = await services.store.put_manifest(
+                name, reference, body, request.headers.get("content-type"), tags
+            )
+    governance.index.pushed(name, digest, len(body), every_tag, [(d.digest, d.size) for d in manifest.blobs])
     await governance.pushed(actor, name, digest, every_tag, previous)
     target = manifest_target(manifest.media_type, str(digest), len(body))
     for tag in ([] if is_digest(reference) else [reference]) + tags or [""]:

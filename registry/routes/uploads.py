@@ -55,17 +55,26 @@ async def start_upload(services: Services, request: Request, name: str) -> Respo
             except RegistryError:
                 size = None
             if size is not None:
-                await _admit(services, request, name, digest, size)
-                if await services.store.mount_blob(name, source, digest):
+                mounted = False
+                try:
+                    await _admit(services, request, name, digest, size)
+                    mounted = await services.store.mount_blob(name, source, digest)
+                finally:
+                    services.governance.quotas.settle(name, digest, mounted)
+                if mounted:
                     services.governance.index.blob_linked(name, digest, size)
                     return _blob_created(name, digest)
     elif "digest" in query:
         digest = Digest.parse(query["digest"])
         try:
-            await services.uploads.put_monolithic(name, digest, request.stream(), content_length(request))
+            with services.governance.linking(name, digest):
+                size = await services.uploads.put_monolithic(
+                    name, digest, request.stream(), content_length(request)
+                )
         except QuotaExceeded as exc:
             await services.governance.quota_denied(services.actor(request), exc)
             raise
+        services.governance.index.blob_linked(name, digest, size)
         return _blob_created(name, digest)
     session = await services.uploads.start(
         name, query.get("digest-algorithm", "sha256"), owner=client_key(request.scope)
@@ -101,13 +110,15 @@ async def finish_upload(services: Services, request: Request, name: str, uuid: s
     content_range = parse_content_range(header) if header else None
     body = request.stream() if has_body(request) else None
     try:
-        await services.uploads.finish(session, digest, body, content_range, content_length(request))
+        with services.governance.linking(name, digest):
+            await services.uploads.finish(session, digest, body, content_range, content_length(request))
     except QuotaExceeded as exc:
         await services.governance.quota_denied(services.actor(request), exc)
         raise
     except RegistryError as error:
         _add_session_headers(error, name, session)
         raise
+    services.governance.index.blob_linked(name, digest, session.size)
     return _blob_created(name, digest)
 
 
