@@ -90,6 +90,7 @@ class RegistryApp:
             space=SpaceWatch(),
         )
         self.governance = self.services.governance
+        self.governance.open = self.auth is None
         self.services.uploads.admit = self.governance.admit_blob
         self.store, self.uploads, self.notifier = store, self.services.uploads, self.services.notifier
         self.mirror, self.space = self.services.mirror, self.services.space

@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -246,8 +246,11 @@ def wait_for_page(driver: WebDriver, old: WebElement) -> None:
     def replaced() -> bool:
         try:
             old.tag_name  # noqa: B018 - raises once the document that held it is gone
-        except StaleElementReferenceException:
-            return driver.execute_script("return document.readyState") == "complete"
+        except WebDriverException:  # stale, or (mid-navigation) "does not belong to the document"
+            try:
+                return driver.execute_script("return document.readyState") == "complete"
+            except WebDriverException:  # the new document is not there yet either
+                return False
         return False
 
     wait_until(replaced, TIMEOUT, "the next page to load")

@@ -194,26 +194,39 @@ def test_unknown_repositories_images_and_hostile_paths_are_404(open_registry: Pi
 
 
 def test_forms_need_the_sessions_csrf_token(open_registry: PierServer) -> None:
+    """Deletes tags of its own (the other tests see team/app's three), and leaves none behind."""
     url = open_registry.url
+    latest = httpx.get(f"{url}/v2/team/app/manifests/latest", headers={"accept": OCI_MANIFEST})
+    for tag in ("doomed", "v9"):
+        put = httpx.put(
+            f"{url}/v2/team/app/manifests/{tag}",
+            content=latest.content,
+            headers={"content-type": OCI_MANIFEST},
+        )
+        assert put.status_code == 201
     page = httpx.get(f"{url}/ui/r/team/app")
     cookie = page.headers["set-cookie"].split(";", 1)[0]
     token = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert token is not None
-    target = f"{url}/ui/r/team/app/-/tags/old/delete"
+    target = f"{url}/ui/r/team/app/-/tags/doomed/delete"
     assert httpx.post(target, data={"csrf": "wrong"}, headers={"cookie": cookie}).status_code == 403
     assert httpx.post(target, data={"csrf": token.group(1)}).status_code == 403  # no session cookie
     foreign = {"cookie": cookie, "origin": "http://evil.example"}
     assert httpx.post(target, data={"csrf": token.group(1)}, headers=foreign).status_code == 403
-    assert "old" in httpx.get(f"{url}/v2/team/app/tags/list").json()["tags"]
+    assert "doomed" in httpx.get(f"{url}/v2/team/app/tags/list").json()["tags"]
     done = httpx.post(target, data={"csrf": token.group(1)}, headers={"cookie": cookie})
     assert done.status_code == 303 and done.headers["location"] == "/ui/r/team/app"
-    assert "old" not in httpx.get(f"{url}/v2/team/app/tags/list").json()["tags"]
-    # An immutable tag needs an admin's override; on an open registry nobody is one by name.
-    refused = httpx.post(
-        f"{url}/ui/r/team/app/-/tags/v1/delete", data={"csrf": token.group(1)}, headers={"cookie": cookie}
-    )
+    assert "doomed" not in httpx.get(f"{url}/v2/team/app/tags/list").json()["tags"]
+    # An immutable tag goes only with an admin's explicit override (on an open registry, anyone's).
+    v9 = f"{url}/ui/r/team/app/-/tags/v9/delete"
+    refused = httpx.post(v9, data={"csrf": token.group(1)}, headers={"cookie": cookie})
     assert refused.status_code == 403 and "immutable" in refused.text
-    assert "v1" in httpx.get(f"{url}/v2/team/app/tags/list").json()["tags"]
+    assert "v9" in httpx.get(f"{url}/v2/team/app/tags/list").json()["tags"]
+    overridden = httpx.post(
+        v9, data={"csrf": token.group(1), "override": "immutable"}, headers={"cookie": cookie}
+    )
+    assert overridden.status_code == 303
+    assert "v9" not in httpx.get(f"{url}/v2/team/app/tags/list").json()["tags"]
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ settles (linked, refused or failed), so one server never overshoots. Far from th
 count may be up to ``RECOUNT`` seconds old; within ``NEAR`` of the limit it is counted again
 before every admission, so replicas sharing a store that both know they are near overshoot
 only by blobs they admit at the same moment (each replica at most the blobs it is admitting
-concurrently). A replica judges nearness by its own count, though: while that is younger
-than ``RECOUNT`` it misses what the others linked since, and may admit past the limit by that.
+concurrently). A replica judges nearness by its own count, though, which misses what the
+others linked in the last ``RECOUNT`` seconds: together, replicas overshoot by at most what
+the others admit in that window (and the blobs in flight at the moment of a count).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..inventory import bounded
 from ..references import Digest
 from .policy import Policies, Quota
 
-RECOUNT = 30.0  # seconds a count is trusted far from the limit
+RECOUNT = 5.0  # seconds a count is trusted far from the limit: what other replicas may add unseen
 NEAR = 0.9  # past this fraction of the limit, every admission counts again
 
 

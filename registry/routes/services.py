@@ -74,7 +74,7 @@ class Services:
         return logins is not None and await logins.check(user, password)
 
     def is_admin(self, account: str) -> bool:
-        return self.auth is None or self.governance.is_admin(account)
+        return self.governance.is_admin(account)
 
     def may_pull(self, request: Request, name: str) -> bool:
         return self.auth is None or self.auth.may_pull(self.caller(request), name)
