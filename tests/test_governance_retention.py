@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from .governance import as_json, audit, backdate_manifest, backdate_tag, image_of
-from .helpers import wait_until
+from .helpers import wait_until, wait_until_async
 from .maintenance import assert_pulls, run_storage_command, stored
 from .oci import OCI_INDEX, Image, descriptor, make_image, make_index, push_image, push_manifest, sha256
 from .servers import PierServer
@@ -187,3 +187,28 @@ async def test_pier_retention_offline_sees_flushed_pulls_and_agrees_with_the_api
     assert run_storage_command(storage, "gc", "--grace", "0s").returncode == 0
     assert not any(stored(storage, sha256(blob)) for blob in (unpulled.manifest, *unpulled.blobs))
     await assert_pulls(client, repo, "y", pulled)
+
+
+async def test_retention_runs_on_its_schedule(tmp_path, new_storage) -> None:
+    """``--retention-interval``: the server applies the rules by itself, as the policy."""
+    folder = tmp_path / "data"
+    rules = as_json({"repositories": "timed/*", "keep_last": 1})
+    args = ("--retention", rules, "--retention-interval", "1s")
+    server = PierServer(folder, *args, storage=new_storage(folder)).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            older, newer = image_of(os.urandom(300)), image_of(os.urandom(300))
+            await push_image(client, "timed/app", older, "older")
+            backdate_tag(server.storage, "timed/app", "older", HOUR)
+            await push_image(client, "timed/app", newer, "newer")
+
+            async def only_newer() -> bool:
+                return await tags_of(client, "timed/app") == ["newer"]
+
+            await wait_until_async(only_newer, 10.0, "the scheduled retention run")
+            entries = await audit(client, action="retention-delete")
+            assert [(e["repository"], e["tag"], e["user"]) for e in entries] == [
+                ("timed/app", "older", "pier (policy)")
+            ]
+    finally:
+        server.stop()

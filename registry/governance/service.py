@@ -16,6 +16,7 @@ from storage_backends import PathNotFound
 from .. import layout
 from ..catalog_index import CatalogIndex
 from ..errors import RegistryError
+from ..gc import collect, summary
 from ..references import Digest, is_digest
 from ..store import RegistryStore
 from .audit import AuditLog
@@ -261,6 +262,9 @@ class Governance:
                 if await self._take_retention_turn():
                     _, deleted = await self.run_retention()
                     log.info("retention deleted %d tags and manifests", len(deleted))
+                    if deleted:  # their blobs go to the online GC, with its usual grace period
+                        report = await collect(self.store.driver)
+                        log.info("%s", summary(report, dry_run=False))
             except Exception:
                 log.exception("retention failed; trying again at the next interval")
 
