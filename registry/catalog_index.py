@@ -32,6 +32,7 @@ from .store import ManifestRecord, RegistryStore
 
 log = logging.getLogger("pier.index")
 
+STARTUP_DELAY = 1.0  # seconds after start before the first build
 RACY_SECONDS = 2.0  # a tag link written this recently is read again: its mtime may not have ticked
 MAX_SUMMARIES = 200_000
 
@@ -228,12 +229,29 @@ class CatalogIndex:
                     await task
 
     async def _rebuild_forever(self) -> None:
+        """The first build right away, so the first visitor does not wait for it (3.5 s at
+        10,000 repositories); after each build, the summaries of tags that have none, so the
+        first sort by size does not read every manifest either."""
+        await asyncio.sleep(STARTUP_DELAY)  # let the server answer its first requests first
         while True:
-            await asyncio.sleep(self.refresh_interval)
             try:
                 await self.rebuild()
+                await self.summarise_tags()
             except Exception:
                 log.exception("rebuilding the catalog index failed; keeping the last one")
+            await asyncio.sleep(self.refresh_interval)
+
+    async def summarise_tags(self) -> None:
+        """Summaries of every tag's manifest not yet summarised, a repository at a time."""
+        for name in list(self._names):
+            repository = self._repositories.get(name)
+            if repository is None:
+                continue
+            missing = [t.digest for t in repository.tags.values() if t.digest not in self._summaries]
+            if missing:
+                await self.summaries(name, missing)
+            else:
+                await asyncio.sleep(0)  # others' turn: thousands of repositories in one loop
 
     async def rebuild(self) -> None:
         """Read the store again from scratch; concurrent callers share one rebuild."""
