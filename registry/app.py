@@ -223,8 +223,16 @@ class RegistryApp:
             await send(message)
 
         try:
+            try:
+                self._admit(scope)  # the API's limits: per client and per process
+            except RegistryError as error:
+                await error_response(error)(scope, receive, observed_send)
+                return
             await self.ui(scope, receive, observed_send)
         finally:
+            admitted = scope.get("pier.admitted")
+            if admitted is not None:
+                self.limiter.release(admitted)
             if self._observed:
                 self._observe(scope, status, 0, sent, perf_counter() - start)
 
@@ -318,20 +326,22 @@ class RegistryApp:
             self.auth.authorize(caller, name, NEEDED[action])
 
     async def _login_failed(self, request: Request, authorization: str, error: RegistryError) -> None:
-        """Failed logins go to the audit log, with the user they claimed to be."""
-        user = ""
+        """A wrong password goes to the audit log, with the user it claimed to be; a malformed
+        or foreign credential (a bad token, garbage) proves no one's attempt and is not logged."""
         scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "basic":
-            with contextlib.suppress(ValueError):
-                user = parse_basic(value)[0]
+        if scheme.lower() != "basic":
+            return
+        try:
+            user = parse_basic(value)[0]
+        except ValueError:
+            return
         client = request.scope.get("client")
-        await self.governance.audit.record(
-            "login-failed",
+        await self.governance.login_failed(
+            user,
+            client[0] if client else "",
+            str(error.detail or error.message)[:200],
+            request.scope.get("pier.request_id", ""),
             request.scope.get("pier.repository", ""),
-            user=user,
-            addr=client[0] if client else "",
-            detail=str(error.detail or error.message)[:200],
-            request_id=request.scope.get("pier.request_id", ""),
         )
 
     def _admit(self, scope: Scope) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -35,6 +34,7 @@ log = logging.getLogger("pier.index")
 STARTUP_DELAY = 1.0  # seconds after start before the first build
 RACY_SECONDS = 2.0  # a tag link written this recently is read again: its mtime may not have ticked
 MAX_SUMMARIES = 200_000
+MAX_CONFIG = 1 << 20  # a config larger than this gives no platform
 
 
 @dataclass
@@ -184,7 +184,7 @@ class CatalogIndex:
             children = await self.summaries(name, [d.digest for d in manifest.children])
             size += sum(s.size for s in children.values())
         else:
-            platforms = [*await self._config_platform(manifest)]
+            platforms = [*await self._config_platform(name, manifest)]
         config = document.get("config")
         config_type = config.get("mediaType", "") if isinstance(config, dict) else ""
         summary = Summary(
@@ -201,19 +201,13 @@ class CatalogIndex:
         self._summaries[record.digest] = summary
         return summary
 
-    async def _config_platform(self, manifest: ParsedManifest) -> list[Platform]:
-        """An image's platform is in its config; an artifact has none."""
+    async def _config_platform(self, name: str, manifest: ParsedManifest) -> list[Platform]:
+        """An image's platform is in its config (linked here, verified); an artifact has none."""
         config = manifest.blobs[0] if manifest.blobs else None
-        if config is None or config.size > 1 << 20:
+        if config is None or not _is_image_config(config.media_type):
             return []
-        if not _is_image_config(config.media_type):
-            return []
-        try:
-            body = await self.driver.get_content(layout.blob_data(config.digest))
-            data = json.loads(body)
-        except (PathNotFound, ValueError):
-            return []
-        if not isinstance(data, dict) or not data.get("os"):
+        data = await self.store.small_document(name, config.digest, MAX_CONFIG)
+        if data is None or not data.get("os"):
             return []
         return [Platform(str(data["os"]), str(data.get("architecture", "")), str(data.get("variant", "")))]
 

@@ -13,8 +13,9 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from oci import jsonsafe
 from storage_backends import PathNotFound, StorageDriver
 
 from . import layout
@@ -90,6 +91,28 @@ class RegistryStore:
     async def blob_url(self, digest: Digest, expires: float) -> str | None:
         """A short-lived URL of the blob's bytes in the storage itself, where it has one (S3)."""
         return await self.driver.url_for(layout.blob_data(digest), expires)
+
+    async def small_document(self, name: str, digest: Digest, limit: int) -> dict[str, Any] | None:
+        """A JSON object blob (an image's config) linked into ``name``, verified, of at most
+        ``limit`` bytes as stored; None otherwise. Descriptors are the pusher's word: neither
+        the size they declare nor a digest outside this repository is believed."""
+        try:
+            size = await self.blob_size(name, digest)
+        except RegistryError:
+            return None
+        if size > limit:
+            return None
+        try:
+            body = await self.driver.get_content(layout.blob_data(digest))
+        except PathNotFound:
+            return None
+        if len(body) != size or Digest.of(body, digest.algorithm) != digest:
+            return None
+        try:
+            document = jsonsafe.loads(body)
+        except jsonsafe.UntrustedJSONError:
+            return None
+        return document if isinstance(document, dict) else None
 
     async def has_content(self, digest: Digest, size: int | None = None) -> bool:
         """The content is stored, and whole when its ``size`` is known: a damaged (short)

@@ -28,6 +28,7 @@ from .retention import Doomed, Plan, apply, plan
 log = logging.getLogger("pier.governance")
 
 OVERRIDE = "immutable"  # ?override=immutable: an admin deleting an immutable tag
+LOGIN_FAILURES_KEPT = 10  # audit entries per address and minute for failed logins
 TAG_LOCKS = 64  # pushes of tags hashing alike wait for each other
 
 
@@ -70,6 +71,7 @@ class Governance:
         self.retention_interval = retention_interval
         self._scheduler: asyncio.Task[None] | None = None
         self.open = False  # set for a registry without users: everyone may do everything
+        self._login_failures: dict[str, tuple[float, int, int]] = {}  # addr -> (window, recorded, dropped)
         self._tag_locks = [asyncio.Lock() for _ in range(TAG_LOCKS)]
 
     def start(self) -> None:
@@ -90,6 +92,27 @@ class Governance:
     def is_admin(self, account: str) -> bool:
         """On an open registry (no users) everyone is: there is nobody else to ask."""
         return self.open or account in self.policies.admins
+
+    async def login_failed(
+        self, user: str, addr: str, detail: str, request_id: str = "", repository: str = ""
+    ) -> None:
+        """A failed login, recorded at most ``LOGIN_FAILURES_KEPT`` times a minute per address:
+        a flood of bad passwords must not flood the log (the next entry says how many were not)."""
+        now = time.monotonic()
+        window, count, dropped = self._login_failures.get(addr, (now, 0, 0))
+        if now - window > 60.0:
+            window, count = now, 0
+        if count >= LOGIN_FAILURES_KEPT:
+            self._login_failures[addr] = (window, count, dropped + 1)
+            return
+        if len(self._login_failures) > 10_000:
+            self._login_failures.clear()
+        self._login_failures[addr] = (window, count + 1, 0)
+        if dropped:
+            detail += f" ({dropped} more failed logins from this address were not recorded)"
+        await self.audit.record(
+            "login-failed", repository, user=user[:256], addr=addr, detail=detail, request_id=request_id
+        )
 
     # -- quotas -----------------------------------------------------------------------
     async def admit_blob(self, repository: str, digest: Digest, size: int) -> None:
@@ -173,11 +196,10 @@ class Governance:
 
     async def check_delete(self, actor: Actor, repository: str, reference: str, override: bool) -> None:
         """An immutable tag, or a manifest one points at, is deleted only by an admin who says so."""
-        if is_digest(reference):
-            repo = self.index.get(repository)
-            tags = [t.name for t in repo.tags.values() if str(t.digest) == reference] if repo else []
-            if not tags:
-                tags = await self._tags_pointing_at(repository, reference)
+        if not self.policies.immutable:
+            return
+        if is_digest(reference):  # from storage: another replica's tags are not in the index yet
+            tags = await self._tags_pointing_at(repository, reference)
         else:
             tags = [reference]
         immutable = [t for t in tags if self.policies.immutable_rule(repository, t) is not None]

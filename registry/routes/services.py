@@ -73,6 +73,12 @@ class Services:
         logins = getattr(self.auth, "logins", None) or getattr(self.token_server, "logins", None)
         return logins is not None and await logins.check(user, password)
 
+    def password_fingerprint(self, user: str) -> str | None:
+        """A digest of the user's stored password hash (None: no such user), so a web UI
+        session ends when the password changes or the user is removed."""
+        logins = getattr(self.auth, "logins", None) or getattr(self.token_server, "logins", None)
+        return logins.htpasswd.fingerprint(user) if logins is not None else None
+
     def is_admin(self, account: str) -> bool:
         return self.governance.is_admin(account)
 

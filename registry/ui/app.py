@@ -39,6 +39,8 @@ from .sessions import COOKIE, LIFETIME, LOGIN_COOKIE, Session, Signer, load_key,
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+MAX_FORM = 16 * 1024  # bytes of a form's body
+MAX_FIELDS = 16
 MAX_QUERY = 200
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -125,7 +127,12 @@ class WebUI:
 
     # -- who is asking ------------------------------------------------------------------
     def session(self, request: Request) -> Session | None:
-        return self.signer.read(request.cookies.get(COOKIE))
+        """The visitor's session, if valid: signed, unexpired, and its user's password unchanged."""
+        session = self.signer.read(request.cookies.get(COOKIE))
+        fingerprint = self.services.password_fingerprint(session.user) if session and session.user else None
+        if session is not None and session.user and fingerprint != session.password:
+            return None  # removed, or the password changed: log in again
+        return session
 
     def account(self, request: Request) -> str:
         session = self.session(request)
@@ -157,6 +164,16 @@ class WebUI:
         if not same_token(form.get("csrf"), session.csrf):
             raise RegistryError("DENIED", "the form has expired: reload the page")
         return session
+
+    async def form(self, request: Request) -> Any:
+        """A small urlencoded form, refused before it is read if it is not one: every form here
+        is a few short fields, and parsing is the first thing an anonymous POST gets."""
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > MAX_FORM:
+            raise RegistryError("DENIED", f"forms here are at most {MAX_FORM} bytes, with a Content-Length")
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            raise RegistryError("DENIED", "forms here are application/x-www-form-urlencoded")
+        return await request.form(max_fields=MAX_FIELDS, max_part_size=MAX_FORM)
 
     def render(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
         session = self.session(request)
@@ -360,7 +377,7 @@ class WebUI:
             governance = self.services.governance
             deleted = None
             if request.method == "POST":
-                self.check_form(request, await request.form())
+                self.check_form(request, await self.form(request))
                 if not governance.policies.retention:
                     raise RegistryError("UNSUPPORTED", "no retention rules are configured")
                 _, deleted = await governance.run_retention(self.actor(request))
@@ -427,7 +444,7 @@ class WebUI:
     # -- changes ------------------------------------------------------------------------
     async def delete_tag(self, request: Request) -> Response:
         async def change() -> Response:
-            form = await request.form()
+            form = await self.form(request)
             self.check_form(request, form)
             name = validate_name(request.path_params["name"])
             tag = validate_tag(request.path_params["tag"])
@@ -442,7 +459,7 @@ class WebUI:
 
     async def delete_repository(self, request: Request) -> Response:
         async def change() -> Response:
-            form = await request.form()
+            form = await self.form(request)
             self.check_form(request, form)
             name = validate_name(request.path_params["name"])
             if not self.may(request, "delete", name):
@@ -469,7 +486,10 @@ class WebUI:
             )
             self._set_cookie(request, response, LOGIN_COOKIE, cookie, 1800)
             return response
-        form = await request.form()
+        return await self._guard(request, lambda: self._log_in(request, target))
+
+    async def _log_in(self, request: Request, target: str) -> Response:
+        form = await self.form(request)
         pending_session = self.signer.read(request.cookies.get(LOGIN_COOKIE))
         origin = request.headers.get("origin")
         if (
@@ -483,9 +503,7 @@ class WebUI:
         user, password = str(form.get("username", ""))[:256], str(form.get("password", ""))[:1024]
         if not user or not await self.services.login(user, password):
             actor = self.actor(request)
-            await self.services.governance.audit.record(
-                "login-failed", "", user=user, addr=actor.addr, detail="web UI"
-            )
+            await self.services.governance.login_failed(user, actor.addr, "web UI")
             cookie, pending = self.signer.issue("", lifetime=1800)
             response = self.render(
                 request,
@@ -498,7 +516,7 @@ class WebUI:
             )
             self._set_cookie(request, response, LOGIN_COOKIE, cookie, 1800)
             return response
-        cookie, _ = self.signer.issue(user)
+        cookie, _ = self.signer.issue(user, password=self.services.password_fingerprint(user) or "")
         response = RedirectResponse(target, 303)
         self._set_cookie(request, response, COOKIE, cookie, LIFETIME)
         response.delete_cookie(LOGIN_COOKIE, path="/ui")
@@ -506,7 +524,7 @@ class WebUI:
 
     async def logout(self, request: Request) -> Response:
         async def change() -> Response:
-            self.check_form(request, await request.form())
+            self.check_form(request, await self.form(request))
             response = RedirectResponse("/ui/", 303)
             response.delete_cookie(COOKIE, path="/ui")
             return response

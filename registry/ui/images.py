@@ -4,7 +4,6 @@ referrers; for a ModelPack model, its metadata and files."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,20 +90,6 @@ def artifact_type(document: dict[str, Any]) -> str:
     return "" if config_type in IMAGE_CONFIGS or not config_type else config_type
 
 
-async def _blob_json(store: RegistryStore, digest: Digest, size: int) -> dict[str, Any] | None:
-    """A small JSON blob, verified against its digest before it is believed."""
-    if size > MAX_CONFIG:
-        return None
-    body = b"".join([chunk async for chunk in store.read_blob(digest)])
-    if Digest.of(body, digest.algorithm) != digest:
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _strings(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
@@ -139,7 +124,7 @@ async def variant(
             )
         )
     if manifest.blobs and found.config_digest:
-        data = await _blob_json(store, manifest.blobs[0].digest, manifest.blobs[0].size)
+        data = await store.small_document(name, manifest.blobs[0].digest, MAX_CONFIG)
         if data is not None and found.config_type == MODEL_CONFIG:
             found.model = data
         elif data is not None:

@@ -45,6 +45,7 @@ class Session:
     user: str  # "" for an anonymous visitor
     csrf: str
     expires: float
+    password: str = ""  # a fingerprint of the user's stored hash: a changed password ends the session
 
 
 def _b64(data: bytes) -> str:
@@ -62,21 +63,22 @@ class Signer:
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
-    def issue(self, user: str, lifetime: float = LIFETIME) -> tuple[str, Session]:
-        session = Session(user, secrets.token_urlsafe(24), time.time() + lifetime)
-        payload = _b64(json.dumps({"u": user, "c": session.csrf, "e": round(session.expires)}).encode())
+    def issue(self, user: str, lifetime: float = LIFETIME, password: str = "") -> tuple[str, Session]:
+        session = Session(user, secrets.token_urlsafe(24), time.time() + lifetime, password)
+        fields = {"u": user, "c": session.csrf, "e": round(session.expires), "p": password}
+        payload = _b64(json.dumps(fields).encode())
         return f"{payload}.{self._mac(payload)}", session
 
     def read(self, cookie: str | None) -> Session | None:
         """The session a cookie proves, or None for anything forged, damaged or expired."""
-        if not cookie or len(cookie) > 4096 or "." not in cookie:
+        if not cookie or len(cookie) > 4096 or "." not in cookie or not cookie.isascii():
             return None
         payload, mac = cookie.rsplit(".", 1)
         if not hmac.compare_digest(mac, self._mac(payload)):
             return None
         try:
             data = json.loads(_unb64(payload))
-            session = Session(str(data["u"]), str(data["c"]), float(data["e"]))
+            session = Session(str(data["u"]), str(data["c"]), float(data["e"]), str(data.get("p", "")))
         except (ValueError, KeyError, TypeError):
             return None
         return session if session.expires > time.time() else None
@@ -84,4 +86,6 @@ class Signer:
 
 def same_token(given: object, expected: str) -> bool:
     """A form field (a string, or anything a hostile form sends) equals the token."""
-    return isinstance(given, str) and bool(given) and bool(expected) and hmac.compare_digest(given, expected)
+    if not isinstance(given, str) or not given or not expected or not given.isascii():
+        return False
+    return hmac.compare_digest(given, expected)
