@@ -274,6 +274,8 @@ class RegistryApp:
                     headers={"Allow": route.allow},
                 )
             action = endpoint.action
+            if method not in ("GET", "HEAD"):
+                self._refuse_cross_site(request)
             if action != "operations":
                 if self.auth is not None and action != "token":  # a denial says nothing of what exists
                     await self._authorize(request, action, name)
@@ -292,6 +294,19 @@ class RegistryApp:
         except Exception:  # a failure still answers in the spec's format
             log.exception("%s %s failed", method, path[:200])
             return error_response(RegistryError("UNKNOWN", "internal error; see the server log"))
+
+    @staticmethod
+    def _refuse_cross_site(request: Request) -> None:
+        """A browser holding Basic credentials for this registry must not be made to push, delete
+        or run retention by another site's form: clients of the API send no Origin at all."""
+        origin = fetch_site = None
+        for key, value in request.scope["headers"]:
+            if key == b"origin":
+                origin = value.decode("latin-1")
+            elif key == b"sec-fetch-site":
+                fetch_site = value.decode("latin-1")
+        if fetch_site == "cross-site" or (origin is not None and origin != base_url(request)):
+            raise RegistryError("DENIED", "a cross-site request may not change the registry")
 
     def _remember_valid(self, name: str) -> None:
         if len(self._valid_names) >= VALID_NAMES_KEPT:

@@ -191,6 +191,11 @@ def _maintain(args: argparse.Namespace) -> int:
         return 1
 
 
+def _printable(text: str) -> str:
+    """Control characters (escape sequences, newlines) shown as escapes, never sent to a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 async def _govern(args: argparse.Namespace, settings: Settings, driver: StorageDriver) -> int:
     """``pier retention`` and ``pier audit``, straight on the storage the servers share."""
     import json
@@ -213,7 +218,8 @@ async def _govern(args: argparse.Namespace, settings: Settings, driver: StorageD
                 what = entry.get("tag") or entry.get("digest") or entry.get("detail", "")
                 who = entry.get("user") or "anonymous"
                 where = f"{who}@{entry['addr']}"
-                print(f"{entry['time']}  {entry['action']:<17} {entry['repository']}  {what}  {where}")
+                line = f"{entry['time']}  {entry['action']:<17} {entry['repository']}  {what}  {where}"
+                print(_printable(line))  # user names come from strangers: no terminal escapes
         return 0
     policies = parse_policies("", settings.retention, settings.immutable_tags, "")
     if not policies.retention:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import secrets
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -105,17 +108,33 @@ def _serve(settings: Settings, sock: socket.socket) -> None:
     if settings.workers > 1:
         # Each worker is uvicorn's own server: SIGTERM closes its listener at once
         # (shutdown_delay applies to single-process servers, one per container or unit).
+        key = None
+        if settings.ui and not settings.ui_session_key:  # one key for every worker's sessions
+            key = _session_key_file()
+            settings = dataclasses.replace(settings, ui_session_key=key)
         os.environ.update(to_environ(settings))
         os.environ.pop("PIER_CONFIG", None)  # already merged into the variables above
         config = uvicorn.Config(
             "registry.server:app_from_environ", factory=True, workers=settings.workers, **options
         )
         _log_listening(settings)
-        Multiprocess(config, sockets=[sock]).run()  # what uvicorn.run does, on our socket
+        try:
+            Multiprocess(config, sockets=[sock]).run()  # what uvicorn.run does, on our socket
+        finally:
+            if key is not None:
+                os.unlink(key)
     else:
         server = DrainingServer(uvicorn.Config(app, **options), app)
         _log_listening(settings)
         server.run(sockets=[sock])
+
+
+def _session_key_file() -> str:
+    """A random secret in a private file, for the workers of this run to share."""
+    descriptor, path = tempfile.mkstemp(prefix="pier-ui-session-")  # mode 0600
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(secrets.token_urlsafe(48).encode())
+    return path
 
 
 def _log_listening(settings: Settings) -> None:

@@ -14,8 +14,11 @@ revision is older than ``untagged_after``. Immutable and protected tags are neve
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import time
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
 from storage_backends import PathNotFound, StorageDriver
@@ -143,6 +146,24 @@ async def _reachable(index: CatalogIndex, repository: Repository, roots: list[Di
                 todo += summary.children
             todo += repository.referrers.get(digest, ())
     return reached
+
+
+@contextlib.asynccontextmanager
+async def doomed(driver: StorageDriver, digests: set[str]) -> AsyncIterator[None]:
+    """GC's handshake with manifest pushes (``registry.gc``), for the manifests retention is about
+    to delete: while the marker is there a push that references one of them (an index naming an
+    untagged child) is refused, and one that finished before it is seen by the next plan."""
+    if not digests:
+        yield
+        return
+    run = f"{int(time.time())}-{uuid.uuid4().hex[:12]}-retention"
+    marker = layout.doomed_marker(run)
+    await driver.put_content(marker, layout.encode_doomed(Digest.parse(d) for d in sorted(digests)))
+    try:
+        yield
+    finally:
+        await driver.put_content(layout.GC_SWEPT, run.encode())  # before the marker goes, as GC does
+        await driver.delete(marker)
 
 
 async def apply(driver: StorageDriver, planned: Plan) -> list[Doomed]:

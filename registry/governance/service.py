@@ -17,13 +17,15 @@ from .. import layout
 from ..catalog_index import CatalogIndex
 from ..errors import RegistryError
 from ..gc import collect, summary
+from ..manifests import MAX_JSON_DEPTH as MAX_DEPTH
+from ..manifests import parse_manifest
 from ..references import Digest, is_digest
 from ..store import RegistryStore
 from .audit import AuditLog
 from .policy import Policies
 from .pulls import PullStats
 from .quotas import Quotas
-from .retention import Doomed, Plan, apply, plan
+from .retention import Doomed, Plan, apply, doomed, plan
 
 log = logging.getLogger("pier.governance")
 
@@ -216,6 +218,40 @@ class Governance:
         await self._record("immutable-denied", repository, actor, tag=immutable[0], detail=message)
         raise RegistryError("DENIED", {"tag": immutable[0]}, message=message)
 
+    async def check_blob_delete(self, actor: Actor, repository: str, digest: str, override: bool) -> None:
+        """A blob an immutable tag's image uses is unlinked only by an admin who says so: the
+        tag would still resolve, to an image that can no longer be pulled."""
+        if not self.policies.immutable or (override and self.is_admin(actor.user)):
+            return
+        for tag in await self.store.tags(repository):
+            if self.policies.immutable_rule(repository, tag) is None:
+                continue
+            if digest in await self._blobs_of(repository, tag):
+                message = f"{digest} is part of immutable tag {tag}: an admin may override it"
+                await self._record(
+                    "immutable-denied", repository, actor, digest=digest, tag=tag, detail=message
+                )
+                raise RegistryError("DENIED", {"tag": tag}, message=message)
+
+    async def _blobs_of(self, repository: str, reference: str) -> set[str]:
+        """The blobs of the image ``reference`` names, and of an index's children."""
+        found: set[str] = set()
+        todo = [reference]
+        for _ in range(MAX_DEPTH):
+            children = []
+            for ref in todo:
+                try:
+                    record = await self.store.resolve(repository, ref)
+                    manifest = parse_manifest(await self.store.manifest_body(record), record.media_type)
+                except RegistryError:
+                    continue
+                found.update(str(d.digest) for d in manifest.blobs)
+                children += [str(d.digest) for d in manifest.children]
+            if not children:
+                break
+            todo = children
+        return found
+
     async def _tags_pointing_at(self, repository: str, digest: str) -> list[str]:
         return [
             t for t in await self.store.tags(repository) if await self.tag_target(repository, t) == digest
@@ -236,8 +272,9 @@ class Governance:
 
     async def delete_tag(self, actor: Actor, repository: str, tag: str, override: bool = False) -> None:
         """What ``DELETE /v2/<name>/manifests/<tag>`` does, for the web UI."""
-        await self.check_delete(actor, repository, tag, override)
-        await self.store.delete_manifest(repository, tag)
+        async with self.tags_locked(repository, [tag]):
+            await self.check_delete(actor, repository, tag, override)
+            await self.store.delete_manifest(repository, tag)
         await self.deleted(actor, repository, tag)
 
     async def delete_repository(self, actor: Actor, repository: str, override: bool = False) -> int:
@@ -263,7 +300,13 @@ class Governance:
 
     async def run_retention(self, actor: Actor = SYSTEM) -> tuple[Plan, list[Doomed]]:
         planned = await self.retention_plan()
-        deleted = await apply(self.store.driver, planned)
+        manifests = {i.digest for i in planned.items if i.kind == "manifest"}
+        async with doomed(self.store.driver, manifests):
+            if manifests:  # planned again under the marker: what a push reached since stays
+                confirmed = set((await self.retention_plan()).items)
+                kept = [i for i in planned.items if i.kind == "tag" or i in confirmed]
+                planned = Plan(kept, planned.repositories, planned.started)
+            deleted = await apply(self.store.driver, planned)
         for item in deleted:
             self.quotas.forget(item.repository)
             if item.kind == "tag":

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ..governance.service import OVERRIDE
 from ..http import empty_response, parse_byte_range
 from ..references import Digest
 from .services import Services, blob_target
@@ -75,7 +76,10 @@ async def _mirror_blob(services: Services, request: Request, route: Route, diges
 
 async def delete_blob(services: Services, request: Request, name: str, digest: str) -> Response:
     services.check_delete()
-    await services.store.delete_blob(name, Digest.parse(digest))
+    parsed = Digest.parse(digest)
+    override = request.query_params.get("override") == OVERRIDE
+    await services.governance.check_blob_delete(services.actor(request), name, str(parsed), override)
+    await services.store.delete_blob(name, parsed)
     await services.governance.deleted(services.actor(request), name, digest, kind="blob")
     await services.notify(request, "delete", name, {"digest": digest})
     return empty_response(202, {})

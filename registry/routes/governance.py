@@ -4,6 +4,7 @@ repository delete. JSON, errors in the spec's format, under the same access cont
 from __future__ import annotations
 
 import json
+import math
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -57,6 +58,8 @@ def audit_query(request: Request) -> Query:
         since = float(params["since"]) if params.get("since") else None
     except ValueError:
         raise RegistryError("PAGINATION_NUMBER_INVALID", "limit and since are numbers") from None
+    if since is not None and not math.isfinite(since):
+        raise RegistryError("PAGINATION_NUMBER_INVALID", "since is seconds since the epoch")
     if not 0 < limit <= MAX_AUDIT_ENTRIES:
         raise RegistryError("PAGINATION_NUMBER_INVALID", f"limit is 1 to {MAX_AUDIT_ENTRIES}")
     return Query(

@@ -152,6 +152,13 @@ class WebUI:
         client = request.client
         return Actor("" if account == "anonymous" else account, client.host if client else "")
 
+    def _check_writable(self, name: str) -> None:
+        """What the API checks before a delete: deletes are on, and the repository is not a mirror's."""
+        self.services.check_delete()
+        mirror = self.services.mirror
+        if mirror is not None and mirror.proxied(name) is not None:
+            raise RegistryError("DENIED", f"{name} is a mirror's copy: it is read-only here")
+
     def check_form(self, request: Request, form: Any) -> Session:
         """A changing request: from this origin, with the session's CSRF token."""
         origin = request.headers.get("origin")
@@ -223,7 +230,8 @@ class WebUI:
             status = error.status if error.status in (400, 403, 404, 405, 409, 429) else 400
             if error.code in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN", "NAME_INVALID", "TAG_INVALID"):
                 status = 404
-            return self.render(request, "error.html", status, title="Refused", message=error.message)
+            message = error.detail if isinstance(error.detail, str) and error.detail else error.message
+            return self.render(request, "error.html", status, title="Refused", message=message)
 
     # -- pages --------------------------------------------------------------------------
     async def repositories(self, request: Request) -> Response:
@@ -450,9 +458,10 @@ class WebUI:
             tag = validate_tag(request.path_params["tag"])
             if not self.may(request, "delete", name):
                 raise RegistryError("DENIED", "you may not delete in this repository")
-            self.services.check_delete()
+            self._check_writable(name)
             override = form.get("override") == "immutable"
             await self.services.governance.delete_tag(self.actor(request), name, tag, override)
+            await self.services.notify(request, "delete", name, {"tag": tag})
             return RedirectResponse(f"/ui/r/{quote(name)}", 303)
 
         return await self._guard(request, change)
@@ -464,11 +473,12 @@ class WebUI:
             name = validate_name(request.path_params["name"])
             if not self.may(request, "delete", name):
                 raise RegistryError("DENIED", "you may not delete this repository")
-            self.services.check_delete()
+            self._check_writable(name)
             if form.get("confirm") != name:
                 raise RegistryError("DENIED", "type the repository's name to confirm")
             override = form.get("override") == "immutable"
             await self.services.governance.delete_repository(self.actor(request), name, override)
+            await self.services.notify(request, "delete", name, {})
             return RedirectResponse("/ui/", 303)
 
         return await self._guard(request, change)
