@@ -25,7 +25,7 @@ from .config import Settings
 from .errors import RegistryError
 from .governance.policy import parse_policies
 from .governance.service import Governance
-from .http import API_VERSION_HEADER, empty_response, error_response
+from .http import API_VERSION_HEADER, ZERO_COPY, FileSendResponse, empty_response, error_response
 from .instrumented import InstrumentedDriver
 from .limits import InflightLimiter, client_key
 from .logs import AccessLog, request_id
@@ -182,12 +182,14 @@ class RegistryApp:
             response = await self._dispatch(request, scope)
             response.raw_headers += [_API_VERSION, (b"x-request-id", rid.encode())]
             status = response.status_code
-            if observed and isinstance(response, StreamingResponse):
+            if observed and isinstance(response, StreamingResponse | FileSendResponse):
 
                 async def counting_send(message: Message) -> None:
                     nonlocal sent
                     if message["type"] == "http.response.body":
                         sent += len(message.get("body", b""))
+                    elif message["type"] == ZERO_COPY:
+                        sent += message["count"]
                     await send(message)
 
                 await response(scope, receive, counting_send)

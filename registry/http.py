@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from .errors import RegistryError
 from .streams import BodyTooLarge
@@ -26,6 +27,34 @@ def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None, media_type: str = "application/json"
 ) -> Response:
     return Response(json.dumps(data).encode(), status, headers, media_type)
+
+
+ZERO_COPY = "http.response.zerocopysend"  # the ASGI extension registry.protocol offers
+
+
+class FileSendResponse(Response):
+    """Bytes of an open local file, sent by the kernel (the server's ``ZERO_COPY`` extension,
+    which the caller checked is on offer); the file is closed once sent or abandoned."""
+
+    def __init__(
+        self, file: BinaryIO, offset: int, length: int, status: int, headers: dict[str, str]
+    ) -> None:
+        super().__init__(b"", status, {**headers, "content-length": str(length)})
+        self.file, self.offset, self.length = file, offset, length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            if scope["method"] == "HEAD":
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send(
+                    {"type": ZERO_COPY, "file": self.file, "offset": self.offset, "count": self.length}
+                )
+        finally:
+            self.file.close()
 
 
 class RawResponse(Response):

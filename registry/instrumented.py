@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from time import perf_counter
-from typing import Any
+from typing import Any, BinaryIO
 
 from storage_backends import FileInfo, FileWriter, PathNotFound, StorageDriver, WriterBusy
 
@@ -155,6 +155,18 @@ class InstrumentedDriver(StorageDriver):
             raise
         finally:
             self._h["exists"].observe(perf_counter() - start)
+
+    async def open_local(self, path: str) -> BinaryIO | None:
+        start = perf_counter()
+        try:
+            found = await self.inner.open_local(path)
+        except PathNotFound:
+            raise
+        except BaseException:
+            self.metrics.storage_error("open")
+            raise
+        self._h["read"].observe(perf_counter() - start)
+        return found
 
     async def url_for(self, path: str, expires: float) -> str | None:
         start = perf_counter()

@@ -9,6 +9,10 @@ body stalls, or whose client stops reading the response, for ``idle_timeout`` is
 closed. Time the server spends working (reading paused, the app busy) never counts
 against the client.
 
+It also offers the ASGI extension ``http.response.zerocopysend`` on plain-HTTP connections: an
+app hands over an open file and the bytes go from the page cache to the socket with
+``sendfile(2)`` in a thread, none through Python (blob downloads; nginx's ``sendfile on``).
+
 It relies on uvicorn's private httptools protocol (its callbacks and per-connection state), so
 pyproject.toml pins uvicorn exactly and tests/test_protocol_pin.py checks every method and
 attribute used here, naming the uvicorn version when one is gone. uvicorn's own options do not
@@ -21,14 +25,22 @@ about 7% of a manifest HEAD's server CPU (bench figures in the i19 report).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
+import os
+import select
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .http import ZERO_COPY
+
 log = logging.getLogger("pier.registry")
 
+# sendfile waits for the socket in these threads, one per download in progress: not the default
+# pool, which has 6 threads on 2 cores and serves storage I/O.
+_SENDFILE = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="sendfile")
 _TOO_LARGE = b"431 Request Header Fields Too Large"
 _TIMEOUT = b"408 Request Timeout"
 
@@ -128,6 +140,57 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = True
         self._progress()
         super().on_headers_complete()
+        cycle: Any = self.cycle
+        if cycle is not None and cycle.scope is self.scope and self._plain_socket() is not None:
+            self.scope.setdefault("extensions", {})[ZERO_COPY] = {}
+            cycle.send = self._zero_copy_send(cycle, cycle.send)
+
+    def _plain_socket(self) -> int | None:
+        """The connection's socket, when nothing stands between it and the bytes (no TLS)."""
+        if self.transport.get_extra_info("sslcontext") is not None:
+            return None
+        sock = self.transport.get_extra_info("socket")
+        return sock.fileno() if sock is not None else None
+
+    def _zero_copy_send(self, cycle: Any, send: Any) -> Any:
+        async def zero_copy_send(message: Any) -> None:
+            if message["type"] != ZERO_COPY:
+                await send(message)
+                return
+            if not cycle.response_started or cycle.response_complete or cycle.chunked_encoding:
+                raise RuntimeError(f"{ZERO_COPY} needs a started response with a Content-Length")
+            count = int(message.get("count", cycle.expected_content_length))
+            if count > cycle.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            if count and not cycle.disconnected and await self._flushed():
+                sent = await self.loop.run_in_executor(
+                    _SENDFILE,
+                    _sendfile,
+                    self._plain_socket(),
+                    message["file"].fileno(),
+                    int(message.get("offset", 0)),
+                    count,
+                    self.idle_timeout,
+                )
+                cycle.expected_content_length -= sent
+                if sent < count:  # the client went or stalled, or the file was short: cut it off
+                    log.warning("%s: a file response stopped after %d of %d bytes", self._peer(), sent, count)
+                    self.transport.close()
+                    cycle.disconnected = True
+                    return
+            if not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        return zero_copy_send
+
+    async def _flushed(self) -> bool:
+        """Wait until what the transport holds (the headers) has reached the socket: sendfile
+        writes past the transport, so anything still in its buffer would arrive after."""
+        while self.transport.get_write_buffer_size():
+            if self.transport.is_closing():
+                return False
+            await asyncio.sleep(0.001)
+        return not self.transport.is_closing()
 
     def on_body(self, body: bytes) -> None:
         self._progress()
@@ -214,6 +277,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "client"
+
+
+def _sendfile(sock: int | None, file: int, offset: int, count: int, timeout: float) -> int:
+    """Bytes of ``file`` sent to the non-blocking ``sock``, waiting for room at most ``timeout``
+    seconds at a time; fewer than ``count`` when the client went away or stopped reading."""
+    if sock is None:
+        return 0
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    sent = 0
+    while sent < count:
+        try:
+            done = os.sendfile(sock, file, offset + sent, count - sent)
+        except BlockingIOError:
+            if not poller.poll(timeout * 1000):
+                return sent  # no room for a whole idle_timeout: the client stopped reading
+            continue
+        except OSError:  # EPIPE, ECONNRESET: the client is gone
+            return sent
+        if done == 0:  # the file ended early
+            return sent
+        sent += done
+    return sent
 
 
 def configure(max_header_size: int, max_headers: int, header_timeout: float, idle_timeout: float) -> None:

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from oci import jsonsafe
 from storage_backends import PathNotFound, StorageDriver
@@ -87,6 +87,13 @@ class RegistryStore:
 
     def read_blob(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.driver.reader(layout.blob_data(digest), offset, length)
+
+    async def open_blob(self, digest: Digest) -> BinaryIO | None:
+        """The blob's file, where storage is a local disk (for ``sendfile``); None elsewhere."""
+        try:
+            return await self.driver.open_local(layout.blob_data(digest))
+        except PathNotFound:
+            raise RegistryError("BLOB_UNKNOWN", str(digest)) from None
 
     async def blob_url(self, digest: Digest, expires: float) -> str | None:
         """A short-lived URL of the blob's bytes in the storage itself, where it has one (S3)."""

@@ -12,7 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 # Components start with a letter, digit or underscore, so "." and ".." can never match;
 # one pattern for the whole path because this check sits on every request's path.
@@ -190,6 +190,12 @@ class StorageDriver(ABC):
 
     async def url_for(self, path: str, expires: float) -> str | None:
         """A URL a client may fetch ``path`` from directly, or None where there is none."""
+        return None
+
+    async def open_local(self, path: str) -> BinaryIO | None:
+        """``path`` opened for reading where it is a local file (the filesystem backend), so a
+        server can hand it to the kernel (``sendfile``) without a byte passing through Python;
+        None where the medium has no such file. ``PathNotFound`` when nothing is there."""
         return None
 
     async def purge_incomplete(self, older_than: float) -> int:

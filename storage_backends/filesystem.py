@@ -23,7 +23,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 from .base import (
     FileInfo,
@@ -240,6 +240,13 @@ class FilesystemDriver(StorageDriver):
         return self._root_slash + check_path(path)
 
     # -- small files -------------------------------------------------------------
+    async def open_local(self, path: str) -> BinaryIO | None:
+        """The file itself, unbuffered: an open is one system call, done inline."""
+        try:
+            return open(self._os_path(path), "rb", buffering=0)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+
     def _get_content(self, path: str) -> bytes:
         try:
             with open(self._os_path(path), "rb") as file:

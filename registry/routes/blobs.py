@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..governance.service import OVERRIDE
-from ..http import empty_response, parse_byte_range
+from ..http import ZERO_COPY, FileSendResponse, empty_response, parse_byte_range
 from ..references import Digest
 from .services import Services, blob_target
 
@@ -48,6 +48,10 @@ async def get_blob(services: Services, request: Request, name: str, digest: str)
         if url is not None:  # the client fetches (and ranges) straight from the storage
             redirect = {"location": url, "docker-content-digest": str(parsed), "cache-control": "no-store"}
             return Response(b"", 307, redirect)
+    if ZERO_COPY in request.scope.get("extensions", ()):  # plain HTTP: the kernel sends the file
+        file = await services.store.open_blob(parsed)
+        if file is not None:
+            return FileSendResponse(file, offset, length, status, headers)
     return StreamingResponse(services.store.read_blob(parsed, offset, length), status, headers)
 
 
