@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
+import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 
 import httpx
@@ -56,6 +59,50 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if needs_another_server(item):
             item.add_marker(pytest.mark.slow)
+
+
+# pytest-xdist runs the suite in several processes (pyproject.toml's addopts: ``-n``). A test
+# that measures time against a bound of a few seconds (a deadline, a timeout, a TTL that must
+# not have passed yet) is marked ``serial``: it runs while no test of another worker does, so
+# their load cannot make it late. Each test, from its setup to its teardown, holds a lock of
+# the run: the others share it, a serial one holds it alone. A gate, taken first and briefly,
+# keeps the shared holders from starving a serial test that waits. The lock is held only while
+# a test runs, so no worker waits for it while holding it. Without xdist every test runs
+# alone anyway. (``--dist loadgroup`` could send the serial tests to one worker, but with
+# pytest 9.2's node IDs pytest-xdist 3.8 ignores ``xdist_group``: pytest-xdist issue #1386.)
+class RunLock:
+    def __init__(self, folder: Path) -> None:
+        self.gate = os.open(folder / "serial-gate.lock", os.O_RDWR | os.O_CREAT)
+        self.lock = os.open(folder / "serial.lock", os.O_RDWR | os.O_CREAT)
+
+    @contextlib.contextmanager
+    def held(self, alone: bool) -> Iterator[None]:
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+
+_run_lock: RunLock | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _run_lock
+    if hasattr(config, "workerinput") and config.option.basetemp:  # an xdist worker: its basetemp
+        _run_lock = RunLock(Path(config.option.basetemp).parent)  # is in the run's, shared by all
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, object]:
+    if _run_lock is None:
+        return (yield)
+    with _run_lock.held(alone=item.get_closest_marker("serial") is not None):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

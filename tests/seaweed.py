@@ -30,6 +30,14 @@ def weed_executable() -> str:
     return path
 
 
+# What weed logs when a port it was given is taken: it checks them all first, then may bind late.
+PORT_TAKEN = ("Port allocation failed", "address already in use")
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
 class SeaweedS3:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -53,12 +61,33 @@ class SeaweedS3:
 
     def start(self) -> SeaweedS3:
         self.folder.mkdir(parents=True, exist_ok=True)
-        data = self.folder / "data"
-        data.mkdir(exist_ok=True)
         config = self.folder / "s3.json"
         identity = {"name": "pier", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]
         config.write_text(json.dumps({"identities": [identity]}))
+        env = {**os.environ, "GOMEMLIMIT": "512MiB"}
+        for attempt in range(3):
+            # A port another process took before weed bound it (rare: see servers.free_port)
+            # makes weed fail; then it starts again, afresh and on other ports.
+            suffix = f"-{attempt}" if attempt else ""
+            if attempt:
+                self.port = free_port()
+                self.log_path = self.folder / f"weed{suffix}.log"
+            data = self.folder / f"data{suffix}"
+            data.mkdir(exist_ok=True)
+            command = self._command(data, config, self.folder / f"s3{suffix}.sock")
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=self.folder)
+            try:
+                self._wait_ready()
+                return self
+            except PortTaken:
+                stop_process(self.process, timeout=15)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _command(self, data: Path, config: Path, socket: Path) -> list[str]:
         ports = {name: free_port() for name in ("master", "volume", "filer", "admin")}
         command = [weed_executable(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         command += ["-master.telemetry=false", "-webdav=false", "-admin.ui=false"]
@@ -67,14 +96,10 @@ class SeaweedS3:
         # disk / volume size) runs out after ~77 buckets, fewer on a smaller disk.
         command += ["-volume.max=3000"]
         command += [f"-s3.port={self.port}", f"-s3.port.grpc={free_port()}"]
-        command += [f"-s3.localSocket={self.folder / 's3.sock'}"]
+        command += [f"-s3.localSocket={socket}"]
         for name, port in ports.items():
             command += [f"-{name}.port={port}", f"-{name}.port.grpc={free_port()}"]
-        env = {**os.environ, "GOMEMLIMIT": "512MiB"}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=self.folder)
-        self._wait_ready()
-        return self
+        return command
 
     def client(self):
         import boto3
@@ -96,6 +121,9 @@ class SeaweedS3:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None
+            log = self.log_path.read_text(errors="replace")
+            if any(words in log for words in PORT_TAKEN):  # weed goes on without that server
+                raise PortTaken(f"a port of weed's was taken: see {self.log_path}")
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.process.returncode}: see {self.log_path}")
             try:

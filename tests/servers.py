@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,10 +21,53 @@ from .storeview import LocalStorage, Storage
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
+# Ports for the servers the tests start. A port the kernel hands out (bind to 0) is in its
+# ephemeral range, where any process's next outgoing connection may take it, and where the
+# other pytest-xdist workers draw theirs too: between the pick and the server's own bind, it
+# can be gone. So the ports come from below that range (nothing takes them unasked), each
+# process from a block of its own (the first for a run without xdist, then gw0, gw1, ...),
+# starting at a random place in it (two runs at once rarely meet) and skipping ports in use.
+PORTS_FROM = 10000
+PORT_BLOCK = 2000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_block() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...; unset without xdist
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    blocks = max(1, (_ephemeral_start() - PORTS_FROM) // PORT_BLOCK)
+    start = PORTS_FROM + (index % blocks) * PORT_BLOCK
+    return range(start, start + PORT_BLOCK)
+
+
+_block = _port_block()
+_next_port = _block.start + random.randrange(PORT_BLOCK)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:  # a server listens there, or a closed connection of one still holds it
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A loopback port no one listens on, from this process's block (see above)."""
+    global _next_port
+    for _ in range(PORT_BLOCK):
+        port = _next_port
+        _next_port = _block.start + (port + 1 - _block.start) % PORT_BLOCK
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"no free port in {_block.start}-{_block.stop - 1}")
 
 
 def wait_http(url: str, process: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -63,11 +107,15 @@ class PierServer:
         """``root`` is the data folder, unless ``storage`` puts the data elsewhere (S3)."""
         self.root = Path(root)
         self.storage = storage or LocalStorage(str(self.root))
+        self.port_given = port is not None
         self.port = port or free_port()
         self.args = args
         self.env = {**self.storage.env, **(env or {})}
-        self.log_path = self.root.parent / f"pier-{self.port}.log"
         self.process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.root.parent / f"pier-{self.port}.log"
 
     @property
     def host(self) -> str:
@@ -81,23 +129,23 @@ class PierServer:
     def start(self) -> PierServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIER_")}
         env.update(self.env)
-        command = [
-            sys.executable,
-            "-m",
-            "registry",
-            "serve",
-            "--addr",
-            self.host,
-            "--root",
-            self.storage.location,
-            "--access-log",
-            "false",
-            *self.args,
-        ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=REPO_ROOT)
-        wait_http(f"{self.url}/v2/", self.process)
-        return self
+        first_start = self.process is None
+        for attempt in range(3):
+            command = [sys.executable, "-m", "registry", "serve", "--addr", self.host]
+            command += ["--root", self.storage.location, "--access-log", "false", *self.args]
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=REPO_ROOT)
+            try:
+                wait_http(f"{self.url}/v2/", self.process)
+                return self
+            except RuntimeError:
+                # Another process took the free port before this one bound it (rare: see
+                # free_port): a first start on a port of our choosing tries another one.
+                lost_port = self.process.poll() is not None and "address already in use" in self.log()
+                if not (lost_port and first_start and not self.port_given) or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self.process is not None:

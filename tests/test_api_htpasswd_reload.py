@@ -17,7 +17,7 @@ from .helpers import wait_until, write_htpasswd
 from .servers import PierServer
 from .tokens import write_signing_key
 
-pytestmark = pytest.mark.slow  # waits for the htpasswd file watcher
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # waits for the htpasswd file watcher, 2 s at most
 
 LOCKED_OUT_WITHIN = 2.0  # seconds: the file is looked at once a second, plus a margin
 

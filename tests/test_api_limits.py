@@ -124,6 +124,7 @@ def test_headers_at_the_limit_are_fine(strict) -> None:
     assert httpx.get(f"{strict.url}/v2/", headers=headers).status_code == 200
 
 
+@pytest.mark.serial  # closed within seconds of the 1 s timeout
 @pytest.mark.slow  # waits for the 1 s header timeout
 def test_a_header_block_sent_slowly_is_cut_off(strict) -> None:
     with socket.create_connection(("127.0.0.1", strict.port)) as sock:
@@ -136,6 +137,7 @@ def test_a_header_block_sent_slowly_is_cut_off(strict) -> None:
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
 
 
+@pytest.mark.serial  # closed within seconds of the 1 s timeout
 @pytest.mark.slow  # waits for the 1 s idle timeout
 def test_a_connection_that_never_speaks_is_closed(strict) -> None:
     with socket.create_connection(("127.0.0.1", strict.port)) as sock:
@@ -143,6 +145,7 @@ def test_a_connection_that_never_speaks_is_closed(strict) -> None:
     assert closed and took < 4
 
 
+@pytest.mark.serial  # closed within seconds of the 1 s timeout
 @pytest.mark.slow  # waits for the 1 s idle timeout
 def test_a_stalled_upload_is_closed_and_the_session_survives(strict) -> None:
     started = httpx.post(f"{strict.url}/v2/limits/stalled/blobs/uploads/")
@@ -164,6 +167,7 @@ def test_a_stalled_upload_is_closed_and_the_session_survives(strict) -> None:
         httpx.delete(f"{strict.url}{location}")
 
 
+@pytest.mark.serial  # closed within seconds of the 1 s timeout
 @pytest.mark.slow  # waits 4 s for the send timeout
 def test_a_client_that_stops_reading_a_download_is_closed(strict) -> None:
     blob = os.urandom(32 * 1024 * 1024)

@@ -50,6 +50,7 @@ async def test_sessions_of_many_clients_hit_the_stores_cap(start_registry) -> No
         assert_refused(await open_session(other, "total/other2"), "on this registry")
 
 
+@pytest.mark.serial  # opens sessions within their 2 s timeout
 @pytest.mark.slow  # waits 3 s for sessions to expire
 async def test_expired_sessions_stop_counting_and_their_urls_are_unknown(start_registry) -> None:
     server = start_registry(

@@ -115,6 +115,7 @@ async def test_grace_period_keeps_young_blobs(served) -> None:
     await assert_gone(client, server.storage, "young/blob", [digest])
 
 
+@pytest.mark.serial  # a push and a gc must fit in the 3 s grace
 async def test_an_old_blob_linked_again_recently_is_kept(served) -> None:
     """Ages by waiting, not by touching files, so it reads the same on disk and on S3 (whose
     times have one-second resolution)."""

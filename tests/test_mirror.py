@@ -240,6 +240,7 @@ def test_private_upstream_repositories_need_the_configured_login(
 # -- tags, freshness and failing upstreams ------------------------------------------------
 
 
+@pytest.mark.serial  # a push must fit in the 2 s TTL
 def test_a_moved_tag_is_picked_up_after_the_ttl_with_a_head(
     start_registry, upstream: Upstream, gate: Gate, image: Image, tmp_path: Path
 ) -> None:
@@ -427,6 +428,7 @@ def _manifest(config: Blob, layer: Blob) -> bytes:
     return json.dumps(document).encode()
 
 
+@pytest.mark.serial  # first byte within a third of the time
 def test_the_first_client_gets_bytes_before_the_upstream_is_done(
     start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
 ) -> None:

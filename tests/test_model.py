@@ -449,6 +449,7 @@ def _size(path: Path) -> int:
         return 0
 
 
+@pytest.mark.serial  # the small files must be in the file index, written every second, by the kill
 def test_a_killed_pull_resumes_inside_the_file_it_was_writing(registry, tmp_path) -> None:
     model = make_model(tmp_path / "model", weight_size=6 << 20)
     weight = pushed_weights(registry, tmp_path, "models/killed", model)

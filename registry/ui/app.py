@@ -157,19 +157,19 @@ class WebUI:
         self.services.check_delete()
         mirror = self.services.mirror
         if mirror is not None and mirror.proxied(name) is not None:
-            raise RegistryError("DENIED", f"{name} is a mirror's copy: it is read-only here")
+            raise RegistryError("DENIED", message=f"{name} is a mirror's copy: it is read-only here")
 
     def check_form(self, request: Request, form: Any) -> Session:
         """A changing request: from this origin, with the session's CSRF token."""
         origin = request.headers.get("origin")
         if origin is not None and origin != base_url(request):
-            raise RegistryError("DENIED", "cross-origin form")
+            raise RegistryError("DENIED", message="cross-origin form")
         session = self.session(request)
         # On an open registry a visitor's session has no user, but still a token.
         if session is None or (not session.user and self.services.auth is not None):
-            raise RegistryError("DENIED", "log in first")
+            raise RegistryError("DENIED", message="log in first")
         if not same_token(form.get("csrf"), session.csrf):
-            raise RegistryError("DENIED", "the form has expired: reload the page")
+            raise RegistryError("DENIED", message="the form has expired: reload the page")
         return session
 
     async def form(self, request: Request) -> Any:
@@ -177,9 +177,11 @@ class WebUI:
         is a few short fields, and parsing is the first thing an anonymous POST gets."""
         length = request.headers.get("content-length", "")
         if not length.isdigit() or int(length) > MAX_FORM:
-            raise RegistryError("DENIED", f"forms here are at most {MAX_FORM} bytes, with a Content-Length")
+            raise RegistryError(
+                "DENIED", message=f"forms here are at most {MAX_FORM} bytes, with a Content-Length"
+            )
         if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            raise RegistryError("DENIED", "forms here are application/x-www-form-urlencoded")
+            raise RegistryError("DENIED", message="forms here are application/x-www-form-urlencoded")
         return await request.form(max_fields=MAX_FIELDS, max_part_size=MAX_FORM)
 
     def render(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
@@ -230,8 +232,7 @@ class WebUI:
             status = error.status if error.status in (400, 403, 404, 405, 409, 429) else 400
             if error.code in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN", "NAME_INVALID", "TAG_INVALID"):
                 status = 404
-            message = error.detail if isinstance(error.detail, str) and error.detail else error.message
-            return self.render(request, "error.html", status, title="Refused", message=message)
+            return self.render(request, "error.html", status, title="Refused", message=error.message)
 
     # -- pages --------------------------------------------------------------------------
     async def repositories(self, request: Request) -> Response:
@@ -457,7 +458,7 @@ class WebUI:
             name = validate_name(request.path_params["name"])
             tag = validate_tag(request.path_params["tag"])
             if not self.may(request, "delete", name):
-                raise RegistryError("DENIED", "you may not delete in this repository")
+                raise RegistryError("DENIED", message="you may not delete in this repository")
             self._check_writable(name)
             override = form.get("override") == "immutable"
             await self.services.governance.delete_tag(self.actor(request), name, tag, override)
@@ -472,10 +473,10 @@ class WebUI:
             self.check_form(request, form)
             name = validate_name(request.path_params["name"])
             if not self.may(request, "delete", name):
-                raise RegistryError("DENIED", "you may not delete this repository")
+                raise RegistryError("DENIED", message="you may not delete this repository")
             self._check_writable(name)
             if form.get("confirm") != name:
-                raise RegistryError("DENIED", "type the repository's name to confirm")
+                raise RegistryError("DENIED", message="type the repository's name to confirm")
             override = form.get("override") == "immutable"
             await self.services.governance.delete_repository(self.actor(request), name, override)
             await self.services.notify(request, "delete", name, {})
