@@ -41,6 +41,9 @@ log = logging.getLogger("pier.registry")
 # sendfile waits for the socket in these threads, one per download in progress: not the default
 # pool, which has 6 threads on 2 cores and serves storage I/O.
 _SENDFILE = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="sendfile")
+# Bytes per sendfile call. Measured on loopback here (1 GiB, page cache warm): 256 KiB calls
+# send at ~2.7 GB/s, as nginx does; 1-8 MiB calls, or the whole file in one, at ~1.9 GB/s.
+SENDFILE_CHUNK = 256 * 1024
 _TOO_LARGE = b"431 Request Header Fields Too Large"
 _TIMEOUT = b"408 Request Timeout"
 
@@ -289,7 +292,7 @@ def _sendfile(sock: int | None, file: int, offset: int, count: int, timeout: flo
     sent = 0
     while sent < count:
         try:
-            done = os.sendfile(sock, file, offset + sent, count - sent)
+            done = os.sendfile(sock, file, offset + sent, min(count - sent, SENDFILE_CHUNK))
         except BlockingIOError:
             if not poller.poll(timeout * 1000):
                 return sent  # no room for a whole idle_timeout: the client stopped reading
