@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from api import MIB, BlobFile, machine_facts, mbps, pull_curl, push_post_put, start_pier
-from servers import Server, descendants, free_port
+from servers import Server, family_cpu_seconds, free_port
 
 
 def start_nginx(work: Path, root: Path) -> Server:
@@ -65,23 +65,11 @@ def start_distribution(work: Path, store: Path) -> Server:
     return Server("distribution", [binary, "serve", str(config)], port, work / "distribution.log").start()
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its children (nginx's worker)."""
-    total = 0
-    for process in [pid, *descendants(pid)]:
-        try:
-            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def timed(server: Server, url: str, size: int, headers: dict[str, str] | None = None) -> tuple[float, float]:
     """(seconds, server CPU seconds) of one pull."""
-    before = cpu_seconds(server.pid)
+    before = family_cpu_seconds(server.pid)
     seconds = pull_curl(url, size, headers)
-    return seconds, cpu_seconds(server.pid) - before
+    return seconds, family_cpu_seconds(server.pid) - before
 
 
 def main() -> int:

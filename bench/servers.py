@@ -39,6 +39,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def family_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children so far (nginx's worker, pier's workers)."""
+    total = 0
+    for process in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks, to tell it apart from a later one with its PID."""
     try:

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from servers import REPO_ROOT, Server, descendants, free_port  # bench/servers.py
+from servers import REPO_ROOT, Server, descendants, family_cpu_seconds, free_port  # bench/servers.py
 
 from registry import layout
 from registry.references import Digest
@@ -249,27 +249,15 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the server and its children so far."""
-    total = 0
-    for process in [pid, *descendants(pid)]:
-        try:
-            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def settle(server: Server, timeout: float = 60.0) -> float:
     """Wait until the server is idle (under 20 ms of CPU in 0.5 s); the CPU seconds it used
     meanwhile. At start-up pier's upload purger walks the whole store for writers' leftovers
     (``purge_incomplete``), which would otherwise be counted in the index build."""
-    started, deadline = cpu_seconds(server.pid), time.monotonic() + timeout
+    started, deadline = family_cpu_seconds(server.pid), time.monotonic() + timeout
     last = started
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = cpu_seconds(server.pid)
+        now = family_cpu_seconds(server.pid)
         if now - last < 0.02:
             break
         last = now
@@ -376,9 +364,9 @@ def measure_pier(args: argparse.Namespace, work: Path, root: Path) -> dict[str, 
         client = Client(server.port)
         pages = ui_pages(args)
         label, path, expected = pages[0]
-        cpu = cpu_seconds(server.pid)
+        cpu = family_cpu_seconds(server.pid)
         client_ms, server_ms, body = client.get(path)
-        cpu = cpu_seconds(server.pid) - cpu
+        cpu = family_cpu_seconds(server.pid) - cpu
         check(label, body, expected)
         results["first_page"] = {"client_ms": client_ms, "server_ms": server_ms, "cpu_s": cpu}
         results["rss_index_mib"] = rss_mib(server.pid)

@@ -29,6 +29,7 @@ from storage_backends import PathNotFound, StorageDriver
 
 from . import layout
 from .config import ConfigError, Settings, parse_duration
+from .group_commit import GroupCommit
 
 if TYPE_CHECKING:
     import aiohttp
@@ -129,8 +130,7 @@ class Notifier:
         self._wake = {e.name: asyncio.Event() for e in endpoints}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None  # aiohttp is imported with the first event
-        self._unwritten: list[tuple[list[Endpoint], str, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._commits: GroupCommit[tuple[list[Endpoint], str]] = GroupCommit(self._write_batch)
 
     @classmethod
     def from_settings(cls, settings: Settings, driver: StorageDriver) -> Notifier:
@@ -158,37 +158,22 @@ class Notifier:
             "actor": {"name": request.pop("user", "")},
             "source": {"addr": self.instance, "instanceID": self.instance},
         }
-        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unwritten.append((wanting, json.dumps(event), stored))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_unwritten())
-        await stored
+        await self._commits.add((wanting, json.dumps(event)))
 
-    async def _write_unwritten(self) -> None:
-        while self._unwritten:
-            batch, self._unwritten = self._unwritten, []
-            lines: dict[str, list[str]] = {}
-            for wanting, line, _ in batch:
-                for endpoint in wanting:
-                    lines.setdefault(endpoint.name, []).append(line)
-            name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-            try:
-                await asyncio.gather(
-                    *(
-                        self.driver.put_content(layout.event_batch(queue, name), "\n".join(found).encode())
-                        for queue, found in lines.items()
-                    )
-                )
-            except Exception as exc:  # the requests fail: nothing was acknowledged that is not stored
-                for _, _, stored in batch:
-                    if not stored.done():
-                        stored.set_exception(exc)
-                continue
-            for _, _, stored in batch:
-                if not stored.done():
-                    stored.set_result(None)
-            for queue in lines:
-                self._wake[queue].set()
+    async def _write_batch(self, batch: list[tuple[list[Endpoint], str]]) -> None:
+        lines: dict[str, list[str]] = {}
+        for wanting, line in batch:
+            for endpoint in wanting:
+                lines.setdefault(endpoint.name, []).append(line)
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+        await asyncio.gather(
+            *(
+                self.driver.put_content(layout.event_batch(queue, name), "\n".join(found).encode())
+                for queue, found in lines.items()
+            )
+        )
+        for queue in lines:
+            self._wake[queue].set()
 
     # -- delivering ---------------------------------------------------------------------
     def start(self) -> None:

@@ -10,7 +10,6 @@ Queries read the newest days first and stop at the limit; ``pier audit --export`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -22,6 +21,7 @@ from typing import Any
 from storage_backends import PathNotFound, StorageDriver
 
 from .. import layout
+from ..group_commit import GroupCommit
 
 log = logging.getLogger("pier.audit")
 
@@ -67,8 +67,7 @@ class AuditLog:
     def __init__(self, driver: StorageDriver, enabled: bool = True) -> None:
         self.driver = driver
         self.enabled = enabled
-        self._unwritten: list[tuple[str, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._commits: GroupCommit[str] = GroupCommit(self._write_batch)
 
     async def record(
         self,
@@ -105,27 +104,11 @@ class AuditLog:
             entry["detail"] = detail
         if request_id:
             entry["request_id"] = request_id
-        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unwritten.append((json.dumps(entry), stored))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_unwritten())
-        await stored
+        await self._commits.add(json.dumps(entry))
 
-    async def _write_unwritten(self) -> None:
-        while self._unwritten:
-            batch, self._unwritten = self._unwritten, []
-            now = time.time()
-            path = layout.audit_batch(_day(now), f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}")
-            try:
-                await self.driver.put_content(path, "\n".join(line for line, _ in batch).encode())
-            except Exception as exc:  # the requests fail: nothing is acknowledged that is not recorded
-                for _, stored in batch:
-                    if not stored.done():
-                        stored.set_exception(exc)
-                continue
-            for _, stored in batch:
-                if not stored.done():
-                    stored.set_result(None)
+    async def _write_batch(self, lines: list[str]) -> None:
+        path = layout.audit_batch(_day(time.time()), f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}")
+        await self.driver.put_content(path, "\n".join(lines).encode())
 
     async def entries(self, newest_first: bool = True, since: float | None = None) -> AsyncIterator[dict]:
         """Every stored entry, a day's file at a time."""

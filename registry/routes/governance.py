@@ -17,35 +17,42 @@ from ..http import empty_response, json_response
 from .services import Services
 
 MAX_AUDIT_ENTRIES = 10_000
+Row = dict[str, object]
 
 
 async def usage(services: Services, request: Request) -> Response:
-    """Each namespace the caller can see something in: bytes used, its quota, its repositories;
-    and the per-repository quotas."""
+    namespaces, repositories = await usage_report(services, services.caller(request).account)
+    return json_response({"namespaces": namespaces, "repositories": repositories})
+
+
+async def usage_report(
+    services: Services, account: str
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Each namespace ``account`` can see something in: bytes used, its quota, its repositories;
+    and the per-repository quotas of repositories it may pull (the API's and the UI's page)."""
     governance = services.governance
     await governance.index.ready()
-    account = services.caller(request).account
-    visible = {ns: False for ns in governance.index.namespaces()}
+    visible: set[str] = set()
     for name in governance.index.names():
-        if not visible[namespace_of(name)] and "pull" in services.allowed(account, name):
-            visible[namespace_of(name)] = True
+        if namespace_of(name) not in visible and "pull" in services.allowed(account, name):
+            visible.add(namespace_of(name))
     limits = {q.scope: q for q in governance.policies.quotas if not q.per_repository}
     namespaces = []
     for namespace, (used, count) in sorted(governance.index.namespaces().items()):
-        if not visible.get(namespace):
+        if namespace not in visible:
             continue
         quota = limits.get(namespace)
-        entry: dict[str, object] = {"namespace": namespace, "used": used, "repositories": count}
+        entry: Row = {"namespace": namespace, "used": used, "repositories": count}
         if quota is not None:
             entry["used"] = await governance.quotas.usage(quota)
             entry["limit"] = quota.limit
         namespaces.append(entry)
-    per_repository = []
+    per_repository: list[Row] = []
     for quota in governance.policies.quotas:
         if quota.per_repository and "pull" in services.allowed(account, quota.scope):
             used = await governance.quotas.usage(quota)
             per_repository.append({"repository": quota.scope, "used": used, "limit": quota.limit})
-    return json_response({"namespaces": namespaces, "repositories": per_repository})
+    return namespaces, per_repository
 
 
 def audit_query(request: Request) -> Query:

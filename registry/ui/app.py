@@ -30,9 +30,9 @@ from oci.units import human_size
 
 from ..errors import RegistryError
 from ..governance.audit import ACTIONS, Query
-from ..governance.policy import namespace_of
 from ..governance.service import Actor
 from ..references import is_digest, validate_name, validate_tag
+from ..routes.governance import usage_report
 from ..routes.services import Services, base_url
 from . import images
 from .sessions import COOKIE, LIFETIME, LOGIN_COOKIE, Session, Signer, load_key, same_token
@@ -342,39 +342,7 @@ class WebUI:
         return await self._guard(request, page)
 
     async def usage(self, request: Request) -> Response:
-        governance = self.services.governance
-        await governance.index.ready()
-        account = self.account(request)
-        visible: set[str] = set()
-        for name in governance.index.names():
-            if namespace_of(name) not in visible and "pull" in self.services.allowed(account, name):
-                visible.add(namespace_of(name))
-        limits = {q.scope: q for q in governance.policies.quotas if not q.per_repository}
-        rows = []
-        for namespace, (used, count) in sorted(governance.index.namespaces().items()):
-            if namespace not in visible:
-                continue
-            quota = limits.get(namespace)
-            if quota is not None:
-                used = await governance.quotas.usage(quota)
-            rows.append(
-                {
-                    "namespace": namespace,
-                    "used": used,
-                    "limit": quota.limit if quota else 0,
-                    "repositories": count,
-                }
-            )
-        repository_quotas = []
-        for quota in governance.policies.quotas:
-            if quota.per_repository and "pull" in self.services.allowed(account, quota.scope):
-                repository_quotas.append(
-                    {
-                        "repository": quota.scope,
-                        "used": await governance.quotas.usage(quota),
-                        "limit": quota.limit,
-                    }
-                )
+        rows, repository_quotas = await usage_report(self.services, self.account(request))
         return self.render(
             request, "usage.html", title="Usage and quotas", rows=rows, repository_quotas=repository_quotas
         )
