@@ -33,6 +33,7 @@ from storage_backends import StorageFull
 from . import layout
 from .errors import RegistryError
 from .eviction import Pulls, evict
+from .lanes import Lane
 from .references import Digest, is_digest, validate_tag
 from .store import RegistryStore
 from .upstream_client import (
@@ -47,7 +48,10 @@ from .upstream_config import Upstream
 
 log = logging.getLogger("pier.mirror")
 WINDOW = 64 * 1024 * 1024  # bytes of a download kept in memory for the clients following it
-FLUSH_SIZE = 1024 * 1024  # upstream bytes gathered before they go to the spool, the hash and storage
+PIECE_SIZE = (
+    4 * 1024 * 1024
+)  # upstream bytes gathered, at most, before clients, the hash and storage get them
+LANE_DEPTH = 8  # pieces the hash and the storage write may each be behind the reader
 MAX_TAG_PAGES = 50
 EVICT_MIN_INTERVAL = 5.0  # seconds between two eviction checks (each lists the whole store)
 
@@ -343,12 +347,12 @@ class Download:
     def __init__(self, mirror: Mirror, route: Route, digest: Digest) -> None:
         self.mirror, self.route, self.digest = mirror, route, digest
         self.size: int | None = None
-        self.written = 0  # bytes received, hashed and handed to the storage writer
+        self.written = 0  # bytes received and kept for the clients (the hash and storage follow)
         self.verified = False
         self.error: UpstreamError | None = None
         self.started = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self._window: deque[bytes] = deque()
+        self._window: deque[bytes | memoryview] = deque()
         self._window_start = 0  # offset of the window's first byte
         self._changed = asyncio.Event()
 
@@ -360,7 +364,7 @@ class Download:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    def _keep(self, chunk: bytes) -> None:
+    def _keep(self, chunk: bytes | memoryview) -> None:
         self._window.append(chunk)
         self.written += len(chunk)
         while self.written - self._window_start - len(self._window[0]) >= WINDOW:
@@ -384,38 +388,34 @@ class Download:
             self.started.set()
             writer = await store.driver.writer(layout.blob_data(self.digest))
             verifier = Verifier(self.digest, self.size)  # refuses a byte past the Content-Length
-
-            async def flush(data: bytes) -> None:
-                assert writer is not None
-                # The hash runs in a thread (it releases the GIL) beside the storage write.
-                await asyncio.gather(asyncio.to_thread(verifier.update, data), writer.write(data))
-
-            # Pieces of FLUSH_SIZE: clients get each at once, storage while the next arrives.
-            flushing: asyncio.Future[None] | None = None
+            # The hash (it releases the GIL) and the storage write each run in a lane of their
+            # own, behind the reader: three cores' worth of work, not one piece at a time.
+            hashing: Lane[bytes | memoryview] = Lane(
+                lambda piece: asyncio.to_thread(verifier.update, piece), LANE_DEPTH
+            )
+            storing: Lane[bytes | memoryview] = Lane(writer.write, LANE_DEPTH)
             try:
-                pieces = body_chunks(route.upstream, response, FLUSH_SIZE)
-                try:
-                    async with contextlib.aclosing(pieces) as chunks:
-                        async for chunk in chunks:
-                            if limit and self.written + len(chunk) > limit:  # longer than it said
-                                raise UpstreamUnavailable(
-                                    route.upstream, f"blob {self.digest} runs over {limit} bytes"
-                                )
-                            self._keep(chunk)
-                            if flushing is not None:
-                                await flushing
-                            flushing = asyncio.ensure_future(flush(chunk))
-                finally:
-                    if flushing is not None:  # never cancel the writer under a write in flight
-                        await asyncio.wait([flushing])
-                if flushing is not None:
-                    await flushing  # its error, if it had one
+                pieces = body_chunks(route.client, response, PIECE_SIZE)
+                async with contextlib.aclosing(pieces) as chunks:
+                    async for chunk in chunks:
+                        if limit and self.written + len(chunk) > limit:  # longer than it said
+                            raise UpstreamUnavailable(
+                                route.upstream, f"blob {self.digest} runs over {limit} bytes"
+                            )
+                        self._keep(chunk)  # clients have it now; the last byte waits for the hash
+                        await hashing.submit(chunk)
+                        await storing.submit(chunk)
+                await hashing.drain()
+                await storing.drain()
                 verifier.check()
             except VerifyError:
                 raise UpstreamUnavailable(
                     route.upstream,
                     f"blob {self.digest} arrived as {verifier.actual} ({self.written} bytes): not cached",
                 ) from None
+            finally:  # never cancel the writer under a write in flight
+                await hashing.settle()
+                await storing.settle()
             await writer.commit()
             writer = None
             await store.link_blob(route.local, self.digest)
@@ -464,11 +464,11 @@ class Download:
             allowed = self.written if self.verified else self.written - 1
             if offset < allowed:
                 position = self._window_start
-                for chunk in self._window:
-                    if position + len(chunk) > offset:
+                for kept in self._window:
+                    if position + len(kept) > offset:
                         break
-                    position += len(chunk)
-                piece = memoryview(chunk)[offset - position : allowed - position]
+                    position += len(kept)
+                piece = memoryview(kept)[offset - position : allowed - position]
                 offset += len(piece)
                 yield piece
                 continue

@@ -21,11 +21,13 @@ from oci.auth import AuthFlowError, respond
 from oci.policy import same_origin
 from oci.tokens import MAX_TOKEN_RESPONSE, TokenError, expiry, parse_token_response
 
+from . import raw_body
 from .upstream_config import Upstream
 
 log = logging.getLogger("pier.mirror")
 
 MAX_REDIRECTS = 5
+RAW_MIN = 8 * 1024 * 1024  # bodies this large are read off the event loop, when they can be
 
 
 class UpstreamError(Exception):
@@ -194,20 +196,32 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 async def body_chunks(
-    upstream: Upstream, response: aiohttp.ClientResponse, size: int
-) -> AsyncGenerator[bytes, None]:
+    client: UpstreamClient, response: aiohttp.ClientResponse, size: int
+) -> AsyncGenerator[bytes | memoryview, None]:
     """A streamed body in pieces of at most about ``size``, its transport failures as
-    ``UpstreamUnavailable``."""
-    content = response.content
+    ``UpstreamUnavailable``. A large plain-HTTP body is read off the event loop (``raw_body``)."""
+    length = response.content_length
+    raw = None
+    if length is not None and length >= RAW_MIN:
+        raw = raw_body.take(response, length, size, client.timeout)
     try:
+        if raw is not None:
+            while piece := await raw.next_piece():
+                yield piece
+            return
+        content = response.content
         # What has arrived, up to ``size``: whole pieces from a fast upstream (one storage write
-        # and one hash call each, not one per few KiB read), no waiting on a slow one.
+        # and one hash call each, not one per few KiB read), no waiting on a slow one. Joined
+        # once (one copy), not grown in a bytearray and copied out again.
         while chunk := await content.readany():
-            pending = bytearray(chunk)
-            while len(pending) < size and (more := content.read_nowait(size - len(pending))):
-                pending += more
-            yield bytes(pending)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamUnavailable(upstream, f"download cut: {type(exc).__name__} {exc}") from None
+            parts, gathered = [chunk], len(chunk)
+            while gathered < size and (more := content.read_nowait(size - gathered)):
+                parts.append(more)
+                gathered += len(more)
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise UpstreamUnavailable(client.upstream, f"download cut: {type(exc).__name__} {exc}") from None
     finally:
+        if raw is not None:
+            raw.close()
         response.release()
