@@ -30,6 +30,7 @@ import contextlib
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +41,7 @@ from typing import Any
 from api import (  # bench/api.py (bench/ is sys.path[0])
     MIB,
     BlobFile,
+    MemorySampler,
     cpu_seconds,
     fmt,
     machine_facts,
@@ -51,11 +53,11 @@ from api import (  # bench/api.py (bench/ is sys.path[0])
 from servers import Server, free_port  # bench/servers.py
 
 
-def start_distribution(label: str, work: Path, proxy: str | None = None) -> Server:
+def start_distribution(label: str, work: Path, proxy: str | None = None, access_log: bool = False) -> Server:
     port = free_port()
     config = work / f"{label}.yml"
     text = (
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {str(not access_log).lower()}\n"
         f"storage:\n  filesystem:\n    rootdirectory: {work / (label + '-data')}\n"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
@@ -113,11 +115,67 @@ class RateLimit(threading.Thread):
             writer.close()
 
 
+def forget(work: Path, digest: str) -> None:
+    """Delete the mirrors' cached copies of a blob once it was measured.
+
+    Every cold pull then writes into page cache the kernel has just freed, as on a server whose
+    memory is in use. On this VM, page cache that grows into memory not used for a while costs
+    2-3 CPU seconds per GiB written (the hypervisor backs it again), in whichever process
+    writes, so without this the mirror that happens to pull first in a round pays for both.
+    """
+    for path in work.glob(f"*-data/**/{digest.split(':', 1)[1]}/data"):
+        if not path.is_relative_to(work / "upstream-data") and not path.is_relative_to(
+            work / "pier-local-data"
+        ):
+            path.unlink()
+
+
+def upstream_gets(upstream: Server, digest: str) -> int:
+    """The upstream's GETs of one blob, from its access log."""
+    return upstream.log_path.read_text(errors="replace").count(f'"GET /v2/library/big/blobs/{digest} ')
+
+
+def fan_out(url: str, size: int, clients: int, server: Server) -> dict[str, float]:
+    """``clients`` curls started at once on one cold blob: each one's MB/s, the mirror's peak RSS."""
+    sampler = MemorySampler({"mirror": server})
+    sampler.start()
+    before = cpu_seconds(server.pid)
+    began = time.monotonic()
+    command = [
+        "curl",
+        "-s",
+        "--noproxy",
+        "*",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download} %{time_total}",
+    ]
+    running = [subprocess.Popen([*command, url], stdout=subprocess.PIPE, text=True) for _ in range(clients)]
+    rates = []
+    for process in running:
+        out, _ = process.communicate(timeout=600)
+        code, got, seconds = out.split()
+        if code != "200" or int(got) != size:
+            raise RuntimeError(f"fan-out pull {url}: HTTP {code}, {got} bytes (expected 200, {size})")
+        rates.append(mbps(size, float(seconds)))
+    wall = time.monotonic() - began
+    sampler.stop()
+    return {
+        "min": min(rates),
+        "median": statistics.median(rates),
+        "wall": wall,
+        "rss_mib": max(sampler.peaks.values()) / 1024,
+        "cpu": cpu_seconds(server.pid) - before,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="blob size (default 1024)")
     parser.add_argument("--repeats", type=int, default=3, help="variants, each pulled cold then warm (3)")
     parser.add_argument("--limit-mbps", type=int, default=100, help="the rate-limited upstream's MB/s (100)")
+    parser.add_argument("--fanout", type=int, default=16, help="clients pulling one cold blob at once (16)")
     parser.add_argument("--tmpdir", default=None, help="where the temporary folder goes")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -137,8 +195,8 @@ def main() -> int:
         for key, value in facts.items():
             print(f"  {key:13} {value}")
         phase(f"writing a {args.size_mib} MiB blob in {repeats} variants")
-        blob = BlobFile(work / "big.bin", size, repeats)
-        upstream = start_distribution("upstream", work)
+        blob = BlobFile(work / "big.bin", size, repeats + 2)  # two more: the fan-out's cold blobs
+        upstream = start_distribution("upstream", work, access_log=True)
         local = start_pier("pier-local", work, ["--fsync", "false"])
         pier = start_pier("pier-mirror", work, ["--proxy", f"up={upstream.url}", "--fsync", "false"])
         dist = start_distribution("distribution-proxy", work, upstream.url)
@@ -150,10 +208,11 @@ def main() -> int:
         slow_dist = start_distribution("distribution-proxy-slow", work, slow.url)
         servers += [slow_pier, slow_dist]
         phase("pushing the variants to the upstream and to plain pier")
-        for rep in range(repeats):
+        for rep in range(repeats + 2):
             digest = blob.use(rep)
             push_post_put(upstream.port, "library/big", blob, digest)
-            push_post_put(local.port, "library/big", blob, digest)
+            if rep < repeats:
+                push_post_put(local.port, "library/big", blob, digest)
         blob.close()
 
         urls = {
@@ -188,14 +247,23 @@ def main() -> int:
             for label in mirrors:
                 pull(label, "warm", digest)
             pull("plain pier", "", digest)
+            forget(work, digest)
             pull("limited direct", "", digest)
             for label in ("limited pier mirror", "limited distribution proxy")[:: 1 if rep % 2 == 0 else -1]:
                 pull(label, "cold", digest)
+            forget(work, digest)
             print(
                 f"    run {rep + 1}: " + ", ".join(f"{k.strip()} {v[-1]:.0f}" for k, v in runs.items()),
                 flush=True,
             )
 
+        phase(f"{args.fanout} clients at once on one cold blob, through each mirror")
+        fans = {}
+        for offset, label in enumerate(["pier mirror", "distribution proxy"]):
+            digest = blob.digests[repeats + offset]
+            fans[label] = fan_out(urls[label] + digest, size, args.fanout, owner[label])
+            fans[label]["upstream GETs"] = upstream_gets(upstream, digest)
+            print(f"    {label}: {fans[label]}", flush=True)
         med = statistics.median
         direct = med(runs["direct from upstream "])
         print(f"\nResults: {args.size_mib} MiB blob, median of {repeats}, MB/s (MB = 10^6 bytes)")
@@ -228,9 +296,23 @@ def main() -> int:
         print(
             "Registry CPU seconds per GiB (median): " + ", ".join(f"{k} {med(v):.2f}" for k, v in cpu.items())
         )
+        for label, fan in fans.items():
+            single = med(runs[f"{label} cold"])
+            print(
+                f"  {args.fanout} clients, one cold blob, {label}: upstream GETs {fan['upstream GETs']}, "
+                f"per client MB/s min {fmt(fan['min'])} median {fmt(fan['median'])} "
+                f"({fan['min'] / single:.2f}x-{fan['median'] / single:.2f}x one client's cold pull), "
+                f"all done in {fan['wall']:.1f} s, peak RSS {fan['rss_mib']:.0f} MiB, CPU {fan['cpu']:.1f} s"
+            )
         print(f"Total time {time.monotonic() - began:.0f} s")
         if args.json:
-            result: dict[str, Any] = {"machine": facts, "runs": runs, "cpu": cpu, "table": table}
+            result: dict[str, Any] = {
+                "machine": facts,
+                "runs": runs,
+                "cpu": cpu,
+                "table": table,
+                "fanout": fans,
+            }
             Path(args.json).write_text(json.dumps(result, indent=2))
     finally:
         for server in reversed(servers):
