@@ -449,6 +449,34 @@ def test_the_first_client_gets_bytes_before_the_upstream_is_done(
     assert total > 1.4 and first_byte < total / 3, (first_byte, total)
 
 
+def test_a_mirror_killed_mid_download_leaves_no_half_blob_and_the_next_start_fetches_it_again(
+    start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
+) -> None:
+    """The cache is a temporary file (on S3: a multipart upload) until the blob is verified,
+    so a crash leaves nothing a reader could take for the blob."""
+    big = write_blob(tmp_path / "big", "application/octet-stream", os.urandom(12 * 1024 * 1024))
+    push_blob(upstream.server.url, "library/app", big, _alice_token(upstream))
+    mirror = start_registry(*mirror_args(gate))
+    gate.blob_pace = 0.01  # 192 pieces of 64 KiB: about 2 s
+    url = f"{mirror.url}/v2/up/library/app/blobs/{big.digest}"
+    received = bytearray()
+    with httpx.stream("GET", url, timeout=30) as answer:
+        for chunk in answer.iter_raw():
+            received += chunk
+            if len(received) >= 9 * 1024 * 1024:  # past the first 8 MiB part of an S3 upload
+                break
+        mirror.kill()
+    assert bytes(received) == big.read()[: len(received)]
+    assert [path for path in mirror.storage.files("blobs") if path.endswith(f"{big.digest[7:]}/data")] == []
+
+    gate.blob_pace = 0.0
+    mirror.start()
+    answer = httpx.get(url, timeout=30)
+    assert answer.status_code == 200 and sha256(answer.content) == big.digest
+    assert gate.count("GET", f"/blobs/{big.digest}") == 2
+    assert mirror.storage.read(blob_data_path(big.digest)) == big.read()
+
+
 def test_an_index_is_cached_with_the_children_that_were_pulled(
     start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
 ) -> None:
