@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .errors import RegistryError
@@ -30,6 +30,31 @@ def json_response(
 
 
 ZERO_COPY = "http.response.zerocopysend"  # the ASGI extension registry.protocol offers
+CUT = "pier.response.cut"  # registry.protocol's extension: end a started response by closing it
+
+
+class CutShort(Exception):
+    """A body that cannot be completed (its source failed): the connection is cut, which is
+    how HTTP/1.1 tells a client that a body with a Content-Length is incomplete."""
+
+
+class CuttableStreamingResponse(StreamingResponse):
+    """A stream that may end in ``CutShort``: the connection is closed (``CUT``) without an
+    error in the log, since whoever raised it has said why."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except BaseException as exc:
+            if not _cut_short(exc) or CUT not in scope.get("extensions", {}):
+                raise
+            await send({"type": CUT})
+
+
+def _cut_short(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_cut_short(inner) for inner in exc.exceptions)
+    return isinstance(exc, CutShort)
 
 
 class FileSendResponse(Response):

@@ -33,6 +33,7 @@ from storage_backends import StorageFull
 from . import layout
 from .errors import RegistryError
 from .eviction import Pulls, evict
+from .http import CutShort
 from .lanes import Lane
 from .references import Digest, is_digest, validate_tag
 from .store import RegistryStore
@@ -474,6 +475,6 @@ class Download:
                 continue
             if self.verified:
                 return
-            if self.error is not None:
-                raise self.error  # the connection is cut short: the client never has it whole
+            if self.error is not None:  # already logged: the client never has it whole
+                raise CutShort(str(self.error))
             await changed.wait()

@@ -12,6 +12,9 @@ against the client.
 It also offers the ASGI extension ``http.response.zerocopysend`` on plain-HTTP connections: an
 app hands over an open file and the bytes go from the page cache to the socket with
 ``sendfile(2)`` in a thread, none through Python (blob downloads; nginx's ``sendfile on``).
+And ``pier.response.cut``, on every connection: an app whose body cannot be completed (a
+mirror's upstream failed mid-blob) closes the connection, as it must, without uvicorn
+logging the app's failure as a crash.
 
 It relies on uvicorn's private httptools protocol (its callbacks and per-connection state), so
 pyproject.toml pins uvicorn exactly and tests/test_protocol_pin.py checks every method and
@@ -34,7 +37,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .http import ZERO_COPY
+from .http import CUT, ZERO_COPY
 
 log = logging.getLogger("pier.registry")
 
@@ -144,8 +147,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._progress()
         super().on_headers_complete()
         cycle: Any = self.cycle
-        if cycle is not None and cycle.scope is self.scope and self._plain_socket() is not None:
-            self.scope.setdefault("extensions", {})[ZERO_COPY] = {}
+        if cycle is not None and cycle.scope is self.scope:
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[CUT] = {}
+            if self._plain_socket() is not None:
+                extensions[ZERO_COPY] = {}
             cycle.send = self._zero_copy_send(cycle, cycle.send)
 
     def _plain_socket(self) -> int | None:
@@ -157,6 +163,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _zero_copy_send(self, cycle: Any, send: Any) -> Any:
         async def zero_copy_send(message: Any) -> None:
+            if message["type"] == CUT:  # the body cannot be completed: the client must see that
+                if not cycle.response_complete:
+                    self.transport.close()
+                    cycle.disconnected = True  # uvicorn logs nothing more about it
+                return
             if message["type"] != ZERO_COPY:
                 await send(message)
                 return

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..governance.service import OVERRIDE
-from ..http import ZERO_COPY, FileSendResponse, empty_response, parse_byte_range
+from ..http import ZERO_COPY, CuttableStreamingResponse, FileSendResponse, empty_response, parse_byte_range
 from ..references import Digest
 from .services import Services, blob_target
 
@@ -75,7 +75,7 @@ async def _mirror_blob(services: Services, request: Request, route: Route, diges
     if "range" in request.headers:  # ranges are served from the cache, once it has the blob
         await download.done()
         return await get_blob(services, request, route.local, str(digest))
-    return StreamingResponse(download.follow(), 200, headers)
+    return CuttableStreamingResponse(download.follow(), 200, headers)
 
 
 async def delete_blob(services: Services, request: Request, name: str, digest: str) -> Response:
