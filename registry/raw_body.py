@@ -15,6 +15,7 @@ TLS connections stay with aiohttp: their bytes need decrypting by the transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -69,6 +70,8 @@ class RawBody:
         self._pool = BufferPool(piece_size)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes a read still waiting in its thread
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
 
     async def next_piece(self) -> bytes | memoryview:
