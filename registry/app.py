@@ -38,6 +38,7 @@ from .space import SpaceWatch
 from .store import RegistryStore
 from .uploads import Uploads
 from .upstream_config import parse_upstreams
+from .workers import WorkerMetrics
 
 if TYPE_CHECKING:
     from .mirror import Mirror
@@ -52,9 +53,14 @@ VALID_NAMES_KEPT = 4096  # repository names already validated, so a name's patte
 
 
 class RegistryApp:
-    def __init__(self, settings: Settings, driver: StorageDriver) -> None:
+    def __init__(self, settings: Settings, driver: StorageDriver, workers_folder: str | None = None) -> None:
+        """``workers_folder``: the run folder of ``--workers N`` (registry/workers.py), in a worker."""
         self.settings = settings
         self.metrics = Metrics(driver.name) if settings.metrics else None
+        self.worker_metrics = None
+        if workers_folder and self.metrics is not None:
+            self.worker_metrics = WorkerMetrics(workers_folder, self.metrics)
+        self._publisher: asyncio.Task[None] | None = None
         self.limiter = InflightLimiter(settings.max_inflight_requests, settings.max_inflight_per_client)
         if self.metrics is not None:
             driver = InstrumentedDriver(driver, self.metrics)
@@ -379,6 +385,9 @@ class RegistryApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.worker_metrics is not None:
+                    self.worker_metrics.start()
+                    self._publisher = asyncio.create_task(self.worker_metrics.publish_forever())
                 self._purger = asyncio.create_task(self._purge_uploads_forever())
                 if self.mirror is not None and self.mirror.cache_size:
                     self._evicter = asyncio.create_task(self.mirror.evict_forever())
@@ -388,11 +397,13 @@ class RegistryApp:
                     self._flusher = asyncio.create_task(self.access_log.flush_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                for task in (self._purger, self._evicter, self._flusher):
+                for task in (self._purger, self._evicter, self._flusher, self._publisher):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
+                if self.worker_metrics is not None:
+                    self.worker_metrics.close()
                 if self.mirror is not None:
                     await self.mirror.close()
                 await self.notifier.close()

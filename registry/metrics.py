@@ -7,13 +7,22 @@ collector turns them into Prometheus families when scraped; prometheus-client wr
 exposition format. Route labels are templates (``/v2/{name}/blobs/{digest}``), never raw
 paths. Figures that belong to the store, not to a process (open upload sessions, the
 totals of every GC run), are read from storage at scrape time, at most every few seconds.
+
+Under ``pier serve --workers N`` a scrape lands on one worker, so each worker writes its
+counts to a run folder every second (``registry/workers.py``) and the one scraped renders
+its own live counts and its siblings' last ones, each series labelled ``worker``; the store's
+figures stay unlabelled, once. A single process has no ``worker`` label at all.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -45,6 +54,19 @@ class Histogram:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         self.total += other.total
 
+    def to_json(self) -> list[Any]:
+        return [self.counts, self.total]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Histogram:
+        counts, total = data
+        if not (isinstance(counts, list) and len(counts) == len(BUCKETS) + 1):
+            raise ValueError("histogram buckets differ")
+        histogram = cls()
+        histogram.counts = [int(count) for count in counts]
+        histogram.total = float(total)
+        return histogram
+
     def cumulative(self) -> list[tuple[str, float]]:
         running = 0
         out: list[tuple[str, float]] = []
@@ -64,9 +86,67 @@ class Series:
         self.latency = Histogram()
 
 
+@dataclass
+class Counts:
+    """What one process counted: this process's live figures, or a sibling worker's snapshot
+    read back from the run folder. ``collect`` renders a list of these, so the live figures
+    and the snapshots take the same path to the exposition text."""
+
+    worker: str | None  # the label; None: a single process, no label
+    pid: int
+    in_flight: int
+    series: dict[tuple[str, str, int], Series]
+    storage_latency: dict[str, Histogram]
+    storage_errors: dict[str, int]
+    mirror_requests: dict[tuple[str, str], int]
+    upstream_errors: dict[tuple[str, str], int]
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "worker": self.worker,
+                "pid": self.pid,
+                "in_flight": self.in_flight,
+                "series": [
+                    [route, method, status, s.count, s.received, s.sent, s.latency.to_json()]
+                    for (route, method, status), s in self.series.items()
+                ],
+                "storage_latency": {op: h.to_json() for op, h in self.storage_latency.items()},
+                "storage_errors": self.storage_errors,
+                "mirror_requests": [[*key, count] for key, count in self.mirror_requests.items()],
+                "upstream_errors": [[*key, count] for key, count in self.upstream_errors.items()],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, text: bytes) -> Counts:
+        """Raises ValueError, KeyError or TypeError on a snapshot that is not one."""
+        data = json.loads(text)
+        series: dict[tuple[str, str, int], Series] = {}
+        for route, method, status, count, received, sent, latency in data["series"]:
+            one = series[(str(route), str(method), int(status))] = Series()
+            one.count, one.received, one.sent = int(count), int(received), int(sent)
+            one.latency = Histogram.from_json(latency)
+        return cls(
+            worker=str(int(data["worker"])),  # an index: collect sorts by it
+            pid=int(data["pid"]),
+            in_flight=int(data["in_flight"]),
+            series=series,
+            storage_latency={str(op): Histogram.from_json(h) for op, h in data["storage_latency"].items()},
+            storage_errors={str(op): int(n) for op, n in data["storage_errors"].items()},
+            mirror_requests={(str(k), str(r)): int(n) for k, r, n in data["mirror_requests"]},
+            upstream_errors={(str(u), str(r)): int(n) for u, r, n in data["upstream_errors"]},
+        )
+
+
 class Metrics:
     def __init__(self, backend: str) -> None:
         self.backend = backend
+        # Set by registry/workers.py in a worker of ``--workers N``: this one's label, and its
+        # siblings' last snapshots (read at each scrape).
+        self.worker: str | None = None
+        self.siblings: Callable[[], list[Counts]] = list
         self.series: dict[tuple[str, str, int], Series] = {}  # (route, method, status)
         self.in_flight: Callable[[], int] = lambda: 0  # the server's own count, read when scraped
         self.storage_latency: dict[str, Histogram] = {}  # by operation
@@ -104,6 +184,19 @@ class Metrics:
         self.upstream_errors[(upstream, reason)] = self.upstream_errors.get((upstream, reason), 0) + 1
 
     # -- scraping ----------------------------------------------------------------------
+    def counts(self) -> Counts:
+        """This process's figures as they are now (the dictionaries themselves, not copies)."""
+        return Counts(
+            self.worker,
+            os.getpid(),
+            self.in_flight(),
+            self.series,
+            self.storage_latency,
+            self.storage_errors,
+            self.mirror_requests,
+            self.upstream_errors,
+        )
+
     async def render(self, driver: StorageDriver) -> bytes:
         if time.monotonic() - self._store_read_at > STORE_FIGURES_MAX_AGE:
             await self._read_store(driver)
@@ -124,69 +217,76 @@ class Metrics:
         self._store_read_at = time.monotonic()
 
     def collect(self) -> Iterator[Metric]:
-        """prometheus-client's collector protocol: the families, built from the counts."""
+        """prometheus-client's collector protocol: the families, built from the counts of this
+        process and, in a worker of ``--workers N``, of its live siblings (each series then
+        carries ``worker``)."""
+        every = sorted([self.counts(), *self.siblings()], key=lambda c: int(c.worker or 0))
+        lead = ("worker",) if self.worker is not None else ()
+
+        def labels(counts: Counts, *values: str) -> tuple[str, ...]:
+            return (counts.worker, *values) if counts.worker is not None else values
+
         requests = CounterMetricFamily(
-            "pier_http_requests", "HTTP requests answered", labels=("route", "method", "status")
+            "pier_http_requests", "HTTP requests answered", labels=(*lead, "route", "method", "status")
         )
-        latency: dict[tuple[str, str], Histogram] = {}
-        received: dict[str, int] = {}
-        sent: dict[str, int] = {}
-        for (route, method, status), series in sorted(self.series.items()):
-            requests.add_metric((route, method, str(status)), series.count)
-            latency.setdefault((route, method), Histogram()).merge(series.latency)
-            received[route] = received.get(route, 0) + series.received
-            sent[route] = sent.get(route, 0) + series.sent
-        yield requests
-        family = HistogramMetricFamily(
+        duration = HistogramMetricFamily(
             "pier_http_request_duration_seconds",
             "Time from a request's arrival to the end of its response",
-            labels=("route", "method"),
+            labels=(*lead, "route", "method"),
         )
-        for (route, method), histogram in sorted(latency.items()):
-            family.add_metric((route, method), histogram.cumulative(), histogram.total)
-        yield family
-        for name, doc, values in (
-            ("pier_http_received_bytes", "Request body bytes", received),
-            ("pier_http_sent_bytes", "Response body bytes", sent),
-        ):
-            counter = CounterMetricFamily(name, doc, labels=("route",))
-            for route, count in sorted(values.items()):
-                if count:
-                    counter.add_metric((route,), count)
-            yield counter
-        yield GaugeMetricFamily(
-            "pier_http_requests_in_flight", "Requests being served", value=self.in_flight()
+        received = CounterMetricFamily(
+            "pier_http_received_bytes", "Request body bytes", labels=(*lead, "route")
         )
+        sent = CounterMetricFamily("pier_http_sent_bytes", "Response body bytes", labels=(*lead, "route"))
+        in_flight = GaugeMetricFamily("pier_http_requests_in_flight", "Requests being served", labels=lead)
         storage = HistogramMetricFamily(
             "pier_storage_operation_duration_seconds",
             "Storage operations (reads: until the first bytes)",
-            labels=("backend", "operation"),
+            labels=(*lead, "backend", "operation"),
         )
-        for operation, histogram in sorted(self.storage_latency.items()):
-            storage.add_metric((self.backend, operation), histogram.cumulative(), histogram.total)
-        yield storage
         errors = CounterMetricFamily(
             "pier_storage_errors",
             "Storage operations that failed (a missing path is an answer, not a failure)",
-            labels=("backend", "operation"),
+            labels=(*lead, "backend", "operation"),
         )
-        for operation, count in sorted(self.storage_errors.items()):
-            errors.add_metric((self.backend, operation), count)
-        yield errors
         mirror = CounterMetricFamily(
             "pier_mirror_requests",
             "Mirrored manifests and blobs asked for: hit, miss (fetched), stale (upstream down)",
-            labels=("kind", "result"),
+            labels=(*lead, "kind", "result"),
         )
-        for (kind, result), count in sorted(self.mirror_requests.items()):
-            mirror.add_metric((kind, result), count)
-        yield mirror
         upstream = CounterMetricFamily(
-            "pier_mirror_upstream_errors", "Failed requests to upstreams", labels=("upstream", "reason")
+            "pier_mirror_upstream_errors",
+            "Failed requests to upstreams",
+            labels=(*lead, "upstream", "reason"),
         )
-        for (prefix, reason), count in sorted(self.upstream_errors.items()):
-            upstream.add_metric((prefix, reason), count)
-        yield upstream
+        for counts in every:
+            latency: dict[tuple[str, str], Histogram] = {}
+            received_by: dict[str, int] = {}
+            sent_by: dict[str, int] = {}
+            for (route, method, status), series in sorted(counts.series.items()):
+                requests.add_metric(labels(counts, route, method, str(status)), series.count)
+                latency.setdefault((route, method), Histogram()).merge(series.latency)
+                received_by[route] = received_by.get(route, 0) + series.received
+                sent_by[route] = sent_by.get(route, 0) + series.sent
+            for (route, method), histogram in sorted(latency.items()):
+                duration.add_metric(labels(counts, route, method), histogram.cumulative(), histogram.total)
+            for family, values in ((received, received_by), (sent, sent_by)):
+                for route, count in sorted(values.items()):
+                    if count:
+                        family.add_metric(labels(counts, route), count)
+            in_flight.add_metric(labels(counts), counts.in_flight)
+            for operation, histogram in sorted(counts.storage_latency.items()):
+                storage.add_metric(
+                    labels(counts, self.backend, operation), histogram.cumulative(), histogram.total
+                )
+            for operation, count in sorted(counts.storage_errors.items()):
+                errors.add_metric(labels(counts, self.backend, operation), count)
+            for (kind, result), count in sorted(counts.mirror_requests.items()):
+                mirror.add_metric(labels(counts, kind, result), count)
+            for (prefix, reason), count in sorted(counts.upstream_errors.items()):
+                upstream.add_metric(labels(counts, prefix, reason), count)
+        yield from (requests, duration, received, sent, in_flight, storage, errors, mirror, upstream)
+        # The store's figures: the same whichever process reads them, so once, without ``worker``.
         figures = self.store_figures
         yield GaugeMetricFamily(
             "pier_upload_sessions_open",

@@ -19,21 +19,23 @@ from .app import RegistryApp
 from .backend import open_driver
 from .config import Settings, load_settings, to_environ
 from .logs import log_config
+from .workers import RUN_FOLDER_ENV, remove_run_folder, run_folder
 
 log = logging.getLogger("pier.registry")
 S3_START_WAIT = 20.0  # seconds a starting server waits for its S3 store to answer
 
 
-def create_app(settings: Settings) -> RegistryApp:
+def create_app(settings: Settings, workers_folder: str | None = None) -> RegistryApp:
     protocol.configure(
         settings.max_header_size, settings.max_headers, settings.header_timeout, settings.idle_timeout
     )
-    return RegistryApp(settings, open_driver(settings, wait=S3_START_WAIT))
+    return RegistryApp(settings, open_driver(settings, wait=S3_START_WAIT), workers_folder)
 
 
 def app_from_environ() -> RegistryApp:
-    """Factory for uvicorn's worker processes: they read the settings from PIER_*."""
-    return create_app(load_settings())
+    """Factory for uvicorn's worker processes: they read the settings from PIER_*, and the run
+    folder where the workers share their metrics from PIER_WORKERS_DIR."""
+    return create_app(load_settings(), os.environ.get(RUN_FOLDER_ENV) or None)
 
 
 class DrainingServer(uvicorn.Server):
@@ -118,11 +120,17 @@ def _serve(settings: Settings, sock: socket.socket) -> None:
             "registry.server:app_from_environ", factory=True, workers=settings.workers, **options
         )
         _log_listening(settings)
+        folder = None
+        if settings.metrics:  # where the workers show one another their metrics
+            folder = os.environ[RUN_FOLDER_ENV] = run_folder()
         try:
             Multiprocess(config, sockets=[sock]).run()  # what uvicorn.run does, on our socket
         finally:
             if key is not None:
                 os.unlink(key)
+            if folder is not None:
+                os.environ.pop(RUN_FOLDER_ENV, None)
+                remove_run_folder(folder)
     else:
         server = DrainingServer(uvicorn.Config(app, **options), app)
         _log_listening(settings)
