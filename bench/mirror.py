@@ -130,6 +130,20 @@ def forget(work: Path, digest: str) -> None:
             path.unlink()
 
 
+def settle(server: Server, quiet: float = 0.02, limit: float = 60.0) -> None:
+    """Wait until the server has stopped working (under ``quiet`` CPU seconds in half a
+    second): what it does after a response (distribution's proxy fetches the blob again and
+    stores it) is part of what the pull cost."""
+    deadline = time.monotonic() + limit
+    last = cpu_seconds(server.pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(server.pid)
+        if now - last < quiet:
+            return
+        last = now
+
+
 def upstream_gets(upstream: Server, digest: str) -> int:
     """The upstream's GETs of one blob, from its access log."""
     return upstream.log_path.read_text(errors="replace").count(f'"GET /v2/library/big/blobs/{digest} ')
@@ -160,6 +174,7 @@ def fan_out(url: str, size: int, clients: int, server: Server) -> dict[str, floa
             raise RuntimeError(f"fan-out pull {url}: HTTP {code}, {got} bytes (expected 200, {size})")
         rates.append(mbps(size, float(seconds)))
     wall = time.monotonic() - began
+    settle(server)
     sampler.stop()
     return {
         "min": min(rates),
@@ -229,15 +244,21 @@ def main() -> int:
         runs: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
 
+        fetches: dict[str, list[int]] = {}
+
         def pull(label: str, kind: str, digest: str) -> None:
             server = owner.get(label)
             before = cpu_seconds(server.pid) if server else 0.0
+            gets = upstream_gets(upstream, digest)
             elapsed = pull_curl(urls[label] + digest, size)
             runs.setdefault(f"{label} {kind}", []).append(mbps(size, elapsed))
             if server:
+                settle(server)  # distribution's proxy caches in the background, after the response
                 cpu.setdefault(f"{label} {kind}", []).append(
                     (cpu_seconds(server.pid) - before) / (size / 1024**3)
                 )
+            if kind == "cold" and not label.startswith("limited"):
+                fetches.setdefault(label, []).append(upstream_gets(upstream, digest) - gets)
 
         # A server that has run a while: its first cold pull also pays for growing its heap
         # (fresh memory, costly in a VM), which a long-running mirror did long ago.
@@ -303,6 +324,7 @@ def main() -> int:
         print(
             "Registry CPU seconds per GiB (median): " + ", ".join(f"{k} {med(v):.2f}" for k, v in cpu.items())
         )
+        print("Upstream GETs per cold pull: " + ", ".join(f"{k} {v}" for k, v in fetches.items()))
         for label, fan in fans.items():
             single = med(runs[f"{label} cold"])
             print(
