@@ -13,7 +13,9 @@ share one cache.
 * A blob streams to the client while it is written to storage; clients of the same blob
   follow one upstream download (per process) from a window of it in memory. The last
   byte is held back until the digest checks out, so no client ever receives a whole blob
-  with the wrong content, and a bad blob is never committed.
+  with the wrong content, and a bad blob is never committed. A store that is not local
+  (S3) is written from a spool file (``spool.py``), so the clients are not held to the
+  upload's pace; the blob is committed when the upload ends, after the clients have it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .eviction import Pulls, evict
 from .http import CutShort
 from .lanes import Lane
 from .references import Digest, is_digest, validate_tag
+from .spool import Spool
 from .store import RegistryStore
 from .upstream_client import (
     UpstreamClient,
@@ -349,7 +352,8 @@ class Download:
         self.mirror, self.route, self.digest = mirror, route, digest
         self.size: int | None = None
         self.written = 0  # bytes received and kept for the clients (the hash and storage follow)
-        self.verified = False
+        self.verified = False  # committed to the cache
+        self.checked = False  # every byte is here and hashes right: clients may have the last one
         self.error: UpstreamError | None = None
         self.started = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -376,6 +380,8 @@ class Download:
         store, route = self.mirror.store, self.route
         writer = None
         response = None
+        spool: Spool | None = None
+        uploading: asyncio.Future[None] | None = None
         try:
             response = await route.client.send("GET", route.remote, f"blobs/{self.digest}")
             length = response.headers.get("content-length", "")
@@ -394,7 +400,12 @@ class Download:
             hashing: Lane[bytes | memoryview] = Lane(
                 lambda piece: asyncio.to_thread(verifier.update, piece), LANE_DEPTH
             )
-            storing: Lane[bytes | memoryview] = Lane(writer.write, LANE_DEPTH)
+            if store.driver.name == "filesystem":
+                storing: Lane[bytes | memoryview] = Lane(writer.write, LANE_DEPTH)
+            else:  # a remote store (S3) may take bytes slower than the upstream sends them
+                spool = Spool()
+                storing = Lane(spool.write, LANE_DEPTH)
+                uploading = asyncio.ensure_future(spool.upload(writer, PIECE_SIZE))
             try:
                 pieces = body_chunks(route.client, response, PIECE_SIZE)
                 async with contextlib.aclosing(pieces) as chunks:
@@ -417,10 +428,15 @@ class Download:
             finally:  # never cancel the writer under a write in flight
                 await hashing.settle()
                 await storing.settle()
+            if spool is not None and uploading is not None:
+                spool.finish()
+                self.checked = True  # the clients finish now; the upload goes on behind them
+                self._notify()
+                await uploading
             await writer.commit()
             writer = None
             await store.link_blob(route.local, self.digest)
-            self.verified = True
+            self.verified = self.checked = True
             self.mirror._evict_now.set()
         except UpstreamError as exc:
             log.warning("%s", exc)
@@ -434,6 +450,13 @@ class Download:
             log.exception("mirror download of %s failed", self.digest)
             self.error = UpstreamUnavailable(route.upstream, f"caching {self.digest} failed: {exc}")
         finally:
+            if uploading is not None and not uploading.done():  # never under a write in flight
+                uploading.cancel()
+                await asyncio.wait([uploading])
+            if uploading is not None and not uploading.cancelled():
+                uploading.exception()  # reported above, if it failed
+            if spool is not None:
+                spool.close()
             if response is not None:
                 response.release()  # a no-op once the body was read; a leak otherwise
             if writer is not None:
@@ -462,7 +485,7 @@ class Download:
                 async for chunk in self.mirror.store.read_blob(self.digest, offset):
                     yield chunk
                 return
-            allowed = self.written if self.verified else self.written - 1
+            allowed = self.written if self.checked else self.written - 1
             if offset < allowed:
                 position = self._window_start
                 for kept in self._window:
@@ -473,7 +496,7 @@ class Download:
                 offset += len(piece)
                 yield piece
                 continue
-            if self.verified:
+            if self.checked:
                 return
             if self.error is not None:  # already logged: the client never has it whole
                 raise CutShort(str(self.error))

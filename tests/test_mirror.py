@@ -28,6 +28,7 @@ from .prometheus import metric
 from .scripted import Answer, Request, ScriptedServer
 from .servers import PierServer, serve_refused
 from .skopeo import Skopeo
+from .slow_link import SlowLink
 from .storeview import blob_data_path
 from .tokens import write_signing_key
 
@@ -305,6 +306,8 @@ def test_a_corrupt_upstream_blob_never_reaches_a_client_whole_and_is_not_cached(
     stored.write_bytes(good)  # the upstream is repaired: the next pull fills the cache
     answer = httpx.get(f"{mirror.url}/v2/up/library/app/blobs/{layer.digest}", timeout=30)
     assert answer.status_code == 200 and sha256(answer.content) == layer.digest
+    # On S3 the upload ends after the client's last byte (the blob is spooled locally first).
+    wait_until(lambda: mirror.storage.exists(blob_data_path(layer.digest)), what="the blob cached")
     assert mirror.storage.read(blob_data_path(layer.digest)) == good
 
 
@@ -474,7 +477,28 @@ def test_a_mirror_killed_mid_download_leaves_no_half_blob_and_the_next_start_fet
     answer = httpx.get(url, timeout=30)
     assert answer.status_code == 200 and sha256(answer.content) == big.digest
     assert gate.count("GET", f"/blobs/{big.digest}") == 2
+    wait_until(lambda: mirror.storage.exists(blob_data_path(big.digest)), what="the blob cached")
     assert mirror.storage.read(blob_data_path(big.digest)) == big.read()
+
+
+@pytest.mark.backends("s3")
+def test_on_s3_the_first_client_is_not_held_to_the_uploads_pace(
+    start_registry, upstream: Upstream, gate: Gate, seaweed, tmp_path: Path
+) -> None:
+    """A remote cache is written from a local spool: the client gets the blob at the
+    upstream's speed, and the upload follows at the store's."""
+    big = write_blob(tmp_path / "big", "application/octet-stream", os.urandom(24 * 1024 * 1024))
+    push_blob(upstream.server.url, "library/app", big, _alice_token(upstream))
+    with SlowLink(seaweed.endpoint, rate=4e6) as link:  # the 24 MiB take 6.3 s to upload
+        mirror = start_registry(*mirror_args(gate), env={"AWS_ENDPOINT_URL": link.url})
+        started = time.monotonic()
+        answer = httpx.get(f"{mirror.url}/v2/up/library/app/blobs/{big.digest}", timeout=60)
+        took = time.monotonic() - started
+        assert answer.status_code == 200 and sha256(answer.content) == big.digest
+        assert took < 4.0, took
+        assert not mirror.storage.exists(blob_data_path(big.digest))  # still on its way up
+        wait_until(lambda: mirror.storage.exists(blob_data_path(big.digest)), 60, what="the upload")
+        assert mirror.storage.read(blob_data_path(big.digest)) == big.read()
 
 
 def test_an_index_is_cached_with_the_children_that_were_pulled(
