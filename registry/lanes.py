@@ -28,7 +28,7 @@ class Lane(Generic[T]):
         previous = self._in_flight[-1] if self._in_flight else None
         self._in_flight.append(asyncio.ensure_future(self._after(previous, item)))
         while len(self._in_flight) > self._depth:
-            await self._in_flight.popleft()
+            await self._finish_oldest()
 
     async def _after(self, previous: asyncio.Task[None] | None, item: T) -> None:
         if previous is not None:
@@ -38,7 +38,16 @@ class Lane(Generic[T]):
     async def drain(self) -> None:
         """Wait for every piece; the lane's failure, if it had one."""
         while self._in_flight:
-            await self._in_flight.popleft()
+            await self._finish_oldest()
+
+    async def _finish_oldest(self) -> None:
+        # Left in the deque while it runs: if the caller is cancelled meanwhile, ``settle``
+        # still waits for it (its thread may be writing), and it is not cancelled with the
+        # caller, as awaiting the task itself would.
+        oldest = self._in_flight[0]
+        await asyncio.wait([oldest])
+        self._in_flight.popleft()
+        oldest.result()
 
     async def settle(self) -> None:
         """Wait for whatever is still running, failures ignored: nothing may be cancelled

@@ -38,7 +38,7 @@ from .eviction import Pulls, evict
 from .http import CutShort
 from .lanes import Lane
 from .references import Digest, is_digest, validate_tag
-from .spool import Spool
+from .spool import Spool, SpoolFull
 from .store import RegistryStore
 from .upstream_client import (
     UpstreamClient,
@@ -442,6 +442,9 @@ class Download:
             log.warning("%s", exc)
             self.mirror._upstream_failed(route, exc)
             self.error = exc
+        except SpoolFull as exc:  # $TMPDIR, not the store: /readyz has nothing to say about it
+            log.warning("caching %s: %s", self.digest, exc)
+            self.error = UpstreamUnavailable(route.upstream, f"caching {self.digest} failed: {exc}")
         except StorageFull as exc:  # as a request's own write would: /readyz says the store is full
             log.warning("caching %s: %s", self.digest, exc)
             self.mirror.on_storage_full()
@@ -450,6 +453,8 @@ class Download:
             log.exception("mirror download of %s failed", self.digest)
             self.error = UpstreamUnavailable(route.upstream, f"caching {self.digest} failed: {exc}")
         finally:
+            if not self.checked and self.error is None:  # cancelled (shutdown): followers must not wait
+                self.error = UpstreamUnavailable(route.upstream, f"download of {self.digest} stopped")
             if uploading is not None and not uploading.done():  # never under a write in flight
                 uploading.cancel()
                 await asyncio.wait([uploading])
@@ -481,7 +486,10 @@ class Download:
         while True:
             changed = self._changed
             if offset < self._window_start:  # behind the window: the rest comes from storage
-                await self.done()
+                try:
+                    await self.done()
+                except RegistryError as exc:  # the download failed: this client's body too
+                    raise CutShort(str(exc)) from None
                 async for chunk in self.mirror.store.read_blob(self.digest, offset):
                     yield chunk
                 return

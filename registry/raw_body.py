@@ -103,6 +103,8 @@ class RawBody:
                 )
             got += count
         self._remaining -= got
+        if got < self._pool.size // 2:  # a slow upstream's small piece must not pin 4 MiB
+            return memoryview(bytes(view[:got]))
         return view[:got]
 
 
@@ -126,11 +128,14 @@ def take(response: aiohttp.ClientResponse, length: int, piece_size: int, timeout
     head = response.content.read_nowait(-1)  # what came with the headers
     raw = socket.socket(fileno=os.dup(sock.fileno()))
     response.close()  # aiohttp lets go of its descriptor; ours keeps the connection open
-    # Blocking, with the kernel's receive timeout: a timeout in Python's socket would poll
-    # before every read, including the ones that only take what has already arrived.
-    raw.setblocking(True)
-    seconds = max(timeout, 0.001)
-    raw.setsockopt(
-        socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
-    )
+    try:
+        # Blocking, with the kernel's receive timeout: a timeout in Python's socket would
+        # poll before every read, including the ones that only take what has arrived.
+        raw.setblocking(True)
+        seconds = max(timeout, 0.001)
+        timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    except OSError:
+        raw.close()
+        raise
     return RawBody(raw, head, length - len(head), piece_size, timeout)

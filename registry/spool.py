@@ -10,6 +10,7 @@ the upstream's speed, and the upload follows from the spool at its own.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import tempfile
 
@@ -23,6 +24,10 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+class SpoolFull(OSError):
+    """The spool's disk ($TMPDIR) is full: not the store, which may have room."""
+
+
 class Spool:
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile(prefix="pier-mirror-spool-")  # noqa: SIM115 - closed by close()
@@ -32,7 +37,12 @@ class Spool:
 
     async def write(self, piece: bytes | memoryview) -> None:
         """The next piece (called in order: a ``Lane`` of the download)."""
-        await asyncio.to_thread(_pwrite_all, self._file.fileno(), piece, self.size)
+        try:
+            await asyncio.to_thread(_pwrite_all, self._file.fileno(), piece, self.size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"no space for the spool in {tempfile.gettempdir()}") from None
+            raise
         self.size += len(piece)
         self._wake()
 

@@ -202,9 +202,9 @@ async def body_chunks(
     ``UpstreamUnavailable``. A large plain-HTTP body is read off the event loop (``raw_body``)."""
     length = response.content_length
     raw = None
-    if length is not None and length >= RAW_MIN:
-        raw = raw_body.take(response, length, size, client.timeout)
     try:
+        if length is not None and length >= RAW_MIN:
+            raw = raw_body.take(response, length, size, client.timeout)
         if raw is not None:
             while piece := await raw.next_piece():
                 yield piece
