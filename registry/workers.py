@@ -117,8 +117,11 @@ class WorkerMetrics:
                 counts = Counts.from_json(path.read_bytes())
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError, KeyError, TypeError):
+            except Exception:  # garbled (Infinity, deep nesting, wrong types): never break /metrics
                 log.warning("skipping an unreadable worker snapshot: %s", path)
+                continue
+            if path.name != f"worker-{counts.worker}.json":  # two files claiming one label
+                log.warning("skipping a worker snapshot under another worker's name: %s", path)
                 continue
             if alive(counts.pid):
                 found.append(counts)

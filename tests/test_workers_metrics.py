@@ -164,3 +164,17 @@ def test_workers_take_the_lowest_free_index_and_a_replacement_takes_the_index_of
     finally:
         first.close()
         second.close()
+
+
+def test_a_garbled_or_misnamed_snapshot_is_skipped_and_metrics_still_render(tmp_path: Path) -> None:
+    worker = WorkerMetrics(str(tmp_path), Metrics("filesystem"))
+    worker.start()
+    try:
+        (tmp_path / "worker-5.json").write_bytes(b'{"worker": Infinity, "pid": 1}')  # OverflowError
+        (tmp_path / "worker-6.json").write_bytes(b"[" * 100_000)  # RecursionError
+        (tmp_path / "worker-7.json").write_bytes(fake_snapshot("9", os.getpid(), 3))  # another's label
+        (tmp_path / "worker-8.json").write_bytes(fake_snapshot("8", os.getpid(), 4))
+        text = generate_latest(worker.metrics.registry).decode()
+        assert samples(text, "pier_http_requests_total", route=ROUTE) == {"8": 4.0}
+    finally:
+        worker.close()
