@@ -489,13 +489,13 @@ def test_on_s3_the_first_client_is_not_held_to_the_uploads_pace(
     upstream's speed, and the upload follows at the store's."""
     big = write_blob(tmp_path / "big", "application/octet-stream", os.urandom(24 * 1024 * 1024))
     push_blob(upstream.server.url, "library/app", big, _alice_token(upstream))
-    with SlowLink(seaweed.endpoint, rate=4e6) as link:  # the 24 MiB take 6.3 s to upload
+    with SlowLink(seaweed.endpoint, rate=3e6) as link:  # the 24 MiB take 8.4 s to upload
         mirror = start_registry(*mirror_args(gate), env={"AWS_ENDPOINT_URL": link.url})
         started = time.monotonic()
         answer = httpx.get(f"{mirror.url}/v2/up/library/app/blobs/{big.digest}", timeout=60)
         took = time.monotonic() - started
         assert answer.status_code == 200 and sha256(answer.content) == big.digest
-        assert took < 4.0, took
+        assert took < 5.5, took
         assert not mirror.storage.exists(blob_data_path(big.digest))  # still on its way up
         wait_until(lambda: mirror.storage.exists(blob_data_path(big.digest)), 60, what="the upload")
         assert mirror.storage.read(blob_data_path(big.digest)) == big.read()
