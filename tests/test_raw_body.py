@@ -34,7 +34,7 @@ def test_a_slow_upstreams_small_pieces_are_copies_and_pin_no_buffer() -> None:
     def trickle() -> None:  # 300 KiB at a time, with pauses: a slow link
         for start in range(0, len(sent), 300 * 1024):
             theirs.sendall(sent[start : start + 300 * 1024])
-            time.sleep(0.05)
+            time.sleep(0.05)  # sleep-ok: the pause is the slow link being simulated
 
     feeder = threading.Thread(target=trickle)
     feeder.start()
