@@ -38,7 +38,7 @@ from .eviction import Pulls, evict
 from .http import CutShort
 from .lanes import Lane
 from .references import Digest, is_digest, validate_tag
-from .spool import Spool, SpoolFull
+from .spool import Spool, SpoolFull, SpoolRoom
 from .store import RegistryStore
 from .upstream_client import (
     UpstreamClient,
@@ -117,6 +117,7 @@ class Mirror:
         self.clients = {u.prefix: UpstreamClient(u, timeout) for u in upstreams}
         self.default = next((u for u in upstreams if u.default), None)
         self._downloads: dict[Digest, Download] = {}
+        self.spool_room = SpoolRoom()
         # Hooks for metrics: (manifest|blob, hit|miss|stale) and (upstream prefix, reason).
         self.on_event: Callable[[str, str], None] = lambda kind, result: None
         self.on_upstream_error: Callable[[str, str], None] = lambda upstream, reason: None
@@ -382,6 +383,7 @@ class Download:
         response = None
         spool: Spool | None = None
         uploading: asyncio.Future[None] | None = None
+        claimed = 0  # bytes of $TMPDIR the spool claimed
         try:
             response = await route.client.send("GET", route.remote, f"blobs/{self.digest}")
             length = response.headers.get("content-length", "")
@@ -400,9 +402,13 @@ class Download:
             hashing: Lane[bytes | memoryview] = Lane(
                 lambda piece: asyncio.to_thread(verifier.update, piece), LANE_DEPTH
             )
-            if store.driver.name == "filesystem":
+            # A remote store (S3) may take bytes slower than the upstream sends them: spooled
+            # when $TMPDIR has room for the blob, else written straight to the store.
+            remote = store.driver.name != "filesystem"
+            if not (remote and self.mirror.spool_room.claim(self.size)):
                 storing: Lane[bytes | memoryview] = Lane(writer.write, LANE_DEPTH)
-            else:  # a remote store (S3) may take bytes slower than the upstream sends them
+            else:
+                claimed = self.size or 0
                 spool = Spool()
                 storing = Lane(spool.write, LANE_DEPTH)
                 uploading = asyncio.ensure_future(spool.upload(writer, PIECE_SIZE))
@@ -462,6 +468,7 @@ class Download:
                 uploading.exception()  # reported above, if it failed
             if spool is not None:
                 spool.close()
+                self.mirror.spool_room.release(claimed)
             if response is not None:
                 response.release()  # a no-op once the body was read; a leak otherwise
             if writer is not None:

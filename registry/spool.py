@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import tempfile
 
 from storage_backends import FileWriter
@@ -22,6 +23,36 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+class SpoolRoom:
+    """The room this process's spools have claimed in $TMPDIR.
+
+    A blob is spooled only when all of it fits beside the other spools' claims and a reserve
+    (a tenth of the disk, at most 256 MiB); else it goes straight to the store, at the
+    upload's pace. So cold pulls, anonymous ones included, cannot fill the spool's disk.
+    Each server process counts its own claims.
+    """
+
+    RESERVE = 256 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.claimed = 0
+
+    def claim(self, size: int | None) -> bool:
+        if size is None:  # no Content-Length: its room cannot be known in advance
+            return False
+        try:
+            usage = shutil.disk_usage(tempfile.gettempdir())
+        except OSError:
+            return False
+        if usage.free - self.claimed - min(self.RESERVE, usage.total // 10) < size:
+            return False
+        self.claimed += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.claimed -= size
 
 
 class SpoolFull(OSError):

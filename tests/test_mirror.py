@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -499,6 +500,31 @@ def test_on_s3_the_first_client_is_not_held_to_the_uploads_pace(
         assert not mirror.storage.exists(blob_data_path(big.digest))  # still on its way up
         wait_until(lambda: mirror.storage.exists(blob_data_path(big.digest)), 60, what="the upload")
         assert mirror.storage.read(blob_data_path(big.digest)) == big.read()
+
+
+@pytest.mark.backends("s3")
+def test_on_s3_a_blob_too_large_for_the_spools_disk_goes_straight_to_the_store(
+    start_registry, upstream: Upstream, gate: Gate, tmp_path: Path
+) -> None:
+    """Spooling is for speed, never a reason to fail: a blob that does not fit in $TMPDIR
+    (a 40 MiB tmpfs here) is uploaded as it arrives, and its client still gets all of it."""
+    spool_disk = tmp_path / "spool"
+    spool_disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(spool_disk)], capture_output=True, text=True
+    )
+    assert mounted.returncode == 0, f"cannot mount a tmpfs (the tests run as root): {mounted.stderr}"
+    try:
+        big = write_blob(tmp_path / "big", "application/octet-stream", os.urandom(64 * 1024 * 1024))
+        push_blob(upstream.server.url, "library/app", big, _alice_token(upstream))
+        mirror = start_registry(*mirror_args(gate), env={"TMPDIR": str(spool_disk)})
+        answer = httpx.get(f"{mirror.url}/v2/up/library/app/blobs/{big.digest}", timeout=120)
+        assert answer.status_code == 200 and sha256(answer.content) == big.digest
+        wait_until(lambda: mirror.storage.exists(blob_data_path(big.digest)), 60, what="the upload")
+        assert mirror.storage.read(blob_data_path(big.digest)) == big.read()
+        assert "spool" not in mirror.log()
+    finally:
+        subprocess.run(["umount", "-l", str(spool_disk)], check=False)
 
 
 def test_an_index_is_cached_with_the_children_that_were_pulled(

@@ -402,7 +402,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mountpoint)], capture_output=True, text=True
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs here (the tests run as root): {mounted.stderr.strip()}")
     try:
         yield mountpoint
     finally:
