@@ -4,18 +4,20 @@ running ``pier``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import httpx
+import pytest
 
 from .images import ImageIndex
 from .servers import REPO_ROOT
@@ -191,3 +193,24 @@ def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of its own at ``mount`` (``options``: ``size=40m``...): a real file system
+    that fills up. Unmounted lazily: a server under test may still hold files there."""
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the tests run as root): {mounted.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def free_bytes(path: Path) -> int:
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize

@@ -7,7 +7,6 @@ partial rootfs behind. Images are made here byte by byte and loaded into a local
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import json
@@ -29,7 +28,7 @@ from puller.unpack.layers import apply_layer
 from puller.unpack.limits import UnpackBudget, UnpackLimitError, UnpackLimits
 from puller.unpack.rootfs import image_layers
 
-from .helpers import run_pier
+from .helpers import free_bytes, run_pier, tmpfs
 from .images import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -245,31 +244,11 @@ def test_a_sparse_map_beyond_the_file_is_refused(tmp_path) -> None:
         apply_layer(tmp_path / "rootfs", make_tar([(info, b"y" * 1024)]), TAR, "sha256:liar")
 
 
-@contextlib.contextmanager
-def tmpfs(mount: Path, options: str) -> Iterator[Path]:
-    """A tmpfs of its own at ``mount``: a real file system that fills up."""
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
 @pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
     """16 MiB of space."""
     with tmpfs(tmp_path / "small", "size=16m") as mount:
         yield mount
-
-
-def free_bytes(path: Path) -> int:
-    info = os.statvfs(path)
-    return info.f_bavail * info.f_frsize
 
 
 @pytest.mark.parametrize("into", ["new", "mount-point"])

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from .gate import Gate
-from .helpers import push_blob, push_index, push_manifest, run_pier, wait_until, write_htpasswd
+from .helpers import push_blob, push_index, push_manifest, run_pier, tmpfs, wait_until, write_htpasswd
 from .images import OCI_MANIFEST, Blob, Image, build_image, build_index, sha256, write_blob
 from .maintenance import run_storage_command
 from .oci import descriptor
@@ -508,13 +507,7 @@ def test_on_s3_a_blob_too_large_for_the_spools_disk_goes_straight_to_the_store(
 ) -> None:
     """Spooling is for speed, never a reason to fail: a blob that does not fit in $TMPDIR
     (a 40 MiB tmpfs here) is uploaded as it arrives, and its client still gets all of it."""
-    spool_disk = tmp_path / "spool"
-    spool_disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(spool_disk)], capture_output=True, text=True
-    )
-    assert mounted.returncode == 0, f"cannot mount a tmpfs (the tests run as root): {mounted.stderr}"
-    try:
+    with tmpfs(tmp_path / "spool", "size=40m") as spool_disk:
         big = write_blob(tmp_path / "big", "application/octet-stream", os.urandom(64 * 1024 * 1024))
         push_blob(upstream.server.url, "library/app", big, _alice_token(upstream))
         mirror = start_registry(*mirror_args(gate), env={"TMPDIR": str(spool_disk)})
@@ -523,8 +516,6 @@ def test_on_s3_a_blob_too_large_for_the_spools_disk_goes_straight_to_the_store(
         wait_until(lambda: mirror.storage.exists(blob_data_path(big.digest)), 60, what="the upload")
         assert mirror.storage.read(blob_data_path(big.digest)) == big.read()
         assert "spool" not in mirror.log()
-    finally:
-        subprocess.run(["umount", "-l", str(spool_disk)], check=False)
 
 
 def test_an_index_is_cached_with_the_children_that_were_pulled(

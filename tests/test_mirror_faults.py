@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import random
 import socket
 import subprocess
@@ -28,7 +27,7 @@ import pytest
 from registry.upstream_client import RAW_MIN
 
 from .fault_upstream import Fault, FaultUpstream, cut_point
-from .helpers import wait_until
+from .helpers import free_bytes, tmpfs, wait_until
 from .images import sha256
 from .servers import PierServer
 from .storeview import blob_data_path
@@ -395,23 +394,9 @@ def test_a_client_leaving_halfway_leaves_the_server_healthy_and_the_blob_whole(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 40 MiB tmpfs (tests/test_storage_full.py's way): a 64 MiB blob cannot fit."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mountpoint)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs here (the tests run as root): {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
+    """A 40 MiB tmpfs: a 64 MiB blob cannot fit."""
+    with tmpfs(tmp_path / "disk", "size=40m") as mount:
+        yield mount
 
 
 @pytest.mark.parametrize("chunked", [pytest.param(False, id="raw"), pytest.param(True, id="chunked")])

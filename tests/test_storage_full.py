@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from storage_backends import FilesystemDriver, StorageFull
 
+from .helpers import free_bytes, tmpfs
 from .oci import make_image, push_image, sha256
 from .servers import PierServer
 
@@ -26,22 +26,8 @@ NO_SPACE = "no space left on the registry's storage"
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs: filled in a moment, and gone with the test."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
+    with tmpfs(tmp_path / "disk", "size=8m") as mount:
+        yield mount
 
 
 def fill(disk: Path, leave: int) -> Path:
