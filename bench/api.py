@@ -396,17 +396,15 @@ def push_chunked(port: int, name: str, blob: BlobFile, digest: str, chunk: int) 
     return elapsed
 
 
+# A blob pulled to /dev/null; prints "status bytes seconds".
+CURL_PULL = ["curl", "-s", "--noproxy", "*", "-o", "/dev/null"]
+CURL_PULL += ["-w", "%{http_code} %{size_download} %{time_total}"]
+
+
 def pull_curl(url: str, size: int, headers: dict[str, str] | None = None) -> float:
     result = subprocess.run(
         [
-            "curl",
-            "-s",
-            "--noproxy",
-            "*",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{size_download} %{time_total}",
+            *CURL_PULL,
             *[arg for key, value in (headers or {}).items() for arg in ("-H", f"{key}: {value}")],
             url,
         ],

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from api import (  # bench/api.py (bench/ is sys.path[0])
+    CURL_PULL,
     MIB,
     BlobFile,
     MemorySampler,
@@ -155,17 +156,7 @@ def fan_out(url: str, size: int, clients: int, server: Server) -> dict[str, floa
     sampler.start()
     before = cpu_seconds(server.pid)
     began = time.monotonic()
-    command = [
-        "curl",
-        "-s",
-        "--noproxy",
-        "*",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{size_download} %{time_total}",
-    ]
-    running = [subprocess.Popen([*command, url], stdout=subprocess.PIPE, text=True) for _ in range(clients)]
+    running = [subprocess.Popen([*CURL_PULL, url], stdout=subprocess.PIPE, text=True) for _ in range(clients)]
     rates = []
     for process in running:
         out, _ = process.communicate(timeout=600)
